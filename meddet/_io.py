@@ -1,0 +1,63 @@
+"""Atomic file writes: a reader never sees a half-written file.
+
+Every artifact (checkpoints, JSON, CSV, YAML, PNG) is written to a temporary file in the
+destination directory, flushed and fsync'ed, then moved over the target with ``os.replace``,
+which is atomic on POSIX and Windows when source and target share a filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file next to ``path``; on success it replaces ``path`` atomically.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Serialise ``obj`` as JSON and write it to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_save(path: str | os.PathLike, writer: Callable[[io.BufferedWriter], None]) -> None:
+    """Call ``writer(fh)`` on a temporary binary file, then move it over ``path``.
+
+    Use it for writers that take a file object, e.g. ``torch.save(obj, fh)`` or
+    ``fig.savefig(fh, format="png")``.
+    """
+    with atomic_open(path, "wb") as fh:
+        writer(fh)

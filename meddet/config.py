@@ -1,0 +1,226 @@
+"""Validated run configuration: one pydantic schema, YAML files, CLI overrides.
+
+A config is a YAML file (or the name of a built-in one in ``meddet/configs``) validated by
+:class:`Config`. Unknown keys are errors that name the key and the file. Values that can be
+derived (number of classes, channel counts) are never stored here: the builders read them
+from the dataset and the modules.
+
+Precedence, lowest to highest: schema defaults < config file < CLI flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from meddet.errors import MedDetError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation; evaluation never augments."""
+
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    scale_jitter: tuple[float, float] = Field(
+        (0.9, 1.1), description="range of the random resize factor applied before padding"
+    )
+    brightness: float = Field(0.1, ge=0, description="max additive brightness shift (0-1 scale)")
+    contrast: float = Field(0.1, ge=0, description="max relative contrast change")
+    gamma: float = Field(0.1, ge=0, description="max relative gamma change")
+
+
+class DataConfig(_Strict):
+    """Where the data is and how images are prepared."""
+
+    root: str | None = Field(None, description="dataset folder (images/ + annotations/)")
+    img_size: int = Field(256, ge=64, description="resize long side to this, pad to multiple of 32")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    augment: bool = Field(True, description="apply training augmentation")
+    augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
+    on_bad_box: Literal["fail", "skip"] = Field(
+        "fail", description="invalid boxes: stop with an error, or skip them with a counted warning"
+    )
+
+    @model_validator(mode="after")
+    def _check_size(self) -> "DataConfig":
+        if self.img_size % 32:
+            raise ValueError(f"img_size must be a multiple of 32, got {self.img_size}")
+        return self
+
+
+class ModelConfig(_Strict):
+    """Which detector to build; see ``meddet.models.DETECTORS`` for the names."""
+
+    name: str = Field("gfl_mbv2", description="zoo name, e.g. gfl_r50, gfl_mbv2, meddet")
+    nmode: Literal["head", "fpn", "backbone", "none"] | None = Field(
+        None, description="nmODE² placement; None keeps the zoo entry's default"
+    )
+    pretrained: str | None = Field(
+        None, description="ImageNet backbone weights: 'imagenet' (torchvision cache) or a file"
+    )
+    lambda_qfl: float = Field(1 / 3.25, ge=0, le=1, description="λ of eq. 12 (QFL weight)")
+    mu_dfl: float = Field(0.25 / 3.25, ge=0, le=1, description="μ of eq. 12 (DFL weight)")
+    score_thr: float = Field(0.05, ge=0, le=1, description="post-process score threshold")
+    nms_iou: float = Field(0.6, gt=0, le=1, description="class-wise NMS IoU threshold")
+    max_per_img: int = Field(100, ge=1, description="detections kept per image")
+
+
+class TrainConfig(_Strict):
+    """Optimiser and schedule (mmdetection's 1x schedule by default)."""
+
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(0.01, gt=0, description="SGD learning rate for base_batch_size images")
+    base_batch_size: int = Field(16, ge=1, description="lr is scaled linearly by batch/base")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_iters: int = Field(500, ge=0, description="linear warm-up length in iterations")
+    warmup_ratio: float = Field(0.001, gt=0, le=1, description="lr factor at iteration 0")
+    lr_steps: tuple[float, ...] = Field(
+        (8 / 12, 11 / 12), description="fractions of training where lr is multiplied by 0.1"
+    )
+    grad_clip: float | None = Field(35.0, description="max grad norm; None disables clipping")
+    max_iters: int | None = Field(None, ge=1, description="stop after this many iterations")
+    amp: bool = Field(True, description="mixed precision (CUDA only; ignored on CPU)")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    seed: int = Field(0, description="seed for weights, data order and augmentation")
+    eval_every: int = Field(1, ge=1, description="evaluate on val every N epochs")
+    checkpoint_every_iters: int | None = Field(
+        None, ge=1, description="also write last.pt every N iterations"
+    )
+    max_nonfinite: int = Field(20, ge=1, description="stop after this many non-finite steps in a row")
+
+
+class DistillConfig(_Strict):
+    """Multi-teacher adversarial distillation (paper Sec. III-B..E) and KD baselines."""
+
+    method: Literal["meddet", "mgd", "ld", "fgd", "none"] = "meddet"
+    student: str = Field("meddet", description="zoo name of the student")
+    fusion: Literal["lwff", "sum", "concat"] = "lwff"
+    per_teacher_alpha: bool = Field(False, description="one LWFF α module per teacher")
+    aatm: bool = Field(True, description="use the adversarial auxiliary teacher module")
+    sigma: float = Field(0.5, ge=0, le=1, description="σ of eq. 14 (detection loss weight)")
+    tau: float = Field(0.3, ge=0, le=1, description="τ of eq. 14 (distillation loss weight)")
+    disc_lr: float = Field(1e-4, gt=0, description="discriminator learning rate (Adam)")
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> "DistillConfig":
+        if self.sigma + self.tau > 1 + 1e-9:
+            raise ValueError(f"sigma + tau must be <= 1 (eq. 14), got {self.sigma} + {self.tau}")
+        return self
+
+
+class Config(_Strict):
+    """A complete run configuration."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+
+
+def builtin_configs() -> list[str]:
+    """Names of the configs shipped inside the package."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _resolve(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise MedDetError(
+                f"config file {name_or_path} does not exist; pass a YAML file or one of: "
+                + ", ".join(builtin_configs())
+            )
+        return path
+    builtin = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not builtin.is_file():
+        raise MedDetError(
+            f"unknown config {name_or_path!r}; use a YAML file path or one of: "
+            + ", ".join(builtin_configs())
+        )
+    return builtin
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {loc!r} in {source}; remove it or check its spelling"
+    return f"invalid value for {loc!r} in {source}: {first['msg']}"
+
+
+def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, val in upd.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def load_config(
+    name_or_path: str | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    """Load and validate a config.
+
+    Args:
+        name_or_path: a built-in config name (``default``, ``paper``, ``cpu-small``) or a YAML
+            path; ``None`` means the schema defaults.
+        overrides: nested dict of values that win over the file (e.g. from CLI flags);
+            entries whose value is ``None`` are ignored, so unset flags change nothing.
+
+    Raises:
+        MedDetError: unreadable file, unknown key, wrong type; the message names the key
+            and the file.
+    """
+    raw: dict[str, Any] = {}
+    source = "the defaults"
+    if name_or_path is not None:
+        path = _resolve(name_or_path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MedDetError(f"cannot read config {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise MedDetError(f"config {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise MedDetError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    if overrides:
+        raw = _deep_update(raw, _drop_none(overrides))
+        source = f"{source} (with command-line overrides)"
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise MedDetError(_format_error(exc, source)) from exc
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The fully resolved config as YAML (tuples written as lists)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
