@@ -111,6 +111,11 @@ class DistillConfig(_Strict):
     sigma: float = Field(0.5, ge=0, le=1, description="σ of eq. 14 (detection loss weight)")
     tau: float = Field(0.3, ge=0, le=1, description="τ of eq. 14 (distillation loss weight)")
     disc_lr: float = Field(1e-4, gt=0, description="discriminator learning rate (Adam)")
+    disc_mode: Literal["pixel", "global"] = Field(
+        "pixel", description="D on every location's feature vector, or on pooled features")
+    teacher_img_size: int | None = Field(
+        None, ge=64, description="run the teachers at this input size (None: the student's); "
+        "AFA pools their features to the student's sizes (meddet method only)")
 
     @model_validator(mode="after")
     def _check_weights(self) -> "DistillConfig":

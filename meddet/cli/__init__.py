@@ -53,13 +53,17 @@ def _root(
 def _register() -> None:
     # Imported here so that `meddet --help` stays fast and each command owns its module.
     from meddet.cli import bench, data, distill, evaluate, train
+    from meddet.cli import export as export_cmd
+    from meddet.cli import predict as predict_cmd
 
     app.add_typer(data.app, name="data")
     app.command("pretrain-teacher")(train.pretrain_teacher)
     app.command("distill")(distill.distill)
     app.command("eval")(evaluate.evaluate)
     app.command("bench")(bench.bench)
-    for extra in ("predict", "export", "demo"):
+    app.command("predict")(predict_cmd.predict)
+    app.command("export")(export_cmd.export)
+    for extra in ("demo",):
         app.command(extra, help=f"(not built yet) `meddet {extra}`.",
                     context_settings={"allow_extra_args": True,
                                       "ignore_unknown_options": True})(_not_built(extra))
@@ -82,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    from meddet.cli.train import normalize_resume_argv
+
+    args = normalize_resume_argv(args)
     try:
         rv = app(args=args, prog_name="meddet", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

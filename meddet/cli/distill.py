@@ -1,8 +1,170 @@
-"""`meddet distill` (not built yet)."""
+"""`meddet distill`: train the student from frozen teachers (MedDet, or a Table I baseline).
 
+Thin: resolves the config (file < flags), makes the run directory, calls
+:func:`meddet.distill.trainer.distill` and prints a summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.table import Table
+
+from meddet.cli._common import emit_json, human_console, parse_csv_list
+from meddet.config import Config, load_config
 from meddet.errors import MedDetError
 
+COMMAND = "distill"
+RUNS_ROOT = Path("runs")
 
-def distill() -> None:
-    """(not built yet) `meddet distill`."""
-    raise MedDetError("`meddet distill` is not built yet; see the README for the commands that exist")
+
+def _overrides(**f: Any) -> dict[str, Any]:
+    """CLI flags as a nested config dict (unset flags are None and change nothing)."""
+    return {
+        "model": {"nmode": f["nmode"]},
+        "data": {"root": f["data"], "img_size": f["img_size"], "workers": f["workers"]},
+        "train": {"epochs": f["epochs"], "batch_size": f["batch_size"], "lr": f["lr"],
+                  "max_iters": f["max_iters"], "device": f["device"], "seed": f["seed"],
+                  "eval_every": f["eval_every"]},
+        "distill": {"method": f["method"], "student": f["student"], "fusion": f["fusion"],
+                    "aatm": f["aatm"], "sigma": f["sigma"], "tau": f["tau"],
+                    "per_teacher_alpha": f["per_teacher_alpha"],
+                    "teacher_img_size": f["teacher_img_size"]},
+    }
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resume_config(ckpt_path: Path, flags: dict[str, Any]) -> Config:
+    cfg_file = ckpt_path.parent / "config.yaml"
+    if not cfg_file.is_file():
+        raise MedDetError(f"cannot resume: {cfg_file} is missing (a run directory made by "
+                          "`meddet distill` has it)")
+    try:
+        saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise MedDetError(f"cannot read {cfg_file}: {exc}".splitlines()[0]) from exc
+    for key in ("meddet_version", "command"):
+        saved.pop(key, None)
+    try:
+        cfg = Config.model_validate(_merge(saved, _drop_none(flags)))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise MedDetError(f"invalid value for {loc!r} in {cfg_file} (with command-line overrides): "
+                          f"{first['msg']}") from exc
+    return cfg
+
+
+def distill(
+    teachers: Optional[str] = typer.Option(
+        None, "--teachers", help="Teacher checkpoints from `meddet pretrain-teacher`, "
+        "comma-separated (the paper: GFL R50, R101, R152)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder."),
+    student: Optional[str] = typer.Option(None, "--student", help="Zoo name of the student "
+                                          "(default meddet)."),
+    method: Optional[str] = typer.Option(None, "--method", help="meddet | mgd | ld | fgd | none."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", help="lwff | sum | concat (Table V)."),
+    no_aatm: bool = typer.Option(False, "--no-aatm", help="Drop the adversarial auxiliary teacher "
+                                 "module (Table IV)."),
+    per_teacher_alpha: Optional[bool] = typer.Option(
+        None, "--per-teacher-alpha/--shared-alpha", help="LWFF: one α module per teacher."),
+    nmode: Optional[str] = typer.Option(None, "--nmode", help="Student nmODE² placement: head | "
+                                        "fpn | backbone | none (Table III)."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help="σ of eq. 14 (detection weight)."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="τ of eq. 14 (distillation weight)."),
+    teacher_img_size: Optional[int] = typer.Option(
+        None, "--teacher-img-size", help="Run the teachers at this size (meddet method)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Built-in config (paper, "
+                                         "cpu-small, default) or a YAML file."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs."),
+    max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1,
+                                            help="Stop after this many iterations."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size (multiple of 32)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="SGD lr for train.base_batch_size images."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", min=1,
+                                             help="Evaluate on val every N epochs."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR|CKPT",
+                                         help="Continue a distillation run (its teachers "
+                                         "are read from the checkpoint unless given)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory "
+                                       "(default runs/distill/<method>*)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights and data order."),
+    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-",
+                                            help="Write the summary as JSON ('-' = stdout)."),
+) -> None:
+    """Distil a small student from frozen teachers: MedDet (AFA + LWFF + AATM) or a baseline.
+
+    Writes config.yaml, results.csv, last.pt / best.pt (full state for --resume), student.pt
+    (plain student for `meddet eval` / `bench` / `predict`), curves.png and train.log.
+    """
+    from meddet.distill.trainer import distill as run_distill
+    from meddet.engine.defaults import resolve_resume
+    from meddet.runs import new_run_dir, write_run_config
+
+    con = human_console(json_dest)
+    flags = _overrides(nmode=nmode, data=str(data) if data is not None else None,
+                       img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
+                       lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
+                       method=method, student=student, fusion=fusion,
+                       aatm=False if no_aatm else None, sigma=sigma, tau=tau,
+                       per_teacher_alpha=per_teacher_alpha, teacher_img_size=teacher_img_size)
+    teacher_list = parse_csv_list(teachers, "--teachers")
+    ckpt_path = None
+    if resume is not None:
+        if config is not None:
+            raise MedDetError("--resume uses the run's own config.yaml; drop --config")
+        ckpt_path = resolve_resume(resume)
+        cfg = _resume_config(ckpt_path, flags)
+        run_dir = ckpt_path.parent
+    else:
+        cfg = load_config(config, flags)
+        run_dir = None
+    if cfg.data.root is None:
+        raise MedDetError("no dataset given; pass --data DATASET_DIR")
+    doc = cfg.model_dump(mode="json")
+    if run_dir is None:
+        run_dir = new_run_dir(COMMAND, out, name=cfg.distill.method, root=RUNS_ROOT)
+    write_run_config(run_dir, doc, COMMAND)
+    summary = run_distill(cfg, run_dir, teachers=teacher_list, resume=ckpt_path, console=con)
+    _print_summary(con, summary)
+    emit_json({k: v for k, v in summary.items() if k != "history"}, json_dest)
+
+
+def _print_summary(con: Any, s: dict[str, Any]) -> None:
+    table = Table(title="distill")
+    for col in ("run", "iters", "best val mAP50", "student.pt", "time"):
+        table.add_column(col, justify="left" if col in ("run", "student.pt") else "right")
+    best = "-" if s["best_mAP50"] is None else f"{s['best_mAP50']:.4f}"
+    table.add_row(s["run_dir"], str(s["iters"]), best, s["student"], f"{s['seconds']:.1f}s")
+    con.print(table)
+    split = s["time_split"]
+    total = sum(split.values()) or 1.0
+    con.print("time split: " + ", ".join(
+        f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in
+        (("teachers", split["teacher"]), ("student", split["student"]),
+         ("discriminator", split["disc"]))))

@@ -1,8 +1,191 @@
-"""`meddet pretrain-teacher` (not built yet)."""
+"""`meddet pretrain-teacher`: train zoo detectors (the teachers, the baselines, the plain student).
 
+Thin: it resolves the config (file < flags), creates one run directory per model, and calls
+:func:`meddet.engine.defaults.pretrain`. Under ``torchrun`` every process runs this command;
+rank 0 creates the run directory and tells the others where it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.markup import escape
+from rich.table import Table
+
+from meddet.cli._common import console, parse_csv_list
+from meddet.config import Config, load_config
 from meddet.errors import MedDetError
 
+COMMAND = "pretrain-teacher"
+RUNS_ROOT = Path("runs")
 
-def pretrain_teacher() -> None:
-    """(not built yet) `meddet pretrain-teacher`."""
-    raise MedDetError("`meddet pretrain-teacher` is not built yet; see the README for the commands that exist")
+
+def normalize_resume_argv(args: list[str]) -> list[str]:
+    """Let ``--resume`` be given without a value (the issue's ``--resume [RUN_DIR|CKPT]``).
+
+    Click options take exactly one value, so a bare ``--resume`` (last argument, or followed by
+    another option) becomes ``--resume last``. Call it on argv before Typer parses it.
+    """
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out.insert(i + 1, "last")
+            break
+    return out
+
+
+def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        elif v is not None and not (isinstance(v, dict) and not v):
+            out[k] = v
+    return out
+
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    """CLI flags as a nested config dict (unset flags are None and change nothing)."""
+    return {
+        "model": {"name": flags["model"]},
+        "data": {"root": flags["data"], "img_size": flags["img_size"], "workers": flags["workers"]},
+        "train": {"epochs": flags["epochs"], "batch_size": flags["batch_size"], "lr": flags["lr"],
+                  "max_iters": flags["max_iters"], "device": flags["device"], "seed": flags["seed"]},
+    }
+
+
+def _latest_run(root: Path) -> Path:
+    runs = [p for p in (root / COMMAND).glob("*") if (p / "last.pt").is_file()]
+    if not runs:
+        raise MedDetError(f"--resume last: no run with a last.pt under {root / COMMAND}; "
+                          "pass the run directory or checkpoint to resume")
+    return max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
+
+
+def _resume_config(ckpt_path: Path, overrides: dict[str, Any]) -> Config:
+    """The resumed run's own config.yaml with the given flags on top."""
+    cfg_file = ckpt_path.parent / "config.yaml"
+    if not cfg_file.is_file():
+        raise MedDetError(f"cannot resume: {cfg_file} is missing (a run directory made by "
+                          "`meddet pretrain-teacher` has it)")
+    try:
+        saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise MedDetError(f"cannot read {cfg_file}: {exc}".splitlines()[0]) from exc
+    for key in ("meddet_version", "command"):
+        saved.pop(key, None)
+    try:
+        return Config.model_validate(_merge(saved, overrides))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise MedDetError(f"invalid value for {loc!r} in {cfg_file} (with command-line overrides): "
+                          f"{first['msg']}") from exc
+
+
+def pretrain_teacher(
+    model: str | None = typer.Option(
+        None, "--model", help="Zoo name, or a comma-separated list (gfl_r50,gfl_r101,gfl_r152) "
+        "for one run each."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder (layout of "
+                                        "`meddet data synth`)."),
+    config: str | None = typer.Option(None, "--config", help="Built-in config (paper, "
+                                         "cpu-small, default) or a YAML file."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
+                                             help="Images per step and process."),
+    lr: float | None = typer.Option(None, "--lr", help="SGD lr for train.base_batch_size "
+                                       "images (scaled linearly with the total batch)."),
+    img_size: int | None = typer.Option(None, "--img-size", help="Input size (multiple of 32)."),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
+    max_iters: int | None = typer.Option(None, "--max-iters", min=1,
+                                            help="Stop after this many iterations in total."),
+    resume: str | None = typer.Option(
+        None, "--resume", metavar="RUN_DIR|CKPT|last",
+        help="Continue a run: its directory, a checkpoint, or 'last' (--out, else the newest run)."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (with several models: "
+                                       "OUT/<model>). Default runs/pretrain-teacher/<model>."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for weights and data order."),
+) -> None:
+    """Train detectors from the zoo: the paper's teachers, Table I's baselines, the plain student.
+
+    Each run directory gets config.yaml, results.csv, last.pt, best.pt (by val mAP50),
+    curves.png and train.log.
+
+    Under `torchrun --nproc_per_node N -m meddet pretrain-teacher ...` it uses DDP.
+    """
+    from meddet.engine import distributed as du
+    from meddet.engine.defaults import pretrain, require_split, resolve_resume
+    from meddet.runs import new_run_dir, write_run_config
+
+    flags = _overrides(model=model, data=str(data) if data is not None else None,
+                       img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
+                       lr=lr, max_iters=max_iters, device=device, seed=seed)
+    models = parse_csv_list(model, "--model")
+    jobs: list[tuple[Config, Path | None, Path | None]] = []  # (config, run dir, checkpoint)
+    if resume is not None:
+        if len(models) > 1:
+            raise MedDetError("--resume continues one run; pass a single --model (or none)")
+        if config is not None:
+            raise MedDetError("--resume uses the run's own config.yaml; drop --config")
+        target = (out if out is not None else _latest_run(RUNS_ROOT)) if resume == "last" \
+            else Path(resume)
+        ckpt_path = resolve_resume(target)
+        jobs.append((_resume_config(ckpt_path, flags), ckpt_path.parent, ckpt_path))
+    else:
+        if not models:
+            raise MedDetError("pass --model NAME (or a comma-separated list); see "
+                              "`meddet.models.DETECTORS` for the zoo")
+        from meddet.models import DETECTORS
+
+        for name in models:
+            if name not in DETECTORS:
+                raise MedDetError(f"unknown model {name!r}; use one of: {', '.join(DETECTORS)}")
+        for name in models:
+            cfg = load_config(config, {**flags, "model": {"name": name}})
+            run_dir = (out / name if len(models) > 1 else out) if out is not None else None
+            jobs.append((cfg, run_dir, None))
+
+    info = du.init_distributed(jobs[0][0].train.device)
+    try:
+        summaries = []
+        for cfg, run_dir, ckpt_path in jobs:
+            # Check the data before creating a run directory that would stay empty.
+            require_split(cfg.data.root, "train")
+            require_split(cfg.data.root, "val")
+            if ckpt_path is None:
+                path = None
+                if info.is_main:
+                    path = new_run_dir(COMMAND, run_dir, name=cfg.model.name, root=RUNS_ROOT)
+                    write_run_config(path, cfg.model_dump(mode="json"), COMMAND)
+                run_dir = Path(du.broadcast_object(str(path) if path else None))
+            elif info.is_main:  # flags given with --resume (e.g. --max-iters) are now in force
+                write_run_config(run_dir, cfg.model_dump(mode="json"), COMMAND)
+            summaries.append(pretrain(cfg, run_dir, resume=ckpt_path,
+                                      console=console if info.is_main else None,
+                                      device=info.device))
+        if info.is_main:
+            _print_summary(summaries)
+    finally:
+        du.cleanup_distributed()
+
+
+def _print_summary(summaries: list[dict[str, Any]]) -> None:
+    table = Table(title="pretrain-teacher", show_lines=False)
+    for col in ("run", "iters", "best val mAP50", "last val mAP", "last val mAP50", "recall",
+                "time"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for s in summaries:
+        last = s["history"][-1] if s["history"] else {}
+
+        def fmt(v: Any) -> str:
+            return "-" if v is None else f"{v:.4f}"
+
+        table.add_row(escape(s["run_dir"]), str(s["iters"]), fmt(s["best_mAP50"]), fmt(last.get("mAP")),
+                      fmt(last.get("mAP50")), fmt(last.get("recall")), f"{s['seconds']:.1f}s")
+    console.print(table)

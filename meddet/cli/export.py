@@ -1,0 +1,55 @@
+"""`meddet export`: ONNX / TorchScript export with a self-check against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meddet.cli._common import console
+from meddet.errors import MedDetError
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A meddet checkpoint (.pt).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")],
+    img_size: Annotated[int | None, typer.Option(
+        "--img-size", help="Fixed input size, a multiple of 32 (default: the checkpoint's "
+        "training size).")] = None,
+    dynamic_batch: Annotated[bool, typer.Option(
+        "--dynamic-batch", help="Make the batch dimension symbolic.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Output file (default: next to the checkpoint, .onnx or "
+        ".torchscript.pt).")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check/--no-check", help="Compare the export with PyTorch after writing it.")] = True,
+) -> None:
+    """Export a detector; the graph ends at the raw per-level outputs (see docs/deploy.md)."""
+    from meddet.export import FORMATS, export_checkpoint
+
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise MedDetError(f"unknown --format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    with console.status(f"exporting to {fmt} ...", spinner="dots"):
+        report = export_checkpoint(checkpoint, fmt=fmt, img_size=img_size,
+                                   dynamic_batch=dynamic_batch, out=out, check=check)
+    batch = "B" if dynamic_batch or fmt == "torchscript" else "1"
+    lines = [(f"wrote {report.path} ({fmt}, input [{batch}, 3, {report.img_size}, "
+              f"{report.img_size}], outputs {', '.join(report.outputs)})")]
+    if check:
+        lines.append(f"check raw outputs: max |export - torch| = {report.raw_max_abs_diff:.2e} "
+                     f"(tolerance 1e-04) {'ok' if report.raw_ok else 'FAILED'}")
+        for d in report.detections:
+            lines.append(f"check detections at score_thr={d.score_thr:g}: torch "
+                         f"{d.torch_count}, export {d.export_count}, matched {d.matched}, max box "
+                         f"diff {d.max_box_diff:.2e} px, max score diff "
+                         f"{d.max_score_diff:.2e} {'ok' if d.ok else 'FAILED'}")
+    for line in lines:
+        # Plain text: paths and shapes contain brackets that rich would read as markup.
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if check and not report.ok:
+        raise MedDetError(f"the exported model {report.path} does not agree with PyTorch "
+                          "(see the check above); do not deploy it")
+    if check:
+        console.print("export check passed", style="green", markup=False)

@@ -1,0 +1,29 @@
+"""Training and evaluation engine: a minimal loop with hooks, checkpoints, COCO metrics.
+
+- :class:`Trainer` runs the step; :mod:`meddet.engine.hooks` holds everything around it.
+- :mod:`meddet.engine.checkpoint` is the only code that writes or reads checkpoints.
+- :mod:`meddet.engine.evaluator` runs inference and pycocotools' COCOeval.
+- :mod:`meddet.engine.defaults` turns a config into a trainer (``meddet pretrain-teacher``).
+- :mod:`meddet.engine.distributed` wraps torchrun / DDP so single-process code needs no branches.
+"""
+
+from meddet.engine.checkpoint import (
+    build_model_from_checkpoint,
+    load_checkpoint,
+    make_meta,
+    save_checkpoint,
+)
+from meddet.engine.evaluator import evaluate_coco, predict_dataset
+from meddet.engine.trainer import HookBase, NonFiniteLossError, Trainer
+
+__all__ = [
+    "HookBase",
+    "NonFiniteLossError",
+    "Trainer",
+    "build_model_from_checkpoint",
+    "evaluate_coco",
+    "load_checkpoint",
+    "make_meta",
+    "predict_dataset",
+    "save_checkpoint",
+]

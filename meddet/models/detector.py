@@ -1,0 +1,377 @@
+"""GFLDetector: backbone → FPN → shared GFL head, with ATSS training and GFL post-processing.
+
+Image and target conventions (see ``docs/architecture.md``):
+
+* ``images``: ``FloatTensor[B, 3, H, W]``, normalised network input.
+* ``targets``: one dict per image with ``"boxes"`` ``FloatTensor[N, 4]`` xyxy in input pixels
+  and ``"labels"`` ``LongTensor[N]`` in ``[0, num_classes)``; ``N`` may be 0. For evaluation,
+  optional ``"scale"`` (input px per original px) and ``"orig_size"`` ``(h, w)`` map detections
+  back to original pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from meddet.errors import MedDetError
+from meddet.models.assigner import ATSSAssigner
+from meddet.models.box_ops import (
+    aligned_iou,
+    bbox2distance,
+    box_centers,
+    distance2bbox,
+    grid_anchors,
+    integral,
+)
+from meddet.models.gfl_head import GFLHead, flatten_levels
+from meddet.models.losses import (
+    distribution_focal_loss,
+    giou_loss,
+    quality_focal_loss,
+    weighted_sum,
+)
+from meddet.models.postprocess import GFLPostProcess
+
+__all__ = ["NMODE_PLACEMENTS", "Assignment", "GFLDetector", "check_loss_weights"]
+
+NMODE_PLACEMENTS = ("head", "fpn", "backbone", "none")
+
+# Eq. 12 defaults: λ : μ : (1 - λ - μ) = 1 : 0.25 : 2, the QFL : DFL : GIoU weighting of GFL.
+DEFAULT_LAMBDA_QFL = 1 / 3.25
+DEFAULT_MU_DFL = 0.25 / 3.25
+# Eq. 12's weights sum to 1, mmdetection's (1 + 0.25 + 2) to 3.25; multiplying by 3.25 gives the
+# same total (and gradient scale) as mmdetection's GFL so the paper's SGD lr of 0.01 applies.
+DEFAULT_DET_SCALE = 3.25
+
+
+def check_loss_weights(lambda_qfl: float, mu_dfl: float) -> None:
+    """Validate eq. 12's weights.
+
+    Raises:
+        MedDetError: a negative weight, or ``λ + μ > 1`` (the GIoU weight would be negative).
+    """
+    if lambda_qfl < 0 or mu_dfl < 0 or lambda_qfl + mu_dfl > 1 + 1e-9:
+        raise MedDetError(
+            f"eq. 12 needs lambda_qfl >= 0, mu_dfl >= 0 and lambda_qfl + mu_dfl <= 1; "
+            f"got lambda_qfl={lambda_qfl}, mu_dfl={mu_dfl}"
+        )
+
+
+@dataclass
+class Assignment:
+    """ATSS assignment of a batch, flattened over levels (level-major, then row-major).
+
+    ``A`` is the number of locations over all levels; index ``a`` of the ``[B, A, ...]`` tensors
+    matches index ``a`` of :meth:`GFLDetector.flatten_outputs`.
+
+    Attributes:
+        anchors: ``[A, 4]`` xyxy input pixels, the square ATSS anchors (side 8 x stride).
+        points: ``[A, 2]`` (x, y) input pixels, location centres (where distances start).
+        strides: ``[A]`` stride of each location's level.
+        num_level_anchors: locations per level.
+        labels: ``[B, A]`` long, assigned class; ``num_classes`` for background.
+        boxes: ``[B, A, 4]`` xyxy input pixels, assigned ground-truth box (zeros for
+            background).
+        pos_mask: ``[B, A]`` bool, positive locations.
+        gt_inds: ``[B, A]`` long, index into that image's ``targets[b]["boxes"]``, ``-1`` for
+            background.
+    """
+
+    anchors: Tensor
+    points: Tensor
+    strides: Tensor
+    num_level_anchors: list[int]
+    labels: Tensor
+    boxes: Tensor
+    pos_mask: Tensor
+    gt_inds: Tensor
+
+
+class GFLDetector(nn.Module):
+    """Generalized Focal Loss detector (one stage, anchor-point, ATSS assignment).
+
+    Args:
+        name: zoo name, recorded for checkpoints and reports.
+        num_classes: foreground classes.
+        backbone: module mapping ``[B, 3, H, W]`` to a list of C3-C5 maps.
+        neck: FPN mapping C3-C5 to five ``[B, fpn_channels, H/s, W/s]`` maps, s = 8..128.
+        head: the :class:`~meddet.models.gfl_head.GFLHead`.
+        nmode: where nmODE² sits (``head``, ``fpn``, ``backbone`` or ``none``); informational
+            here, the modules were built accordingly.
+        strides: stride of each FPN level.
+        assigner: ATSS assigner (default ``topk=9``).
+        postprocessor: decoding / NMS settings (default: GFL's test recipe).
+        lambda_qfl: λ of eq. 12.
+        mu_dfl: μ of eq. 12; the GIoU weight is ``1 - λ - μ``. The defaults ``λ = 1/3.25`` and
+            ``μ = 0.25/3.25`` reproduce GFL's weighting QFL : DFL : GIoU = 1 : 0.25 : 2.
+        det_scale: factor on eq. 12's total. The default 3.25 makes the total equal to
+            mmdetection's GFL loss (1·QFL + 0.25·DFL + 2·GIoU), so the paper's SGD lr of 0.01
+            applies unchanged; use 1.0 for eq. 12 exactly as printed.
+        anchor_scale: ATSS anchor side in strides (GFL: 8).
+        center_offset: location centre offset in cells (0 matches mmdetection's GFL).
+        qfl_beta: QFL focusing exponent.
+        dfl_eps: DFL targets are clamped to ``reg_max - dfl_eps``.
+
+    Raises:
+        MedDetError: invalid ``nmode``, ``lambda_qfl`` or ``mu_dfl``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        num_classes: int,
+        backbone: nn.Module,
+        neck: nn.Module,
+        head: GFLHead,
+        nmode: str = "head",
+        strides: tuple[int, ...] = (8, 16, 32, 64, 128),
+        assigner: ATSSAssigner | None = None,
+        postprocessor: GFLPostProcess | None = None,
+        lambda_qfl: float = DEFAULT_LAMBDA_QFL,
+        mu_dfl: float = DEFAULT_MU_DFL,
+        det_scale: float = DEFAULT_DET_SCALE,
+        anchor_scale: float = 8.0,
+        center_offset: float = 0.0,
+        qfl_beta: float = 2.0,
+        dfl_eps: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if nmode not in NMODE_PLACEMENTS:
+            raise MedDetError(
+                f"unknown nmODE placement {nmode!r}; use one of: {', '.join(NMODE_PLACEMENTS)}"
+            )
+        check_loss_weights(lambda_qfl, mu_dfl)
+        if head.num_levels != len(strides):
+            raise ValueError(f"head has {head.num_levels} levels but {len(strides)} strides given")
+        self.name = name
+        self.num_classes = num_classes
+        self.nmode = nmode
+        self.strides = tuple(int(s) for s in strides)
+        self.reg_max = head.reg_max
+        self.fpn_channels = int(getattr(neck, "out_channels", head.in_channels))
+        self.backbone = backbone
+        self.neck = neck
+        self.head = head
+        self.assigner = assigner or ATSSAssigner(topk=9)
+        self.postprocessor = postprocessor or GFLPostProcess(reg_max=head.reg_max)
+        self.lambda_qfl = float(lambda_qfl)
+        self.mu_dfl = float(mu_dfl)
+        self.det_scale = float(det_scale)
+        self.anchor_scale = anchor_scale
+        self.center_offset = center_offset
+        self.qfl_beta = qfl_beta
+        self.dfl_eps = dfl_eps
+        # Apply the submodules' own train() rules now (frozen stages and BatchNorm in eval
+        # mode for norm_eval backbones), not only after the first explicit .train() call.
+        self.train()
+
+    # ------------------------------------------------------------------ forward passes
+    def forward_raw(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """FPN features and raw head outputs (what distillation needs).
+
+        Args:
+            images: ``[B, 3, H, W]``.
+
+        Returns:
+            ``(feats, cls_scores, bbox_preds)``: five ``[B, fpn_channels, H_l, W_l]`` maps
+            (P3-P7), per level ``[B, num_classes, H_l, W_l]`` logits and
+            ``[B, 4 * (reg_max + 1), H_l, W_l]`` distribution logits (scale already applied).
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        feats = list(self.neck(self.backbone(images)))
+        cls_scores, bbox_preds = self.head(feats)
+        return feats, cls_scores, bbox_preds
+
+    def forward(
+        self, images: Tensor, targets: Sequence[dict[str, Any]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training losses or detections, depending on ``self.training``.
+
+        Args:
+            images: ``[B, 3, H, W]``.
+            targets: per image dicts (see the module docstring); required in training mode,
+                optional in eval mode (then they supply ``scale`` / ``orig_size``).
+
+        Returns:
+            Training: ``{"loss", "loss_qfl", "loss_dfl", "loss_giou", "num_pos"}`` (see
+            :meth:`loss`). Eval: per image ``{"boxes": [K, 4] xyxy original pixels (input
+            pixels when no ``scale`` is given), "scores": [K], "labels": [K] long}``.
+        """
+        if self.training and targets is None:
+            raise ValueError("training-mode forward needs targets; call .eval() for detections")
+        _, cls_scores, bbox_preds = self.forward_raw(images)
+        img_shape = (int(images.shape[-2]), int(images.shape[-1]))
+        if self.training:
+            return self.loss(cls_scores, bbox_preds, targets, img_shape)
+        return self.postprocess(cls_scores, bbox_preds, img_shape, targets)
+
+    # ------------------------------------------------------------------ priors / assignment
+    def priors(
+        self, featmap_sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per-level ATSS anchors ``[H_l * W_l, 4]`` and location centres ``[H_l * W_l, 2]``."""
+        anchors = grid_anchors(featmap_sizes, self.strides, anchor_scale=self.anchor_scale,
+                               center_offset=self.center_offset, device=device, dtype=dtype)
+        return anchors, [box_centers(a) for a in anchors]
+
+    @staticmethod
+    def flatten_outputs(cls_scores: list[Tensor], bbox_preds: list[Tensor]
+                        ) -> tuple[Tensor, Tensor]:
+        """Per-level outputs as ``[B, A, num_classes]`` and ``[B, A, 4 * (reg_max + 1)]``."""
+        return flatten_levels(cls_scores), flatten_levels(bbox_preds)
+
+    @torch.no_grad()
+    def assign(
+        self, cls_scores: list[Tensor], targets: Sequence[dict[str, Any]],
+        img_shape: tuple[int, int] | None = None,
+    ) -> Assignment:
+        """ATSS-assign every location of every image.
+
+        Args:
+            cls_scores: per level ``[B, C, H_l, W_l]`` (only shapes, device and dtype are used;
+                FPN features work too).
+            targets: per image ``{"boxes": [N, 4] xyxy input px, "labels": [N]}``.
+            img_shape: ``(H, W)`` of the input; unused by ATSS (anchors may cross the border),
+                accepted for a uniform signature.
+
+        Returns:
+            The batch :class:`Assignment`.
+        """
+        del img_shape
+        if len(targets) != cls_scores[0].shape[0]:
+            raise ValueError(f"{len(targets)} targets for a batch of {cls_scores[0].shape[0]}")
+        device = cls_scores[0].device
+        sizes = [(int(c.shape[-2]), int(c.shape[-1])) for c in cls_scores]
+        anchors_l, points_l = self.priors(sizes, device, torch.float32)
+        num_level = [a.shape[0] for a in anchors_l]
+        anchors = torch.cat(anchors_l)
+        strides = torch.cat([torch.full((n,), float(s), device=device)
+                             for n, s in zip(num_level, self.strides)])
+        labels, boxes, pos, gt_inds = [], [], [], []
+        for tgt in targets:
+            gt_boxes, gt_labels = self._check_target(tgt, device)
+            res = self.assigner.assign(anchors, num_level, gt_boxes, gt_labels, self.num_classes)
+            labels.append(res.labels)
+            boxes.append(res.boxes)
+            pos.append(res.pos_mask)
+            gt_inds.append(res.gt_inds)
+        return Assignment(anchors=anchors, points=torch.cat(points_l), strides=strides,
+                          num_level_anchors=num_level, labels=torch.stack(labels),
+                          boxes=torch.stack(boxes), pos_mask=torch.stack(pos),
+                          gt_inds=torch.stack(gt_inds))
+
+    def _check_target(self, tgt: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor]:
+        boxes = torch.as_tensor(tgt["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
+        labels = torch.as_tensor(tgt["labels"], dtype=torch.long, device=device).reshape(-1)
+        if boxes.shape[0] != labels.shape[0]:
+            raise ValueError(f"target has {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"labels must be in [0, {self.num_classes}), got {labels.unique().tolist()}"
+            )
+        return boxes, labels
+
+    # ------------------------------------------------------------------ loss
+    def loss(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        targets: Sequence[dict[str, Any]],
+        img_shape: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        """GFL losses and eq. 12's total.
+
+        Normalisation follows mmdetection's GFL: QFL is summed over all locations and classes
+        and divided by the number of positives (at least 1); GIoU and DFL are weighted per
+        positive by its detached max class score and divided by the sum of those weights
+        (at least 1, which damps the box losses while scores are still near the prior). DFL is
+        also averaged over the four sides. Images without objects contribute QFL only.
+
+        Args:
+            cls_scores: per level ``[B, C, H_l, W_l]`` logits.
+            bbox_preds: per level ``[B, 4 * (reg_max + 1), H_l, W_l]``.
+            targets: per image ``{"boxes": [N, 4] xyxy input px, "labels": [N]}``.
+            img_shape: ``(H, W)`` of the input.
+
+        Returns:
+            ``loss_qfl``, ``loss_dfl``, ``loss_giou``: the normalised, unweighted terms;
+            ``loss = det_scale * (λ·loss_qfl + μ·loss_dfl + (1 - λ - μ)·loss_giou)``;
+            ``num_pos``: detached float number of positive locations in the batch.
+        """
+        asg = self.assign(cls_scores, targets, img_shape)
+        cls_flat, reg_flat = self.flatten_outputs(cls_scores, bbox_preds)
+        batch, num_loc = cls_flat.shape[:2]
+        # Losses in float32 even under autocast: sigmoid/log terms of QFL/DFL are fragile in fp16.
+        cls_flat = cls_flat.reshape(batch * num_loc, -1).float()
+        reg_flat = reg_flat.reshape(batch * num_loc, -1).float()
+        labels = asg.labels.reshape(-1)
+        pos_idx = asg.pos_mask.reshape(-1).nonzero().squeeze(1)
+        num_pos = pos_idx.numel()
+        quality = cls_flat.new_zeros(batch * num_loc)
+
+        if num_pos > 0:
+            # Work in stride units as GFL does: the distribution's bins are one stride wide.
+            stride = asg.strides.repeat(batch)[pos_idx][:, None]
+            pts = asg.points.repeat(batch, 1)[pos_idx] / stride
+            tgt_boxes = asg.boxes.reshape(-1, 4)[pos_idx] / stride
+            pos_reg = reg_flat[pos_idx]  # [P, 4 * (reg_max + 1)]
+            weight = cls_flat.detach().sigmoid().amax(dim=1)[pos_idx]  # [P]
+            pred_boxes = distance2bbox(pts, integral(pos_reg, self.reg_max))
+            quality[pos_idx] = aligned_iou(pred_boxes.detach(), tgt_boxes)
+            weight_sum = weight.sum().clamp(min=1.0)
+            loss_giou = weighted_sum(giou_loss(pred_boxes, tgt_boxes), weight, weight_sum)
+            tgt_dist = bbox2distance(pts, tgt_boxes, float(self.reg_max), eps=self.dfl_eps)
+            dfl = distribution_focal_loss(pos_reg.reshape(-1, self.reg_max + 1),
+                                          tgt_dist.reshape(-1))
+            loss_dfl = weighted_sum(dfl, weight.repeat_interleave(4), 4 * weight_sum)
+        else:
+            # Keep the regression branch in the graph so backward() still works.
+            zero = reg_flat.sum() * 0.0
+            loss_giou, loss_dfl = zero, zero.clone()
+
+        qfl = quality_focal_loss(cls_flat, labels, quality, beta=self.qfl_beta)
+        loss_qfl = weighted_sum(qfl, None, max(float(num_pos), 1.0))
+        total = self.det_scale * (
+            self.lambda_qfl * loss_qfl
+            + self.mu_dfl * loss_dfl
+            + (1.0 - self.lambda_qfl - self.mu_dfl) * loss_giou
+        )
+        return {
+            "loss": total,
+            "loss_qfl": loss_qfl,
+            "loss_dfl": loss_dfl,
+            "loss_giou": loss_giou,
+            "num_pos": torch.tensor(float(num_pos), device=cls_flat.device),
+        }
+
+    # ------------------------------------------------------------------ inference
+    def postprocess(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        img_shape: tuple[int, int],
+        targets_or_metas: Sequence[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """Detections from raw outputs.
+
+        Args:
+            cls_scores: per level ``[B, C, H_l, W_l]`` logits.
+            bbox_preds: per level ``[B, 4 * (reg_max + 1), H_l, W_l]``.
+            img_shape: ``(H, W)`` of the input.
+            targets_or_metas: optional per image dicts with ``scale`` / ``orig_size``.
+
+        Returns:
+            Per image ``{"boxes": [K, 4] xyxy, "scores": [K], "labels": [K] long}``; boxes in
+            original pixels when ``scale`` is given, else input pixels.
+        """
+        sizes = [(int(c.shape[-2]), int(c.shape[-1])) for c in cls_scores]
+        _, points = self.priors(sizes, cls_scores[0].device, torch.float32)
+        return self.postprocessor(cls_scores, bbox_preds, points, self.strides, img_shape,
+                                  targets_or_metas)

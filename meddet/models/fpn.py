@@ -1,0 +1,106 @@
+"""Feature pyramid network (Lin et al., 2017) as configured for GFL in mmdetection.
+
+C3-C5 -> P3-P7, all with ``out_channels`` channels at strides 8 / 16 / 32 / 64 / 128:
+1x1 lateral convs, a top-down path of nearest upsampling + addition, 3x3 output convs (bias, no
+norm, no activation), then extra 3x3 stride-2 convs on the P5 *output* for P6 and on P6 for P7
+with no ReLU in between (mmdetection ``add_extra_convs='on_output'``,
+``relu_before_extra_convs=False``). Weights are Xavier-uniform with zero bias, as mmdetection
+initialises its FPN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from meddet.errors import MedDetError
+from meddet.models.nmode import NmODE2
+
+__all__ = ["FPN"]
+
+
+class FPN(nn.Module):
+    """Feature pyramid on C3-C5.
+
+    Args:
+        in_channels: channels of the input maps, finest first (e.g. ``backbone.out_channels``).
+        out_channels: channels of every output level.
+        num_outs: number of output levels; those beyond ``len(in_channels)`` come from the
+            extra stride-2 convs.
+        nmode: apply a parameter-free nmODE² to each output level (placement ``fpn``).
+        in_strides: strides of the inputs (e.g. ``backbone.strides``); default 8, 16, 32, ...
+
+    Attributes:
+        out_channels: ``int``, channels of every level (what the shared head needs).
+        strides: stride of each output level, e.g. ``(8, 16, 32, 64, 128)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: int = 256,
+        num_outs: int = 5,
+        nmode: bool = False,
+        *,
+        in_strides: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        in_channels = tuple(int(c) for c in in_channels)
+        if not in_channels:
+            raise MedDetError("FPN needs at least one input level")
+        if num_outs < len(in_channels):
+            raise MedDetError(f"FPN num_outs ({num_outs}) must be >= the number of inputs "
+                              f"({len(in_channels)})")
+        if in_strides is None:
+            in_strides = tuple(8 * 2**i for i in range(len(in_channels)))
+        if len(in_strides) != len(in_channels):
+            raise MedDetError(f"FPN got {len(in_channels)} in_channels but {len(in_strides)} "
+                              "in_strides")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_outs = num_outs
+        extra = num_outs - len(in_channels)
+        self.strides = tuple(in_strides) + tuple(in_strides[-1] * 2 ** (i + 1)
+                                                 for i in range(extra))
+        self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.fpn_convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels
+        )
+        # 'on_output': the first extra level reads the last pyramid output, not C5.
+        self.extra_convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) for _ in range(extra)
+        )
+        self.nmode = nn.ModuleList(NmODE2() for _ in range(num_outs)) if nmode else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        """Build the pyramid.
+
+        Args:
+            feats: ``len(in_channels)`` maps ``[B, in_channels[i], H_i, W_i]``, finest first.
+
+        Returns:
+            ``num_outs`` maps ``[B, out_channels, H / strides[i], W / strides[i]]``.
+        """
+        if len(feats) != len(self.lateral_convs):
+            raise ValueError(f"FPN expects {len(self.lateral_convs)} maps, got {len(feats)}")
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
+        for i in range(len(laterals) - 1, 0, -1):
+            # Upsample to the exact size of the finer map, so odd sizes still add up.
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
+            )
+        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
+        for conv in self.extra_convs:
+            outs.append(conv(outs[-1]))  # no ReLU between P6 and P7 (relu_before_extra_convs)
+        if self.nmode is not None:
+            outs = [block(o) for block, o in zip(self.nmode, outs)]
+        return outs

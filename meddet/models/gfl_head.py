@@ -1,0 +1,136 @@
+"""The GFL head (Li et al., NeurIPS 2020), shared across pyramid levels.
+
+Per level the head maps an FPN feature ``[B, in_channels, H, W]`` to classification logits
+``[B, num_classes, H, W]`` (sigmoid, one per class, the IoU-aware "joint" score of GFL) and a
+general distribution over distances ``[B, 4 * (reg_max + 1), H, W]`` (left, top, right, bottom,
+each ``reg_max + 1`` bins in stride units). The head only returns raw tensors; assignment, losses
+and post-processing live in their own modules.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from meddet.models.nmode import NmODE2
+
+__all__ = ["GFLHead", "flatten_levels"]
+
+
+def flatten_levels(per_level: list[Tensor]) -> Tensor:
+    """Concatenate per-level maps into one ``[B, A, K]`` tensor.
+
+    Args:
+        per_level: ``[B, K, H_l, W_l]`` per level.
+
+    Returns:
+        ``[B, A, K]`` with ``A = sum_l H_l * W_l``, level-major then row-major, the order of
+        :func:`meddet.models.box_ops.grid_anchors` concatenated.
+    """
+    return torch.cat([t.flatten(2).transpose(1, 2) for t in per_level], dim=1)
+
+
+def _tower(in_channels: int, feat_channels: int, num_convs: int, groups: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(num_convs):
+        # No conv bias: GroupNorm's shift makes it redundant (and mmdetection omits it too,
+        # which keeps the parameter count comparable with the paper's).
+        layers += [
+            nn.Conv2d(in_channels if i == 0 else feat_channels, feat_channels, 3, padding=1,
+                      bias=False),
+            nn.GroupNorm(groups, feat_channels),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+class GFLHead(nn.Module):
+    """Shared GFL head with optional nmODE² blocks before the output convs.
+
+    Args:
+        num_classes: foreground classes (sigmoid outputs, no background channel).
+        in_channels: channels of every FPN level.
+        feat_channels: width of the towers (must be divisible by ``norm_groups``).
+        stacked_convs: ``3x3 conv - GroupNorm - ReLU`` blocks per tower.
+        num_levels: pyramid levels (one learnable regression scale each).
+        reg_max: largest distance bin; the regression has ``4 * (reg_max + 1)`` channels.
+        norm_groups: GroupNorm groups.
+        nmode: insert one :class:`~meddet.models.nmode.NmODE2` per branch between the last
+            tower block and ``gfl_cls`` / ``gfl_reg`` (the paper's default placement).
+        nmode_kwargs: keyword arguments for each ``NmODE2``.
+        prior_prob: initial foreground probability; ``gfl_cls`` bias starts at
+            ``-log((1 - p) / p)`` (= ``-log 99`` for 0.01) so the initial QFL is not swamped by
+            the many background locations.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int = 256,
+        feat_channels: int = 256,
+        stacked_convs: int = 4,
+        num_levels: int = 5,
+        reg_max: int = 16,
+        norm_groups: int = 32,
+        nmode: bool = False,
+        nmode_kwargs: dict[str, Any] | None = None,
+        prior_prob: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if feat_channels % norm_groups:
+            raise ValueError(
+                f"feat_channels={feat_channels} must be divisible by norm_groups={norm_groups}"
+            )
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.reg_max = reg_max
+        self.num_levels = num_levels
+        self.cls_convs = _tower(in_channels, feat_channels, stacked_convs, norm_groups)
+        self.reg_convs = _tower(in_channels, feat_channels, stacked_convs, norm_groups)
+        kwargs = dict(nmode_kwargs or {})
+        self.cls_nmode: nn.Module = NmODE2(**kwargs) if nmode else nn.Identity()
+        self.reg_nmode: nn.Module = NmODE2(**kwargs) if nmode else nn.Identity()
+        self.gfl_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
+        self.gfl_reg = nn.Conv2d(feat_channels, 4 * (reg_max + 1), 3, padding=1)
+        # GFL multiplies the regression logits (not the decoded distances) by a learnable
+        # per-level scalar, letting levels of different stride share one set of convs.
+        self.scales = nn.Parameter(torch.ones(num_levels))
+        self._init_weights(prior_prob)
+
+    def _init_weights(self, prior_prob: float) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.constant_(self.gfl_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Run the shared head on every level.
+
+        Args:
+            feats: ``num_levels`` maps ``[B, in_channels, H_l, W_l]``.
+
+        Returns:
+            ``(cls_scores, bbox_preds)``: per level ``[B, num_classes, H_l, W_l]`` logits and
+            ``[B, 4 * (reg_max + 1), H_l, W_l]`` distribution logits, already multiplied by the
+            level's scale.
+        """
+        if len(feats) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} feature levels, got {len(feats)}")
+        cls_scores, bbox_preds = [], []
+        for level, x in enumerate(feats):
+            cls_feat = self.cls_nmode(self.cls_convs(x))
+            reg_feat = self.reg_nmode(self.reg_convs(x))
+            cls_scores.append(self.gfl_cls(cls_feat))
+            bbox_preds.append(self.gfl_reg(reg_feat) * self.scales[level])
+        return cls_scores, bbox_preds

@@ -1,0 +1,152 @@
+"""The model zoo: detector names used by configs, the CLI and the benchmarks.
+
+``DETECTORS`` is a plain dict from name to builder; every builder has the signature
+``builder(num_classes=2, **overrides) -> GFLDetector``.
+
+==================  ===================  ===========  ==========================================
+name                backbone             nmODE²       role
+==================  ===================  ===========  ==========================================
+gfl_r50             resnet50             head         teacher (paper Fig. 3)
+gfl_r101            resnet101            head         teacher
+gfl_r152            resnet152            head         teacher
+gfl_mbv2            mobilenet_v2         none         Table I baseline
+gfl_mbv2_1.4        mobilenet_v2_1.4     none         Table I baseline
+gfl_effb0           efficientnet_b0      none         Table I baseline
+gfl_effb1           efficientnet_b1      none         Table I baseline
+gfl_shufflenet      shufflenet_v1        none         Table I baseline
+gfl_shufflenetv2    shufflenet_v2        none         Table I baseline
+meddet              mobilenet_v2         head         the student
+==================  ===================  ===========  ==========================================
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from meddet.errors import MedDetError
+from meddet.models.backbones import build_backbone
+from meddet.models.detector import (
+    DEFAULT_DET_SCALE,
+    DEFAULT_LAMBDA_QFL,
+    DEFAULT_MU_DFL,
+    NMODE_PLACEMENTS,
+    GFLDetector,
+    check_loss_weights,
+)
+from meddet.models.fpn import FPN
+from meddet.models.gfl_head import GFLHead
+from meddet.models.postprocess import GFLPostProcess
+
+__all__ = ["DETECTORS", "OVERRIDES", "build_detector"]
+
+FPN_CHANNELS = 256
+STRIDES = (8, 16, 32, 64, 128)
+REG_MAX = 16
+
+# Keys a builder accepts; a value of None keeps the zoo entry's default, so an unset
+# ``ModelConfig`` field can be passed straight through.
+OVERRIDES = (
+    "nmode", "pretrained", "score_thr", "nms_iou", "max_per_img", "lambda_qfl", "mu_dfl",
+    "nmode_kwargs", "frozen_stages", "norm_eval", "det_scale",
+)
+
+
+def _build_gfl(
+    num_classes: int = 2,
+    *,
+    name: str,
+    backbone_name: str,
+    default_nmode: str,
+    **overrides: Any,
+) -> GFLDetector:
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise MedDetError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for detector {name!r}; "
+            f"valid: {', '.join(OVERRIDES)}"
+        )
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise MedDetError(f"num_classes must be a positive integer, got {num_classes!r}")
+    opt = {k: v for k, v in overrides.items() if v is not None}
+    nmode = opt.get("nmode", default_nmode)
+    if nmode not in NMODE_PLACEMENTS:
+        raise MedDetError(
+            f"unknown nmODE placement {nmode!r}; use one of: {', '.join(NMODE_PLACEMENTS)}"
+        )
+    nmode_kwargs = opt.get("nmode_kwargs")
+    if nmode_kwargs and nmode != "head":
+        # The backbone and FPN blocks use NmODE2's defaults; refusing beats ignoring silently.
+        raise MedDetError(f"nmode_kwargs only applies to nmode='head', got nmode={nmode!r}")
+    lambda_qfl = float(opt.get("lambda_qfl", DEFAULT_LAMBDA_QFL))
+    mu_dfl = float(opt.get("mu_dfl", DEFAULT_MU_DFL))
+    check_loss_weights(lambda_qfl, mu_dfl)
+
+    pretrained = opt.get("pretrained")
+    # Frozen stages and eval-mode BatchNorm protect pretrained ImageNet weights. On random
+    # weights they would freeze noise and switch normalisation off (running stats 0/1), which
+    # trains badly, so without weights the default is to train everything with batch stats.
+    bb_kwargs = {"frozen_stages": 1, "norm_eval": True} if pretrained else {
+        "frozen_stages": -1, "norm_eval": False}
+    bb_kwargs.update({k: opt[k] for k in ("frozen_stages", "norm_eval") if k in opt})
+    backbone = build_backbone(backbone_name, pretrained=pretrained,
+                              nmode=nmode == "backbone", **bb_kwargs)
+    neck = FPN(list(backbone.out_channels), out_channels=FPN_CHANNELS, num_outs=len(STRIDES),
+               nmode=nmode == "fpn", in_strides=backbone.strides)
+    head = GFLHead(num_classes=num_classes, in_channels=FPN_CHANNELS, feat_channels=FPN_CHANNELS,
+                   num_levels=len(STRIDES), reg_max=REG_MAX, nmode=nmode == "head",
+                   nmode_kwargs=nmode_kwargs)
+    post = GFLPostProcess(reg_max=REG_MAX, score_thr=float(opt.get("score_thr", 0.05)),
+                          nms_iou=float(opt.get("nms_iou", 0.6)),
+                          max_per_img=int(opt.get("max_per_img", 100)))
+    return GFLDetector(name=name, num_classes=num_classes, backbone=backbone, neck=neck,
+                       head=head, nmode=nmode, strides=STRIDES, postprocessor=post,
+                       lambda_qfl=lambda_qfl, mu_dfl=mu_dfl,
+                       det_scale=float(opt.get("det_scale", DEFAULT_DET_SCALE)))
+
+
+def _entry(name: str, backbone_name: str, default_nmode: str) -> Callable[..., GFLDetector]:
+    return functools.partial(_build_gfl, name=name, backbone_name=backbone_name,
+                             default_nmode=default_nmode)
+
+
+DETECTORS: dict[str, Callable[..., GFLDetector]] = {
+    "gfl_r50": _entry("gfl_r50", "resnet50", "head"),
+    "gfl_r101": _entry("gfl_r101", "resnet101", "head"),
+    "gfl_r152": _entry("gfl_r152", "resnet152", "head"),
+    "gfl_mbv2": _entry("gfl_mbv2", "mobilenet_v2", "none"),
+    "gfl_mbv2_1.4": _entry("gfl_mbv2_1.4", "mobilenet_v2_1.4", "none"),
+    "gfl_effb0": _entry("gfl_effb0", "efficientnet_b0", "none"),
+    "gfl_effb1": _entry("gfl_effb1", "efficientnet_b1", "none"),
+    "gfl_shufflenet": _entry("gfl_shufflenet", "shufflenet_v1", "none"),
+    "gfl_shufflenetv2": _entry("gfl_shufflenetv2", "shufflenet_v2", "none"),
+    "meddet": _entry("meddet", "mobilenet_v2", "head"),
+}
+
+
+def build_detector(name: str, num_classes: int = 2, **overrides: Any) -> GFLDetector:
+    """Build a zoo detector.
+
+    Args:
+        name: a key of :data:`DETECTORS`.
+        num_classes: foreground classes (the synthetic CDH set has 2).
+        **overrides: any of :data:`OVERRIDES`; ``None`` keeps the entry's default.
+            ``nmode`` (``head``/``fpn``/``backbone``/``none``), ``pretrained`` (None,
+            ``"imagenet"`` from the local torch cache, or a state-dict file), ``score_thr``,
+            ``nms_iou``, ``max_per_img``, ``lambda_qfl`` / ``mu_dfl`` (eq. 12; defaults
+            1/3.25 and 0.25/3.25 give GFL's 1 : 0.25 : 2), ``det_scale`` (default 3.25),
+            ``nmode_kwargs`` (dict for each head ``NmODE2``), ``frozen_stages``, ``norm_eval``
+            (defaults: 1 and True with ``pretrained`` weights, as mmdetection fine-tunes;
+            -1 and False without, i.e. training from scratch).
+
+    Returns:
+        A :class:`~meddet.models.detector.GFLDetector` in training mode.
+
+    Raises:
+        MedDetError: unknown name or option, invalid placement or eq. 12 weights, unusable
+            pretrained weights.
+    """
+    if name not in DETECTORS:
+        raise MedDetError(f"unknown detector {name!r}; use one of: {', '.join(DETECTORS)}")
+    return DETECTORS[name](num_classes, **overrides)

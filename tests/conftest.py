@@ -1,0 +1,52 @@
+"""Shared fixtures (keep additive: several test modules use them)."""
+
+from __future__ import annotations
+
+import os
+
+# The tests run tiny tensors, where a second intra-op thread costs more than it gives, and a
+# loaded 2-core CI box makes oversubscription slow by an order of magnitude. Subprocesses
+# spawned by tests (torchrun, examples) inherit the environment variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A tiny synthetic CDH dataset (4 train / 2 val / 2 test images, 128 px), made once."""
+    from meddet.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny_dataset") / "data"
+    generate_dataset(root, num_train=4, num_val=2, num_test=2, size=128, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(tmp_path_factory):
+    """Three freshly built gfl_mbv2 detectors saved as teacher checkpoints (stand-ins for the
+    paper's GFL R50/R101/R152), with recorded val mAP50 0.1, 0.3, 0.2; made once.
+
+    Returns:
+        list of the three checkpoint paths (class list of the synthetic set).
+    """
+    import torch
+
+    from meddet.engine import make_meta, save_checkpoint
+    from meddet.models import build_detector
+
+    folder = tmp_path_factory.mktemp("tiny_teachers")
+    paths = []
+    for i, map50 in enumerate((0.1, 0.3, 0.2)):
+        torch.manual_seed(100 + i)
+        model = build_detector("gfl_mbv2", num_classes=2)
+        meta = make_meta(model_name="gfl_mbv2", num_classes=2,
+                         class_names=["protrusion", "non-protrusion"], img_size=128)
+        path = folder / f"teacher{i}.pt"
+        save_checkpoint(path, {"model": model.state_dict(), "meta": meta,
+                               "metrics": {"mAP50": map50}})
+        paths.append(path)
+    return paths

@@ -1,0 +1,213 @@
+"""The training loop: hook order, exact resume, the non-finite guard, the LR schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from meddet.engine import distributed as du
+from meddet.engine.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    make_meta,
+    restore_rng_state,
+    seed_everything,
+)
+from meddet.engine.hooks import CheckpointHook, LRSchedulerHook, ResultsHook
+from meddet.engine.schedule import (
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    milestones_from_fractions,
+)
+from meddet.engine.trainer import HookBase, NonFiniteLossError, Trainer
+
+
+class TinyData(torch.utils.data.Dataset):
+    """Random images; the "augmentation" draws from the global torch RNG like a real pipeline."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(i)
+        img = torch.rand(3, 8, 8, generator=g) + 0.1 * torch.rand(3, 8, 8)
+        return img, {"labels": torch.tensor([i % 2]), "image_id": i}
+
+
+def collate(batch):
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+
+
+class TinyDet(nn.Module):
+    """Honours the detector training contract: ``model(images, targets) -> {"loss", ...}``."""
+
+    def __init__(self, nan_after: int | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.5)  # consumes the torch RNG every step
+        self.fc = nn.Linear(4, 2)
+        self.nan_after = nan_after
+        self.calls = 0
+
+    def forward(self, images, targets):
+        self.calls += 1
+        x = self.drop(self.conv(images).mean((2, 3)))
+        logits = self.fc(x)
+        labels = torch.cat([t["labels"] for t in targets])
+        ce = nn.functional.cross_entropy(logits, labels)
+        reg = (self.conv.weight ** 2).mean()
+        loss = ce + reg
+        if self.nan_after is not None and self.calls > self.nan_after:
+            loss = loss * float("nan")
+        return {"loss": loss, "loss_ce": ce, "loss_reg": reg}
+
+
+def make_trainer(run_dir, *, max_iters=6, every_iters=None, nan_after=None, hooks=()):
+    seed_everything(0)
+    model = TinyDet(nan_after=nan_after)
+    ds = TinyData()
+    sampler = du.ResumableSampler(len(ds), shuffle=True, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, collate_fn=collate,
+                                         generator=torch.Generator())
+    opt = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    ipe = math.ceil(len(ds) / 2)
+    sched = build_scheduler(opt, total_iters=2 * ipe, lr_steps=(0.5,), warmup_iters=2,
+                            warmup_ratio=0.1)
+    meta = make_meta(model_name="tiny", num_classes=2, class_names=["a", "b"], img_size=8)
+    all_hooks = [LRSchedulerHook(), ResultsHook(run_dir, plot=False),
+                 CheckpointHook(run_dir, meta, every_iters=every_iters), *hooks]
+    return Trainer(model, opt, loader, iters_per_epoch=ipe, max_iters=max_iters, scheduler=sched,
+                   hooks=all_hooks, grad_clip=35.0)
+
+
+def test_hook_order_and_epoch_boundaries(tmp_path):
+    calls = []
+
+    class Recorder(HookBase):
+        def before_train(self):
+            calls.append("before_train")
+
+        def before_epoch(self):
+            calls.append(f"before_epoch{self.trainer.epoch}")
+
+        def after_step(self):
+            calls.append(f"step{self.trainer.iter}")
+
+        def after_epoch(self):
+            calls.append(f"after_epoch@{self.trainer.iter}")
+
+        def after_train(self):
+            calls.append("after_train")
+
+    t = make_trainer(tmp_path, max_iters=4, hooks=[Recorder()])
+    t.train()
+    # 3 iterations per epoch; the cap at 4 closes a partial second epoch.
+    assert calls == ["before_train", "before_epoch0", "step0", "step1", "step2", "after_epoch@3",
+                     "before_epoch1", "step3", "after_epoch@4", "after_train"]
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert rows[0].split(",")[:5] == ["epoch", "iter", "loss", "loss_ce", "loss_reg"]
+    assert len(rows) == 3 and rows[2].startswith("2,4,")
+
+
+def test_resume_mid_epoch_is_bit_identical(tmp_path):
+    straight = make_trainer(tmp_path / "a", max_iters=6)
+    straight.train()
+
+    # Interrupted after iteration 4 (mid-epoch: 3 per epoch), via a mid-epoch checkpoint.
+    first = make_trainer(tmp_path / "b", max_iters=4, every_iters=1)
+    first.train()
+    ckpt = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert ckpt["iter"] == 4 and ckpt["epoch"] == 1
+    torch.manual_seed(1234)  # a resumed process starts with unrelated RNG states
+    second = make_trainer(tmp_path / "b", max_iters=6)
+    second.load_state_dict(ckpt)
+    second.train()
+
+    a = straight.model.state_dict()
+    b = second.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert straight.optimizer.param_groups[0]["lr"] == second.optimizer.param_groups[0]["lr"]
+    # The resumed history (loss means, lr) is identical too, including the resumed epoch.
+    ha, hb = straight.storage.history, second.storage.history
+    assert [r["loss"] for r in ha] == [r["loss"] for r in hb]
+    assert [r["lr"] for r in ha] == [r["lr"] for r in hb]
+
+
+def test_mid_epoch_checkpoint_not_duplicated_at_epoch_end(tmp_path):
+    t = make_trainer(tmp_path, max_iters=6, every_iters=2)
+    t.train()
+    ck = next(h for h in t.hooks if isinstance(h, CheckpointHook))
+    # iteration 2 (mid-epoch) by every_iters, 3 and 6 by the epoch ends; 4 mid-epoch.
+    assert ck.saved.count("last.pt") == 4
+
+
+def test_nonfinite_steps_are_skipped_then_training_stops(tmp_path):
+    t = make_trainer(tmp_path, max_iters=40, nan_after=3)
+    with pytest.raises(NonFiniteLossError, match="20 consecutive steps had a non-finite loss"):
+        t.train()
+    # The epoch-1 checkpoint (3 good steps) is kept, never overwritten by the diverged state.
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["iter"] == 3
+    assert t.storage.nonfinite_total == 20
+    for v in t.model.state_dict().values():
+        assert torch.isfinite(v).all()
+
+
+def test_isolated_nonfinite_steps_are_counted_not_fatal(tmp_path):
+    class Flaky(TinyDet):
+        def forward(self, images, targets):
+            out = super().forward(images, targets)
+            if self.calls % 2 == 0:
+                out["loss"] = out["loss"] * float("inf")
+            return out
+
+    t = make_trainer(tmp_path, max_iters=6)
+    t.model = Flaky()
+    t.optimizer = build_optimizer(t.model, lr=0.01, momentum=0.9, weight_decay=0.0)
+    t.scheduler = None
+    t.train()
+    assert t.storage.nonfinite_total == 3 and t.iter == 6
+    assert "non-finite" not in (tmp_path / "results.csv").read_text()
+
+
+def test_lr_schedule_warmup_and_steps():
+    ms = milestones_from_fractions((8 / 12, 11 / 12), 1200)
+    assert ms == [800, 1100]
+    kw = {"warmup_iters": 500, "warmup_ratio": 0.001, "milestones": ms}
+    assert lr_factor(0, **kw) == pytest.approx(0.001)
+    assert lr_factor(250, **kw) == pytest.approx(0.5005)
+    assert lr_factor(500, **kw) == 1.0
+    assert lr_factor(799, **kw) == 1.0
+    assert lr_factor(800, **kw) == pytest.approx(0.1)
+    assert lr_factor(1100, **kw) == pytest.approx(0.01)
+
+    model = nn.Linear(2, 2)
+    opt = build_optimizer(model, lr=0.02, momentum=0.9, weight_decay=1e-4)
+    sched = build_scheduler(opt, total_iters=12, lr_steps=(0.5,), warmup_iters=4, warmup_ratio=0.25)
+    seen = []
+    for _ in range(12):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[:5] == pytest.approx([0.005, 0.00875, 0.0125, 0.01625, 0.02])
+    assert seen[5] == pytest.approx(0.02) and seen[6] == pytest.approx(0.002)
+
+
+def test_rng_state_roundtrip():
+    import random
+
+    import numpy as np
+
+    seed_everything(3)
+    state = capture_rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99)
+    restore_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all() and a[2] == b[2]
