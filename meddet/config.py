@@ -77,6 +77,9 @@ class TrainConfig(_Strict):
     """Optimiser and schedule (mmdetection's 1x schedule by default)."""
 
     epochs: int = Field(12, ge=1)
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd", description="sgd: the paper's SGD + momentum; adamw: faster from-scratch CPU runs"
+    )
     batch_size: int = Field(4, ge=1)
     lr: float = Field(0.01, gt=0, description="SGD learning rate for base_batch_size images")
     base_batch_size: int = Field(16, ge=1, description="lr is scaled linearly by batch/base")

@@ -6,7 +6,9 @@ run can always be explained and repeated.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import yaml
@@ -55,3 +57,31 @@ def write_run_config(run_dir: str | os.PathLike, config: dict, command: str) -> 
     path = Path(run_dir) / "config.yaml"
     atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+@contextlib.contextmanager
+def discard_if_failed(run_dir: str | os.PathLike, *, created: bool,
+                      outputs: Iterable[str] = ("config.yaml",)) -> Iterator[None]:
+    """Undo a run directory when the command stops on a user error before producing anything.
+
+    If the body raises :class:`MedDetError` and ``run_dir`` holds nothing but ``outputs``
+    (files, or folders that are empty), those are removed, and so is ``run_dir`` itself when
+    this command ``created`` it. A run that got further (a checkpoint, a log of where it
+    stopped) is kept untouched. A bad dataset or teacher found after the run directory was made
+    then leaves no half-made run behind.
+    """
+    try:
+        yield
+    except MedDetError:
+        path = Path(run_dir)
+        allowed = set(outputs)
+        try:
+            entries = list(path.iterdir())
+            if all(e.name in allowed and (e.is_file() or not any(e.iterdir())) for e in entries):
+                for e in entries:
+                    e.unlink() if e.is_file() else e.rmdir()
+                if created:
+                    path.rmdir()
+        except OSError:
+            pass  # cleaning up is best effort; the user's error is what matters
+        raise

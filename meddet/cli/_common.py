@@ -36,6 +36,27 @@ def emit_json(obj: Any, dest: str | None) -> None:
                           "or '-' for stdout") from exc
 
 
+def check_output_path(dest: str | None, what: str = "--json") -> None:
+    """Fail before any work when ``dest`` (a file to write later) cannot be created.
+
+    ``None`` and ``-`` (stdout) pass. The nearest existing ancestor must be a writable folder.
+    """
+    if dest is None or dest == "-":
+        return
+    import os
+    from pathlib import Path
+
+    path = Path(dest)
+    if path.is_dir():
+        raise MedDetError(f"{what} {dest} is a folder; pass a file path such as {path / 'out.json'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise MedDetError(f"{what} {dest} cannot be written ({parent} is not a writable folder); "
+                          "pass a writable path or '-' for stdout")
+
+
 def parse_csv_list(value: str | None, what: str) -> list[str]:
     """Split ``a,b,c`` into ``["a", "b", "c"]``; empty items are an error."""
     if value is None:

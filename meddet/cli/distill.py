@@ -6,6 +6,7 @@ Thin: resolves the config (file < flags), makes the run directory, calls
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,7 +30,8 @@ def _overrides(**f: Any) -> dict[str, Any]:
         "data": {"root": f["data"], "img_size": f["img_size"], "workers": f["workers"]},
         "train": {"epochs": f["epochs"], "batch_size": f["batch_size"], "lr": f["lr"],
                   "max_iters": f["max_iters"], "device": f["device"], "seed": f["seed"],
-                  "eval_every": f["eval_every"]},
+                  "eval_every": f["eval_every"],
+                  "checkpoint_every_iters": f.get("checkpoint_every_iters")},
         "distill": {"method": f["method"], "student": f["student"], "fusion": f["fusion"],
                     "aatm": f["aatm"], "sigma": f["sigma"], "tau": f["tau"],
                     "per_teacher_alpha": f["per_teacher_alpha"],
@@ -107,6 +109,9 @@ def distill(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", min=1,
                                              help="Evaluate on val every N epochs."),
+    checkpoint_every_iters: Optional[int] = typer.Option(
+        None, "--checkpoint-every-iters", min=1, help="Also write last.pt every N iterations "
+        "(it is always written at each epoch end)."),
     resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR|CKPT",
                                          help="Continue a distillation run (its teachers "
                                          "are read from the checkpoint unless given)."),
@@ -124,12 +129,13 @@ def distill(
     """
     from meddet.distill.trainer import distill as run_distill
     from meddet.engine.defaults import resolve_resume
-    from meddet.runs import new_run_dir, write_run_config
+    from meddet.runs import discard_if_failed, new_run_dir, write_run_config
 
     con = human_console(json_dest)
     flags = _overrides(nmode=nmode, data=str(data) if data is not None else None,
                        img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
                        lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
+                       checkpoint_every_iters=checkpoint_every_iters,
                        method=method, student=student, fusion=fusion,
                        aatm=False if no_aatm else None, sigma=sigma, tau=tau,
                        per_teacher_alpha=per_teacher_alpha, teacher_img_size=teacher_img_size)
@@ -147,10 +153,16 @@ def distill(
     if cfg.data.root is None:
         raise MedDetError("no dataset given; pass --data DATASET_DIR")
     doc = cfg.model_dump(mode="json")
+    guard: Any = contextlib.nullcontext()
     if run_dir is None:
+        created = out is None or not out.exists()
         run_dir = new_run_dir(COMMAND, out, name=cfg.distill.method, root=RUNS_ROOT)
+        # Bad teachers or data are found after this point: leave no half-made run behind.
+        guard = discard_if_failed(run_dir, created=created,
+                                  outputs=("config.yaml", "train.log"))
     write_run_config(run_dir, doc, COMMAND)
-    summary = run_distill(cfg, run_dir, teachers=teacher_list, resume=ckpt_path, console=con)
+    with guard:
+        summary = run_distill(cfg, run_dir, teachers=teacher_list, resume=ckpt_path, console=con)
     _print_summary(con, summary)
     emit_json({k: v for k, v in summary.items() if k != "history"}, json_dest)
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from meddet._io import atomic_write_json, atomic_write_text
-from meddet.cli._common import emit_json, human_console
+from meddet.cli._common import check_output_path, emit_json, human_console
 from meddet.errors import MedDetError
 
 COMMAND = "eval"
@@ -108,6 +108,7 @@ def evaluate(
     from meddet.engine.defaults import require_split
 
     con = human_console(json_dest)
+    check_output_path(json_dest)
     if (checkpoint is None) == (predictions is None):
         raise MedDetError("pass either a CHECKPOINT or --predictions PRED.json (exactly one)")
     if noise and noise_sweep:
@@ -129,6 +130,7 @@ def evaluate(
 def _eval_predictions(predictions: Path, data: Path, split: str, img_size: int | None,
                       score_thr: float, out: Path | None, con: Any) -> dict[str, Any]:
     from meddet.data import CocoDetection
+    from meddet.engine.defaults import require_boxes
     from meddet.engine.evaluator import evaluate_coco, validate_results
     from meddet.runs import new_run_dir
 
@@ -139,6 +141,7 @@ def _eval_predictions(predictions: Path, data: Path, split: str, img_size: int |
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MedDetError(f"cannot read predictions {predictions}: {exc}".splitlines()[0]) from exc
     ds = CocoDetection(data, split, img_size=img_size or 256, train=False)
+    require_boxes(ds, "evaluate on")
     validate_results(results, ds.coco, source=str(predictions))
     metrics = evaluate_coco(ds.coco, results, ds.class_names, ds.cat_ids, img_ids=list(ds.ids))
     result = {**metrics, "checkpoint": None, "split": split, "predictions": str(predictions)}
@@ -157,6 +160,7 @@ def _eval_checkpoint(checkpoint: Path, data: Path, split: str, *, img_size: int 
     from meddet.data import CocoDetection
     from meddet.data.noise import parse_noise_spec
     from meddet.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from meddet.engine.defaults import require_boxes
     from meddet.engine.distributed import resolve_device
     from meddet.engine.evaluator import evaluate_coco, predict_dataset
     from meddet.runs import new_run_dir
@@ -175,6 +179,7 @@ def _eval_checkpoint(checkpoint: Path, data: Path, split: str, *, img_size: int 
     def run(spec: str | None) -> tuple[Any, list[dict], dict[str, Any]]:
         ds = CocoDetection(data, split, img_size=size, train=False,
                            corrupt=corrupts.get(spec) if spec else None, seed=seed)
+        require_boxes(ds, "evaluate on")
         if list(ds.class_names) != list(meta["class_names"]):
             raise MedDetError(f"checkpoint classes {meta['class_names']} do not match the "
                               f"dataset's categories {list(ds.class_names)}; evaluate on the "

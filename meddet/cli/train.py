@@ -7,6 +7,7 @@ rank 0 creates the run directory and tells the others where it is.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
         "model": {"name": flags["model"]},
         "data": {"root": flags["data"], "img_size": flags["img_size"], "workers": flags["workers"]},
         "train": {"epochs": flags["epochs"], "batch_size": flags["batch_size"], "lr": flags["lr"],
-                  "max_iters": flags["max_iters"], "device": flags["device"], "seed": flags["seed"]},
+                  "max_iters": flags["max_iters"], "device": flags["device"], "seed": flags["seed"],
+                  "checkpoint_every_iters": flags.get("checkpoint_every_iters")},
     }
 
 
@@ -104,6 +106,9 @@ def pretrain_teacher(
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
     max_iters: int | None = typer.Option(None, "--max-iters", min=1,
                                             help="Stop after this many iterations in total."),
+    checkpoint_every_iters: int | None = typer.Option(
+        None, "--checkpoint-every-iters", min=1, help="Also write last.pt every N iterations "
+        "(it is always written at each epoch end), so a crash in a long epoch loses little."),
     resume: str | None = typer.Option(
         None, "--resume", metavar="RUN_DIR|CKPT|last",
         help="Continue a run: its directory, a checkpoint, or 'last' (--out, else the newest run)."),
@@ -121,11 +126,12 @@ def pretrain_teacher(
     """
     from meddet.engine import distributed as du
     from meddet.engine.defaults import pretrain, require_split, resolve_resume
-    from meddet.runs import new_run_dir, write_run_config
+    from meddet.runs import discard_if_failed, new_run_dir, write_run_config
 
     flags = _overrides(model=model, data=str(data) if data is not None else None,
                        img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
-                       lr=lr, max_iters=max_iters, device=device, seed=seed)
+                       lr=lr, max_iters=max_iters, device=device, seed=seed,
+                       checkpoint_every_iters=checkpoint_every_iters)
     models = parse_csv_list(model, "--model")
     jobs: list[tuple[Config, Path | None, Path | None]] = []  # (config, run dir, checkpoint)
     if resume is not None:
@@ -158,17 +164,23 @@ def pretrain_teacher(
             # Check the data before creating a run directory that would stay empty.
             require_split(cfg.data.root, "train")
             require_split(cfg.data.root, "val")
+            guard: Any = contextlib.nullcontext()
             if ckpt_path is None:
                 path = None
                 if info.is_main:
+                    created = run_dir is None or not Path(run_dir).exists()
                     path = new_run_dir(COMMAND, run_dir, name=cfg.model.name, root=RUNS_ROOT)
                     write_run_config(path, cfg.model_dump(mode="json"), COMMAND)
+                    # A bad dataset found while loading it must not leave a half-made run.
+                    guard = discard_if_failed(path, created=created,
+                                              outputs=("config.yaml", "train.log"))
                 run_dir = Path(du.broadcast_object(str(path) if path else None))
             elif info.is_main:  # flags given with --resume (e.g. --max-iters) are now in force
                 write_run_config(run_dir, cfg.model_dump(mode="json"), COMMAND)
-            summaries.append(pretrain(cfg, run_dir, resume=ckpt_path,
-                                      console=console if info.is_main else None,
-                                      device=info.device))
+            with guard:
+                summaries.append(pretrain(cfg, run_dir, resume=ckpt_path,
+                                          console=console if info.is_main else None,
+                                          device=info.device))
         if info.is_main:
             _print_summary(summaries)
     finally:

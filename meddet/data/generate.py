@@ -227,8 +227,15 @@ def generate_dataset(
     params = {"size": int(size), "seed": int(seed), "snr_range": list(snr),
               "protrusion_rate": float(protrusion_rate), "bit_depth": int(bit_depth)}
     summary: dict[str, Any] = {"out": str(out), **params, "splits": {}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_dir(out, "partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _fresh_dir(out, "partial")
+    except OSError as exc:
+        blocker = next((p for p in out.parents if p.exists()), None)
+        why = f"{blocker} is a file, not a folder" if blocker is not None and \
+            not blocker.is_dir() else (exc.strerror or str(exc))
+        raise MedDetError(f"cannot create the dataset folder {out}: {why}; "
+                          "choose a writable location") from None
     total, done = sum(counts.values()), 0
     try:
         for split in SPLITS:

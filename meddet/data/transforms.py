@@ -56,6 +56,11 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             return np.array(im, dtype=np.float32)
     except FileNotFoundError:
         raise MedDetError(f"image file {path} does not exist; check the dataset folder") from None
+    except Image.DecompressionBombError:
+        # PIL refuses, from the header alone, sizes that would exhaust memory when decoded.
+        raise MedDetError(f"image {path} is too large to decode safely (over "
+                          f"{2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels); downscale or crop it"
+                          ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MedDetError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
 

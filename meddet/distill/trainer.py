@@ -60,7 +60,7 @@ from meddet.engine.defaults import (
     prepare_model,
     resolve_resume,
 )
-from meddet.engine.schedule import build_scheduler, scaled_lr
+from meddet.engine.schedule import build_optimizer, build_scheduler, scaled_lr
 from meddet.engine.trainer import Trainer
 from meddet.errors import MedDetError
 
@@ -187,12 +187,15 @@ class DistillStep:
         with trainer.autocast():
             feats, cls_scores, bbox_preds = student.forward_raw(images)
             det = student.loss(cls_scores, bbox_preds, targets, img_shape)
-            losses: dict[str, Tensor] = {"loss_det": det["loss"].detach()}
+            # The losses are combined in fp32 (autocast may give bf16/fp16 terms): a sum that
+            # overflows half precision must not become a spurious non-finite step.
+            l_det = det["loss"].float()
+            losses: dict[str, Tensor] = {"loss_det": l_det.detach()}
             if self.method == "none":
-                loss = det["loss"]
+                loss = l_det
             elif self.method == "meddet":
                 out = self.kd([f.float() for f in feats], [tf for tf, _ in t_out])
-                loss = total_loss(det["loss"], out["dist"], out["adv"], sigma=self.sigma,
+                loss = total_loss(l_det, out["dist"], out["adv"], sigma=self.sigma,
                                   tau=self.tau)
                 losses.update(loss_dist=out["dist"].detach(), loss_adv=out["adv"].detach())
                 if self.d_optimizer is not None:
@@ -200,11 +203,11 @@ class DistillStep:
                     losses["loss_disc"] = disc.detach()
             elif self.method == "mgd":
                 kd = self.kd(feats, t_out[0][0])
-                loss = det["loss"] + kd
+                loss = l_det + kd.float()
                 losses["loss_mgd"] = kd.detach()
             elif self.method == "fgd":
                 out = self.kd(feats, t_out[0][0], [t["boxes"] for t in targets], img_shape)
-                loss = det["loss"] + out["loss"]
+                loss = l_det + out["loss"].float()
                 losses["loss_fgd"] = out["loss"].detach()
             elif self.method == "ld":
                 asg = student.assign(cls_scores, targets, img_shape)
@@ -215,12 +218,19 @@ class DistillStep:
                                       f"{tuple(t_reg.shape)} and {tuple(s_reg.shape)}")
                 pos = asg.pos_mask
                 kd = self.kd(s_reg[pos], t_reg[pos])
-                loss = det["loss"] + kd
+                loss = l_det + kd.float()
                 losses["loss_ld"] = kd.detach()
             else:  # pragma: no cover - validated in distill()
                 raise ValueError(self.method)
         losses["loss"] = loss
-        stepped = trainer.apply_losses(losses, parameters=self.clip_params)
+        if disc is not None and not bool(torch.isfinite(disc.detach())):
+            # D diverged (the adversarial game is the usual culprit): skip the whole step,
+            # student included, and count it like any non-finite step (results.csv's
+            # `nonfinite`; train.max_nonfinite in a row stops the run).
+            trainer.skip_step("discriminator loss")
+            stepped = False
+        else:
+            stepped = trainer.apply_losses(losses, parameters=self.clip_params)
         t2 = _now(dev)
         if disc is not None:
             self.d_optimizer.zero_grad(set_to_none=True)
@@ -360,8 +370,8 @@ def build_distill_trainer(cfg: Config, run_dir: Path | None, *, teachers: Sequen
     else:
         kd_params = []
     clip_params = student_params + kd_params
-    optimizer = torch.optim.SGD(clip_params, lr=lr, momentum=tc.momentum,
-                                weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(clip_params, lr=lr, momentum=tc.momentum,
+                                weight_decay=tc.weight_decay, kind=tc.optimizer)
     scheduler = build_scheduler(optimizer, total_iters=planned, lr_steps=tc.lr_steps,
                                 warmup_iters=tc.warmup_iters, warmup_ratio=tc.warmup_ratio)
     # Adam with β1 = 0.5, the usual choice for GAN discriminators (DCGAN).

@@ -11,14 +11,21 @@ code from the file. Keys::
     metrics     the latest epoch's row of results.csv (dict of floats)
     rng         RNG states (see :func:`capture_rng_state`)
     trainer     the trainer's and hooks' own state (JSON-safe)
-    meta        see :func:`make_meta`
+    meta        see :func:`make_meta`; :func:`save_checkpoint` adds ``format_version`` and
+                ``tensors_sha256`` (see :func:`tensors_sha256`)
 
 Files are written atomically (temporary file, fsync, ``os.replace``), so a crash while saving
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact. On load the tensors' sha256 is recomputed and compared
+with the one in ``meta``, so a file damaged after it was written (bad disk, partial copy) is
+reported as corrupted instead of giving a model with silently wrong weights.
+
+Format versions: 1 had no checksum (still read, without verification); 2 adds
+``meta["tensors_sha256"]``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import random
@@ -34,7 +41,9 @@ from meddet._io import atomic_save
 from meddet.errors import MedDetError
 
 FORMAT = "meddet-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: ``meta`` key holding the sha256 of every tensor in the checkpoint (format 2 and later).
+CHECKSUM_KEY = "tensors_sha256"
 
 
 def make_meta(*, model_name: str, num_classes: int, class_names: list[str], img_size: int,
@@ -79,16 +88,55 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     if "meta" not in state or state["meta"].get("format") != FORMAT:
         raise ValueError("a checkpoint needs a 'meta' entry made by make_meta()")
     path = Path(path)
-    atomic_save(path, lambda fh: torch.save(dict(state), fh))
+    state = dict(state)
+    # A new dict: the caller's meta (e.g. a hook's) is not modified.
+    state["meta"] = {**state["meta"], "format_version": FORMAT_VERSION,
+                     CHECKSUM_KEY: tensors_sha256(state)}
+    atomic_save(path, lambda fh: torch.save(state, fh))
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def _walk_tensors(obj: Any, prefix: str) -> Any:
+    """``(key path, tensor)`` for every tensor in nested dicts/lists, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        # Keys may mix ints (optimizer state) and strings: order by (type, text).
+        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            yield from _walk_tensors(obj[k], f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk_tensors(v, f"{prefix}[{i}]")
+
+
+def tensors_sha256(state: Mapping[str, Any]) -> str:
+    """sha256 over every tensor of a checkpoint dict except ``meta``: key path, dtype, shape
+    and raw bytes, in a fixed order. Independent of the device the tensors are on."""
+    h = hashlib.sha256()
+    for key, t in _walk_tensors({k: v for k, v in state.items() if k != "meta"}, ""):
+        t = t.detach()
+        if t.is_sparse:
+            t = t.to_dense()
+        if t.is_quantized:
+            t = t.int_repr()
+        t = t.cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(memoryview(t.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
     """Read a meddet checkpoint onto the CPU without executing code from the file.
 
+    Args:
+        path: the checkpoint file.
+        verify: recompute the tensors' sha256 and compare it with ``meta`` (format 2+).
+
     Raises:
-        MedDetError: the file is missing, corrupted or truncated, would need arbitrary
-            unpickling (so it was refused), or is not a meddet checkpoint.
+        MedDetError: the file is missing, corrupted or truncated (including a checksum
+            mismatch), would need arbitrary unpickling (so it was refused), or is not a meddet
+            checkpoint.
     """
     path = Path(path)
     if path.is_dir():
@@ -113,11 +161,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise MedDetError(f"{path} is not a meddet checkpoint (no meddet 'meta' entry); "
                           "pass a last.pt or best.pt written by meddet")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise MedDetError(f"{path} has an unreadable format_version "
+                          f"{meta.get('format_version')!r}; it was not written by meddet") from None
+    if version > FORMAT_VERSION:
         raise MedDetError(f"{path} has checkpoint format {meta.get('format_version')}, newer than "
                           f"this meddet ({__version__}) reads; upgrade meddet")
     if "model" not in ckpt:
         raise MedDetError(f"{path} is a meddet checkpoint without model weights")
+    expected = meta.get(CHECKSUM_KEY)
+    if verify and version >= 2:
+        if not isinstance(expected, str):
+            raise MedDetError(f"{path} is corrupted: its metadata lacks the tensor checksum that "
+                              "format 2 requires; re-create it or use another checkpoint")
+        if tensors_sha256(ckpt) != expected:
+            raise MedDetError(f"{path} is corrupted: its tensors do not match the sha256 "
+                              "recorded when it was saved (damaged or edited after writing); "
+                              "re-create it or use another checkpoint")
     return ckpt
 
 

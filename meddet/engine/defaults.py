@@ -59,6 +59,31 @@ def require_split(root: str | Path | None, split: str) -> Path:
     return root
 
 
+def require_boxes(dataset: Any, purpose: str) -> None:
+    """Refuse a split without images or without a single (non-crowd) box.
+
+    Training on it learns nothing and COCO metrics on it are undefined (-1), so both are
+    reported as a data problem instead of running.
+
+    Args:
+        dataset: a :class:`~meddet.data.CocoDetection`.
+        purpose: what the split was for, e.g. ``"train on"`` or ``"evaluate on"``.
+
+    Raises:
+        MedDetError: naming the annotation file.
+    """
+    ann_file = getattr(dataset, "ann_file", dataset)
+    if len(dataset) == 0:
+        raise MedDetError(f"{ann_file} lists no images: nothing to {purpose}; check the file")
+    boxes = sum(1 for a in dataset.coco.anns.values() if not a.get("iscrowd", 0))
+    if boxes == 0:
+        dropped = getattr(dataset, "num_skipped", 0)
+        why = (f" ({dropped} invalid box(es) were skipped by data.on_bad_box: skip)" if dropped
+               else "")
+        raise MedDetError(f"{ann_file} has no annotated boxes in its {len(dataset)} images{why}: "
+                          f"nothing to {purpose}; check the annotation file")
+
+
 def model_overrides(cfg: Config) -> dict[str, Any]:
     """The ``build_detector`` keywords set in ``cfg.model`` (unset ones left out)."""
     m = cfg.model
@@ -80,6 +105,8 @@ def build_datasets(cfg: Config, *, splits: tuple[str, ...] = ("train", "val")) -
             root, split, img_size=cfg.data.img_size, train=augment,
             augment=cfg.data.augmentation if augment else None,
             on_bad_box=cfg.data.on_bad_box, seed=cfg.train.seed)
+    if "train" in out:
+        require_boxes(out["train"], "train on")
     return out
 
 
@@ -218,7 +245,7 @@ def pretrain(cfg: Config, run_dir: Path, *, resume: str | Path | None = None,
     max_iters = min(planned, tc.max_iters) if tc.max_iters else planned
     lr = scaled_lr(tc.lr, tc.batch_size * world, tc.base_batch_size)
     optimizer = build_optimizer(unwrap_model(model), lr=lr, momentum=tc.momentum,
-                                weight_decay=tc.weight_decay)
+                                weight_decay=tc.weight_decay, kind=tc.optimizer)
     # The schedule spans the planned epochs; --max-iters only stops early, so a capped run is a
     # prefix of the full one and can be resumed into it.
     scheduler = build_scheduler(optimizer, total_iters=planned, lr_steps=tc.lr_steps,

@@ -139,7 +139,8 @@ class ResultsHook(HookBase):
     def write(self) -> None:
         """(Re)write results.csv and curves.png from the history."""
         rows = self.trainer.storage.history
-        columns = ["epoch", "iter", *_loss_keys(rows), "lr", *VAL_COLUMNS, "seconds"]
+        # nonfinite: steps skipped so far in the run for a NaN/inf loss or gradient (cumulative).
+        columns = ["epoch", "iter", *_loss_keys(rows), "lr", *VAL_COLUMNS, "seconds", "nonfinite"]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()

@@ -89,14 +89,22 @@ class WarmupMultiStepLR(LRScheduler):
     _get_closed_form_lr = get_lr
 
 
-def build_optimizer(model: torch.nn.Module, *, lr: float, momentum: float,
-                    weight_decay: float) -> torch.optim.SGD:
-    """SGD with momentum over the trainable parameters of ``model``.
+def build_optimizer(params, *, lr: float, momentum: float, weight_decay: float,
+                    kind: str = "sgd") -> torch.optim.Optimizer:
+    """The optimiser over ``params`` (a module's trainable parameters, or an iterable of them).
 
-    Weight decay applies to every parameter, as in the paper's (mmdetection) setup.
+    ``sgd`` is the paper's (mmdetection's) SGD with momentum, weight decay on every parameter.
+    ``adamw`` (betas 0.9/0.999, decoupled weight decay) converges far faster when training from
+    scratch on a CPU budget, which is why the ``cpu-small`` config uses it.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    params = [p for p in params if p.requires_grad]
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {kind!r}")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, *, total_iters: int, lr_steps: Sequence[float],

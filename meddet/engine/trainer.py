@@ -403,6 +403,15 @@ class Trainer:
                                     if isinstance(v, torch.Tensor) and v.numel() == 1})
         return True
 
+    def skip_step(self, what: str, *, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Skip this iteration as non-finite, found by a custom step (e.g. the distillation
+        discriminator's loss): no update, counted like :meth:`apply_losses`' own skips.
+
+        Raises:
+            NonFiniteLossError: this was the ``max_nonfinite``-th non-finite step in a row.
+        """
+        self._skip_step(optimizer or self.optimizer, what)
+
     def _skip_step(self, opt: torch.optim.Optimizer, what: str) -> None:
         opt.zero_grad(set_to_none=True)
         self.nonfinite_in_a_row += 1

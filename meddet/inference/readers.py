@@ -386,6 +386,10 @@ def _read_image(path: Path, slices: SliceSpec) -> Iterator[Slice | Skip]:
                 yield Slice(src, f"{stem}_slice{k}", k, _finite(_pil_to_array(img)))
             for k in bad:
                 yield Skip(src, f"slice {k} out of range (the stack has {n_frames} pages)")
+    except Image.DecompressionBombError:
+        # PIL refuses, from the header alone, sizes that would exhaust memory when decoded.
+        yield Skip(src, f"image too large to decode safely (over {2 * (Image.MAX_IMAGE_PIXELS or 0)}"
+                        " pixels); downscale or crop it")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         yield Skip(src, f"cannot read image: {_one_line(exc)}")
 
