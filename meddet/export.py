@@ -18,7 +18,7 @@ extra file ``meddet.json``).
 The self-check
 --------------
 After writing, the file is loaded back and run on synthetic images. The raw outputs must match
-the PyTorch model -- as it runs in ``meddet predict``, i.e. with the ODE solved by torchdiffeq --
+the PyTorch model -- as it runs in ``meddet predict``, i.e. with the ODE solved by the default fused solver (bit-identical to torchdiffeq's rk4) --
 within ``1e-4`` absolute, and the final detections (numpy post-process on the exported outputs
 vs the PyTorch post-process) must agree: same classes, boxes within ``0.05`` px, scores within
 ``1e-4``. Detections are compared twice: with the model's own score threshold and with a
@@ -334,7 +334,7 @@ def _self_check(model: nn.Module, path: Path, fmt: str, images: torch.Tensor,
                 report: ExportReport) -> None:
     from meddet import deploy
 
-    # Reference: the model exactly as inference runs it (torchdiffeq ODE path, not unrolled).
+    # Reference: the model exactly as inference runs it (default ODE solver, not unrolled).
     with torch.no_grad():
         _, cls_t, reg_t = model.forward_raw(images)
     ref = [t.numpy() for t in list(cls_t) + list(reg_t)]

@@ -111,3 +111,64 @@ def test_cli_cuda_without_cuda_exits_2(capsys):
     assert main(["bench", "--models", SMALL, "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert "CUDA is not available" in err and len(err.splitlines()) == 1
+
+
+def test_cli_onnxruntime_side_by_side_with_torch(capsys):
+    # Export, onnxruntime session + numpy post-process; eager torch is added automatically.
+    code = main(["bench", "--models", SMALL, "--img-size", "64", "--iters", "1", "--warmup", "0",
+                 "--threads", "1", "--runtime", "onnxruntime", "--profile", "--json", "-"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    torch_row, ort_row = res["models"]
+    assert (torch_row["runtime"], ort_row["runtime"]) == ("torch", "onnxruntime")
+    assert torch_row["optimized"] and not ort_row["optimized"]
+    assert ort_row["label"] == f"{SMALL} (onnxruntime)" and torch_row["label"] == SMALL
+    for row in (torch_row, ort_row):
+        assert row["fps"] > 0
+        assert row["gflops_per_s"] == pytest.approx(row["gflops"] * row["fps"])
+    assert res["matmul_peak_gflops"] > 0 and len(res["load_avg"]) == 2
+    assert set(torch_row["profile_ms"]) == {"backbone", "neck", "head", "nmode", "postprocess"}
+    assert "profile_ms" not in ort_row
+    assert set(relative_to(res, SMALL)) == {SMALL, f"{SMALL} (onnxruntime)"}
+
+
+def test_int8_export_and_timing_on_a_tiny_detector(tmp_path):
+    # A zoo model takes ~10 s to calibrate; a tiny GFL detector with nmODE² in the head runs
+    # the same code path (export, static QDQ quantization, session + numpy post-process).
+    from meddet.benchmark import _export_onnx, _time_onnx
+    from meddet.models import FPN, GFLDetector, GFLHead
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(3 if i == 0 else 8, 8, 3, stride=s, padding=1)
+                                       for i, s in enumerate((8, 2, 2)))
+
+        def forward(self, x):
+            outs = []
+            for conv in self.convs:
+                x = conv(x)
+                outs.append(x)
+            return outs
+
+    torch.manual_seed(0)
+    model = GFLDetector(name="tiny", num_classes=2, backbone=Tiny(), neck=FPN([8, 8, 8], 16),
+                        head=GFLHead(num_classes=2, in_channels=16, feat_channels=16,
+                                     stacked_convs=1, norm_groups=4, nmode=True)).eval()
+    path = _export_onnx(model, 64, tmp_path, int8=True)
+    assert path.name == "model_int8.onnx" and path.is_file()
+    times = _time_onnx(path, model, torch.randn(2, 3, 64, 64), threads=1, warmup=0, iters=1)
+    assert len(times) == 1 and times[0] > 0
+
+
+def test_no_optimize_times_the_model_as_built():
+    res = benchmark_models([SMALL], img_size=64, warmup=0, iters=1, threads=1, optimize=False,
+                           peak=False)
+    (row,) = res["models"]
+    assert row["runtime"] == "torch" and not row["optimized"] and row["fps"] > 0
+    assert res["matmul_peak_gflops"] is None
+
+
+def test_cli_bad_runtime_exits_2(capsys):
+    assert main(["bench", "--models", SMALL, "--runtime", "tensorrt", "--img-size", "64"]) == 2
+    assert "unknown runtime 'tensorrt'" in capsys.readouterr().err

@@ -22,8 +22,15 @@ def test_usage_error_exits_2(capsys):
     assert main(["data", "--no-such-flag"]) == 2
 
 
-def test_unbuilt_command_is_one_line_exit_2(capsys):
-    assert main(["demo"]) == 2
+def test_user_error_is_one_line_exit_2(capsys, tmp_path):
+    # A bad --size is the user's fault: one "Error:" line on stderr, no traceback, exit 2.
+    assert main(["data", "synth", str(tmp_path / "d"), "--size", "100"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("Error:") and "not built yet" in err
+    assert err.startswith("Error:") and "32" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path):
+    assert main(["data", "synth", str(tmp_path / "d"), "--size", "100", "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err

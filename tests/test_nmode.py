@@ -1,6 +1,8 @@
 """nmODE / nmODE² blocks: accuracy against an independent solver, the unrolled path, gradients,
 dtype handling under autocast and option validation."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -46,6 +48,7 @@ def ref1():
     [
         # 4 steps of a 4th-order method on a smooth, contracting ODE: global error ~1e-5.
         ({}, torch.float32, 5e-5),
+        ({"solver": "torchdiffeq"}, torch.float32, 5e-5),
         ({"unrolled": True}, torch.float32, 5e-5),
         # error ~ h^4: step 0.05 is 625x smaller than step 0.25.
         ({"step_size": 0.05}, torch.float64, 1e-7),
@@ -84,7 +87,8 @@ def test_unrolled_equals_torchdiffeq(method, T, step):
     "kwargs",
     # dopri5 picks its steps from the input; at tight tolerances that choice no longer shows
     # in finite differences.
-    [{}, {"unrolled": True}, {"method": "dopri5", "rtol": 1e-10, "atol": 1e-12}],
+    [{}, {"solver": "torchdiffeq"}, {"unrolled": True},
+     {"method": "dopri5", "rtol": 1e-10, "atol": 1e-12}],
 )
 def test_gradcheck_float64(kwargs):
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
@@ -157,3 +161,88 @@ def test_unrolled_exports_static_graph():
 def test_bad_options_raise(kwargs):
     with pytest.raises(MedDetError):
         NmODE2(**kwargs)
+
+
+# ----------------------------------------------------------------------------- fused solver
+@pytest.mark.parametrize("cls", [NmODE, NmODE2])
+@pytest.mark.parametrize("method", ["rk4", "euler", "midpoint"])
+@pytest.mark.parametrize("T, step", [(1.0, 0.25), (2.0, 0.3)])
+def test_fused_equals_torchdiffeq_forward_and_gradient(cls, method, T, step):
+    torch.manual_seed(0)
+    x = 3 * torch.randn(2, 4, 5, 7)
+    ref, fused = (cls(T=T, step_size=step, method=method, solver=s)
+                  for s in ("torchdiffeq", "fused"))
+    assert fused.solver == "fused" and cls(method=method).solver == "fused"  # the default
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yf = ref(xr), fused(xf)
+    # Same grid, same float ops in the same order: bit-identical in practice.
+    torch.testing.assert_close(yf, yr, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fused(x), yr, rtol=0, atol=1e-6)  # no-grad path
+    g = torch.randn_like(yr)
+    (yr * g).sum().backward()
+    (yf * g).sum().backward()
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    # In float64 the sensitivity is the exact derivative of the discrete scheme: equal to
+    # autograd through torchdiffeq's graph up to float64 rounding.
+    xr64, xf64 = (x.double().requires_grad_() for _ in range(2))
+    ref(xr64).sum().backward()
+    fused(xf64).sum().backward()
+    torch.testing.assert_close(xf64.grad, xr64.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [NmODE, NmODE2])
+@pytest.mark.parametrize("method", ["rk4", "midpoint", "euler"])
+def test_fused_gradcheck_float64(cls, method):
+    x = 2 * torch.randn(2, 3, dtype=torch.float64)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(cls(method=method, solver="fused"), (x,), eps=1e-6,
+                                    atol=1e-5)
+
+
+def test_fused_double_backward_raises():
+    x = torch.randn(5, requires_grad=True)
+    (g,) = torch.autograd.grad(NmODE2()(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
+def test_fused_gamma_conv_and_bfloat16_autocast():
+    m = NmODE2(gamma_conv_channels=4)
+    x = torch.randn(1, 4, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert m.gamma_conv.weight.grad is not None
+
+
+def test_table_solver_close_to_exact():
+    torch.manual_seed(0)
+    x = 5 * torch.randn(4000)
+    for cls in (NmODE, NmODE2):
+        exact = cls()(x)
+        table = cls(solver="table")
+        torch.testing.assert_close(table(x), exact, rtol=0, atol=1e-5)
+        torch.testing.assert_close(table(x.double()), exact.double(), rtol=0, atol=1e-5)
+        xt, xe = x[:50].clone().requires_grad_(), x[:50].clone().requires_grad_()
+        table(xt).sum().backward()
+        cls()(xe).sum().backward()
+        torch.testing.assert_close(xt.grad, xe.grad, rtol=0, atol=1e-4)
+    # The solution map is π-periodic in γ, which is what makes one table enough.
+    base = torch.linspace(-1, 1, 11, dtype=torch.float64)
+    torch.testing.assert_close(NmODE2()(base + math.pi), NmODE2()(base), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"solver": "magic"}, {"solver": "fused", "method": "dopri5"},
+     {"solver": "fused", "adjoint": True}, {"solver": "table", "method": "heun3"}],
+)
+def test_bad_solver_options_raise(kwargs):
+    with pytest.raises(MedDetError):
+        NmODE2(**kwargs)
+
+
+def test_adjoint_and_adaptive_default_to_torchdiffeq():
+    assert NmODE2(adjoint=True).solver == "torchdiffeq"
+    assert NmODE2(method="dopri5").solver == "torchdiffeq"

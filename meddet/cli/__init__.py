@@ -54,6 +54,7 @@ def _register() -> None:
     # Imported here so that `meddet --help` stays fast and each command owns its module.
     from meddet.cli import bench, data, distill, evaluate, train
     from meddet.cli import export as export_cmd
+    from meddet.cli import demo as demo_cmd
     from meddet.cli import predict as predict_cmd
 
     app.add_typer(data.app, name="data")
@@ -63,19 +64,7 @@ def _register() -> None:
     app.command("bench")(bench.bench)
     app.command("predict")(predict_cmd.predict)
     app.command("export")(export_cmd.export)
-    for extra in ("demo",):
-        app.command(extra, help=f"(not built yet) `meddet {extra}`.",
-                    context_settings={"allow_extra_args": True,
-                                      "ignore_unknown_options": True})(_not_built(extra))
-
-
-def _not_built(name: str):
-    def command() -> None:
-        raise MedDetError(f"`meddet {name}` is not built yet in meddet {__version__}; "
-                          "see the README for the commands that exist")
-
-    command.__name__ = name.replace("-", "_")
-    return command
+    app.command("demo")(demo_cmd.demo)
 
 
 _register()

@@ -39,14 +39,24 @@ def bench(
                              "parameters and GFLOPs only)."),
     json_out: str | None = typer.Option(None, "--json", help="Write the results as JSON to "
                                            "this file, or '-' for stdout."),
+    runtime: str = typer.Option("torch", "--runtime", help="Comma-separated: torch, "
+                                "onnxruntime, onnxruntime-int8 (ONNX runtimes are timed next "
+                                "to eager torch; post-processing included)."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Time torch on the "
+                                  "inference-optimized copy (BN folded, tabulated nmODE²)."),
+    profile: bool = typer.Option(False, "--profile", help="Print per-stage latency (backbone, "
+                                 "neck, head, nmODE², post-process) of the torch runtime."),
 ) -> None:
     """Measure parameters, GFLOPs, FPS / latency and peak memory of zoo detectors.
 
     Models get random weights (nothing is downloaded). Latency includes post-processing.
     """
-    from meddet.benchmark import FLOP_CONVENTION, benchmark_models, relative_to
+    from meddet.benchmark import FLOP_CONVENTION, PROFILE_STAGES, benchmark_models, relative_to
 
     names = parse_csv_list(models, "--models")
+    runtimes = parse_csv_list(runtime, "--runtime")
+    if any(r != "torch" for r in runtimes) and "torch" not in runtimes:
+        runtimes = ["torch", *runtimes]  # always side by side with eager torch
     out = human_console(json_out)
     if ref is None and DEFAULT_REF in names:
         ref = DEFAULT_REF
@@ -57,20 +67,23 @@ def bench(
     with out.status(f"benchmarking {', '.join(names)} at {img_size} px ..."):
         result = benchmark_models(names, img_size=img_size, batch_size=batch_size,
                                   device=device, warmup=warmup, iters=iters, threads=threads,
-                                  fps=fps)
+                                  fps=fps, runtimes=runtimes, optimize=optimize,
+                                  profile=profile)
     ratios = relative_to(result, ref) if ref is not None else {}
     if ref is not None:
         result["ref"] = ref
         for row in result["models"]:
-            row.update(ratios[row["name"]])
+            row.update(ratios[row["label"]])
 
     title = (f"{result['device']} ({result['device_name']}), {result['threads']} threads, "
              f"torch {result['torch']}, {img_size} px, batch {batch_size}")
     if ref is not None:
         title += f"; ratios vs {ref}"
+    if result.get("matmul_peak_gflops"):
+        title += f"; matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s"
     table = Table(title=title, box=box.SIMPLE_HEAD)
     table.add_column("model", no_wrap=True)
-    for col in ("params M", "GFLOPs", "FPS", "ms/img", "mem MB"):
+    for col in ("params M", "GFLOPs", "FPS", "ms/img", "mem MB", "GFLOP/s"):
         table.add_column(col, justify="right", no_wrap=True)
     if ref is not None:
         for col in ("speed-up", "-params%", "-FLOPs%"):
@@ -79,8 +92,9 @@ def bench(
         latency = "-"
         if row["latency_ms_mean"] is not None:
             latency = f"{row['latency_ms_mean']:.0f}±{row['latency_ms_std']:.0f}"
-        cells = [row["name"], f"{row['params_m']:.2f}", f"{row['gflops']:.2f}",
-                 _fmt(row["fps"], ".2f"), latency, _fmt(row["peak_mem_mb"], ".0f")]
+        cells = [row["label"], f"{row['params_m']:.2f}", f"{row['gflops']:.2f}",
+                 _fmt(row["fps"], ".2f"), latency, _fmt(row["peak_mem_mb"], ".0f"),
+                 _fmt(row["gflops_per_s"], ".1f")]
         if ref is not None:
             speedup = row["speedup"]
             cells += [_fmt(speedup, ".2f") + ("x" if speedup is not None else ""),
@@ -90,10 +104,24 @@ def bench(
         # Pipes and log files get rich's 80-column default, too narrow for nine columns.
         out = Console(file=out.file, width=max(out.width, 120), highlight=False)
     out.print(table)
+    profiled = [r for r in result["models"] if r.get("profile_ms")]
+    if profiled:
+        prof = Table(title="per-stage latency, ms/img (share of the sum)", box=box.SIMPLE_HEAD)
+        prof.add_column("model", no_wrap=True)
+        for stage in PROFILE_STAGES:
+            prof.add_column(stage, justify="right", no_wrap=True)
+        for r in profiled:
+            total = sum(r["profile_ms"].values()) or 1.0
+            prof.add_row(r["label"], *[f"{r['profile_ms'][s]:.1f} ({100 * r['profile_ms'][s] / total:.0f}%)"
+                                       for s in PROFILE_STAGES])
+        out.print(prof)
     note = (f"GFLOPs: {FLOP_CONVENTION}; counted: backbone + FPN + head on "
             f"1x3x{img_size}x{img_size}.")
     if fps:
         note += (f" ms/img: mean±std latency of forward + post-processing, {iters} timed "
-                 f"runs after {warmup} warm-up runs; random weights. mem: peak memory growth.")
+                 f"runs after {warmup} warm-up runs; random weights. mem: peak memory growth. "
+                 f"torch: {'optimized (BN folded, tabulated nmODE²)' if optimize else 'as built'}"
+                 ". GFLOP/s = GFLOPs x FPS, same convention as the matmul peak. Load average "
+                 f"{_fmt(result['load_avg'][0], '.1f')} -> {_fmt(result['load_avg'][1], '.1f')}.")
     out.print(note)
     emit_json(result, json_out)

@@ -6,6 +6,7 @@ Build a zoo detector with :func:`build_detector`; :data:`DETECTORS` lists the na
 from meddet.models.backbones import build_backbone
 from meddet.models.detector import Assignment, GFLDetector
 from meddet.models.fpn import FPN
+from meddet.models.fuse import optimize_for_inference
 from meddet.models.gfl_head import GFLHead
 from meddet.models.nmode import NmODE, NmODE2
 from meddet.models.zoo import DETECTORS, build_detector
@@ -20,4 +21,5 @@ __all__ = [
     "NmODE2",
     "build_backbone",
     "build_detector",
+    "optimize_for_inference",
 ]

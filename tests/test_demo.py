@@ -1,0 +1,95 @@
+"""`meddet demo`: the quick run end to end through the CLI, plus the cheap pieces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meddet.cli import main
+from meddet.demo import (
+    PLAIN_STUDENT,
+    PLANS,
+    TEACHERS,
+    check_students,
+    default_students,
+    estimate_seconds,
+    format_tables,
+)
+from meddet.errors import MedDetError
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)           # --json -: JSON alone on stdout
+    human = captured.err
+    assert "Expected time: about" in human and "not comparable" in human
+    assert "Table I" in human and "Table II" in human
+
+    students = default_students()
+    names = [*TEACHERS, PLAIN_STUDENT, *students]
+    assert set(result["models"]) == set(names)
+    for name in names:
+        m = result["models"][name]
+        assert 0.0 <= m["test"]["mAP50"] <= 1.0 and 0.0 <= m["test"]["recall"] <= 1.0
+        assert m["bench"]["params_m"] > 0 and m["bench"]["gflops_512"] > 0
+        assert m["bench"]["fps"] > 0
+    # GFLOPs at 512 px match the paper's Table II within 5 % (the docs/table2.md result).
+    assert result["models"]["meddet"]["bench"]["gflops_512"] == pytest.approx(31.69, rel=0.05)
+    assert [r["model"] for r in result["table1"]] == [PLAIN_STUDENT, *TEACHERS, *students]
+    assert [r["model"] for r in result["table2"]] == [*TEACHERS, *students]
+    steps = ["synth", *(f"pretrain {t}" for t in TEACHERS),
+             *(f"distill {s}" for s in students), f"train {PLAIN_STUDENT}", "evaluate",
+             "benchmark", "report"]
+    assert list(result["seconds"]) == steps == list(result["expected_s"])
+
+    for f in ("results.md", "results.json", "curves.png", "preview.png"):
+        assert (out / f).is_file()
+    assert (out / "students" / "meddet" / "student.pt").is_file()
+    assert all((out / "teachers" / t / "best.pt").is_file() for t in TEACHERS)
+    md = (out / "results.md").read_text()
+    assert "Table I" in md and "Table II" in md and "not comparable" in md
+    assert json.loads((out / "results.json").read_text())["plan"]["name"] == "quick"
+
+
+def test_estimates_cover_every_step_and_fit_the_budgets():
+    quick, full = estimate_seconds("quick", ["meddet"]), estimate_seconds("full", ["meddet"])
+    assert list(quick) == list(full) and all(v > 0 for v in full.values())
+    assert sum(quick.values()) < 3 * 60 and sum(full.values()) < 15 * 60
+    assert sum(estimate_seconds("full", ["meddet", "gfl_mbv2_1.4"]).values()) > sum(full.values())
+
+
+def test_students_are_validated():
+    assert check_students(None) == default_students() and default_students()[0] == "meddet"
+    for bad in ([], ["nope"], ["meddet", "meddet"], ["gfl_r50"]):
+        with pytest.raises(MedDetError):
+            check_students(bad)
+
+
+def test_bad_students_flag_is_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["demo", "--quick", "--students", "no_such_model", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error:") and "no_such_model" in err and len(err.splitlines()) == 1
+    assert not out.exists()  # nothing made before the input was checked
+
+
+def test_tables_from_a_result():
+    metrics = {"mAP": 0.25, "mAP50": 0.5, "recall": 0.75}
+    bench = {"params_m": 10.0, "gflops_512": 31.7, "fps": 12.0}
+    result = {
+        "plan": {**PLANS["quick"].__dict__},
+        "students": ["meddet"],
+        "models": {n: {"test": metrics, "bench": bench}
+                   for n in [*TEACHERS, PLAIN_STUDENT, "meddet"]},
+        "bench": {"device": "cpu", "threads": 2, "flops": "fvcore"},
+        "seconds": {"synth": 1.0},
+        "elapsed_s": 1.0,
+        "machine": {"cpu": "x", "threads": 2, "load_start": "0.1"},
+    }
+    md = format_tables(result)
+    assert "| MedDet (distilled student) | 0.250 | 0.500 | 0.750 |" in md
+    assert "| GFL ResNet50 (teacher) | 0.250 | 0.750 | 12.0 | 10.00 | 31.70 | 32.32 | 50.21 |" in md
