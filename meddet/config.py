@@ -50,7 +50,7 @@ class DataConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check_size(self) -> "DataConfig":
+    def _check_size(self) -> DataConfig:
         if self.img_size % 32:
             raise ValueError(f"img_size must be a multiple of 32, got {self.img_size}")
         return self
@@ -121,7 +121,7 @@ class DistillConfig(_Strict):
         "AFA pools their features to the student's sizes (meddet method only)")
 
     @model_validator(mode="after")
-    def _check_weights(self) -> "DistillConfig":
+    def _check_weights(self) -> DistillConfig:
         if self.sigma + self.tau > 1 + 1e-9:
             raise ValueError(f"sigma + tau must be <= 1 (eq. 14), got {self.sigma} + {self.tau}")
         return self
@@ -215,6 +215,36 @@ def load_config(
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise MedDetError(_format_error(exc, source)) from exc
+
+
+def load_run_config(cfg_file: str | Path, overrides: dict[str, Any] | None = None, *,
+                    made_by: str = "meddet") -> Config:
+    """The resolved ``config.yaml`` of an earlier run, with ``overrides`` on top (for ``--resume``).
+
+    Args:
+        cfg_file: the run directory's ``config.yaml`` (written by :func:`meddet.runs.write_run_config`).
+        overrides: nested flags; ``None`` values are ignored, as in :func:`load_config`.
+        made_by: the command that makes such run directories, named in the error message.
+
+    Raises:
+        MedDetError: the file is missing, unreadable, or no longer validates.
+    """
+    cfg_file = Path(cfg_file)
+    if not cfg_file.is_file():
+        raise MedDetError(f"cannot resume: {cfg_file} is missing (a run directory made by "
+                          f"`{made_by}` has it)")
+    try:
+        saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise MedDetError(f"cannot read {cfg_file}: {exc}".splitlines()[0]) from exc
+    if not isinstance(saved, dict):
+        raise MedDetError(f"{cfg_file} must be a mapping of sections; it is not a meddet run config")
+    for key in ("meddet_version", "command"):  # run metadata, not config
+        saved.pop(key, None)
+    try:
+        return Config.model_validate(_deep_update(saved, _drop_none(overrides or {})))
+    except ValidationError as exc:
+        raise MedDetError(_format_error(exc, f"{cfg_file} (with command-line overrides)")) from exc
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -17,9 +17,11 @@ try:  # typer >= 0.25 vendors click; older releases use the click package itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import ClickException as _ClickException
 try:
-    from typer import Abort as _Abort, Exit as _Exit
+    from typer import Abort as _Abort
+    from typer import Exit as _Exit
 except ImportError:  # pragma: no cover
-    from click.exceptions import Abort as _Abort, Exit as _Exit
+    from click.exceptions import Abort as _Abort
+    from click.exceptions import Exit as _Exit
 
 from meddet import __version__
 from meddet.errors import MedDetError
@@ -53,8 +55,8 @@ def _root(
 def _register() -> None:
     # Imported here so that `meddet --help` stays fast and each command owns its module.
     from meddet.cli import bench, data, distill, evaluate, train
-    from meddet.cli import export as export_cmd
     from meddet.cli import demo as demo_cmd
+    from meddet.cli import export as export_cmd
     from meddet.cli import predict as predict_cmd
 
     app.add_typer(data.app, name="data")

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
-import yaml
-from pydantic import ValidationError
 from rich.table import Table
 
 from meddet.cli._common import emit_json, human_console, parse_csv_list
-from meddet.config import Config, load_config
+from meddet.config import Config, load_config, load_run_config
 from meddet.errors import MedDetError
 
 COMMAND = "distill"
@@ -39,87 +37,52 @@ def _overrides(**f: Any) -> dict[str, Any]:
     }
 
 
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            v = _drop_none(v)
-            if v:
-                out[k] = v
-        elif v is not None:
-            out[k] = v
-    return out
-
-
-def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in upd.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _resume_config(ckpt_path: Path, flags: dict[str, Any]) -> Config:
-    cfg_file = ckpt_path.parent / "config.yaml"
-    if not cfg_file.is_file():
-        raise MedDetError(f"cannot resume: {cfg_file} is missing (a run directory made by "
-                          "`meddet distill` has it)")
-    try:
-        saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise MedDetError(f"cannot read {cfg_file}: {exc}".splitlines()[0]) from exc
-    for key in ("meddet_version", "command"):
-        saved.pop(key, None)
-    try:
-        cfg = Config.model_validate(_merge(saved, _drop_none(flags)))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise MedDetError(f"invalid value for {loc!r} in {cfg_file} (with command-line overrides): "
-                          f"{first['msg']}") from exc
-    return cfg
+    """The resumed run's own config.yaml with the given flags on top."""
+    return load_run_config(ckpt_path.parent / "config.yaml", flags, made_by="meddet distill")
 
 
 def distill(
-    teachers: Optional[str] = typer.Option(
+    teachers: str | None = typer.Option(
         None, "--teachers", help="Teacher checkpoints from `meddet pretrain-teacher`, "
         "comma-separated (the paper: GFL R50, R101, R152)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder."),
-    student: Optional[str] = typer.Option(None, "--student", help="Zoo name of the student "
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder."),
+    student: str | None = typer.Option(None, "--student", help="Zoo name of the student "
                                           "(default meddet)."),
-    method: Optional[str] = typer.Option(None, "--method", help="meddet | mgd | ld | fgd | none."),
-    fusion: Optional[str] = typer.Option(None, "--fusion", help="lwff | sum | concat (Table V)."),
+    method: str | None = typer.Option(None, "--method", help="meddet | mgd | ld | fgd | none."),
+    fusion: str | None = typer.Option(None, "--fusion", help="lwff | sum | concat (Table V)."),
     no_aatm: bool = typer.Option(False, "--no-aatm", help="Drop the adversarial auxiliary teacher "
                                  "module (Table IV)."),
-    per_teacher_alpha: Optional[bool] = typer.Option(
+    per_teacher_alpha: bool | None = typer.Option(
         None, "--per-teacher-alpha/--shared-alpha", help="LWFF: one α module per teacher."),
-    nmode: Optional[str] = typer.Option(None, "--nmode", help="Student nmODE² placement: head | "
+    nmode: str | None = typer.Option(None, "--nmode", help="Student nmODE² placement: head | "
                                         "fpn | backbone | none (Table III)."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="σ of eq. 14 (detection weight)."),
-    tau: Optional[float] = typer.Option(None, "--tau", help="τ of eq. 14 (distillation weight)."),
-    teacher_img_size: Optional[int] = typer.Option(
+    sigma: float | None = typer.Option(None, "--sigma", help="σ of eq. 14 (detection weight)."),
+    tau: float | None = typer.Option(None, "--tau", help="τ of eq. 14 (distillation weight)."),
+    teacher_img_size: int | None = typer.Option(
         None, "--teacher-img-size", help="Run the teachers at this size (meddet method)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Built-in config (paper, "
+    config: str | None = typer.Option(None, "--config", help="Built-in config (paper, "
                                          "cpu-small, default) or a YAML file."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs."),
-    max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1,
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs."),
+    max_iters: int | None = typer.Option(None, "--max-iters", min=1,
                                             help="Stop after this many iterations."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size (multiple of 32)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per step."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="SGD lr for train.base_batch_size images."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", min=1,
+    img_size: int | None = typer.Option(None, "--img-size", help="Input size (multiple of 32)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per step."),
+    lr: float | None = typer.Option(None, "--lr", help="SGD lr for train.base_batch_size images."),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
+    eval_every: int | None = typer.Option(None, "--eval-every", min=1,
                                              help="Evaluate on val every N epochs."),
-    checkpoint_every_iters: Optional[int] = typer.Option(
+    checkpoint_every_iters: int | None = typer.Option(
         None, "--checkpoint-every-iters", min=1, help="Also write last.pt every N iterations "
         "(it is always written at each epoch end)."),
-    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR|CKPT",
+    resume: str | None = typer.Option(None, "--resume", metavar="RUN_DIR|CKPT",
                                          help="Continue a distillation run (its teachers "
                                          "are read from the checkpoint unless given)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory "
+    out: Path | None = typer.Option(None, "--out", help="Run directory "
                                        "(default runs/distill/<method>*)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights and data order."),
-    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-",
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for weights and data order."),
+    json_dest: str | None = typer.Option(None, "--json", metavar="PATH|-",
                                             help="Write the summary as JSON ('-' = stdout)."),
 ) -> None:
     """Distil a small student from frozen teachers: MedDet (AFA + LWFF + AATM) or a baseline.

@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
 from meddet.cli._common import console, parse_csv_list
-from meddet.config import Config, load_config
+from meddet.config import Config, load_config, load_run_config
 from meddet.errors import MedDetError
 
 COMMAND = "pretrain-teacher"
@@ -36,16 +34,6 @@ def normalize_resume_argv(args: list[str]) -> list[str]:
         if a == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
             out.insert(i + 1, "last")
             break
-    return out
-
-
-def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in upd.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        elif v is not None and not (isinstance(v, dict) and not v):
-            out[k] = v
     return out
 
 
@@ -70,23 +58,8 @@ def _latest_run(root: Path) -> Path:
 
 def _resume_config(ckpt_path: Path, overrides: dict[str, Any]) -> Config:
     """The resumed run's own config.yaml with the given flags on top."""
-    cfg_file = ckpt_path.parent / "config.yaml"
-    if not cfg_file.is_file():
-        raise MedDetError(f"cannot resume: {cfg_file} is missing (a run directory made by "
-                          "`meddet pretrain-teacher` has it)")
-    try:
-        saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise MedDetError(f"cannot read {cfg_file}: {exc}".splitlines()[0]) from exc
-    for key in ("meddet_version", "command"):
-        saved.pop(key, None)
-    try:
-        return Config.model_validate(_merge(saved, overrides))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise MedDetError(f"invalid value for {loc!r} in {cfg_file} (with command-line overrides): "
-                          f"{first['msg']}") from exc
+    return load_run_config(ckpt_path.parent / "config.yaml", overrides,
+                           made_by="meddet pretrain-teacher")
 
 
 def pretrain_teacher(
