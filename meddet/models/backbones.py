@@ -39,7 +39,7 @@ class Backbone(nn.Module):
     """Base class: stage bookkeeping, freezing, ``norm_eval`` and the optional nmODE².
 
     Subclasses build their layers, then call :meth:`_setup` with the stage list (index 0 is
-    the stem) and implement :meth:`_forward_features`.
+    the stem), and either set ``features`` + ``_OUT_AFTER`` or override :meth:`_forward_features`.
 
     Attributes:
         out_channels: channels of the three outputs.
@@ -92,8 +92,18 @@ class Backbone(nn.Module):
                         m.eval()
         return self
 
+    # Sequential torchvision trunks (MobileNetV2, EfficientNet) set ``features`` and the indices
+    # ``_OUT_AFTER`` whose outputs are C3-C5; ResNet and ShuffleNet override this.
+    features: nn.Sequential
+    _OUT_AFTER: tuple[int, ...] = ()
+
     def _forward_features(self, x: Tensor) -> list[Tensor]:
-        raise NotImplementedError
+        outs = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self._OUT_AFTER:
+                outs.append(x)
+        return outs
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Feature maps.
@@ -165,13 +175,6 @@ class MobileNetV2Backbone(Backbone):
         stages = [nn.ModuleList(self.features[a:b]) for a, b in zip(starts, self._STAGE_ENDS)]
         self._setup(stages, frozen_stages=frozen_stages, norm_eval=norm_eval, nmode=nmode)
 
-    def _forward_features(self, x: Tensor) -> list[Tensor]:
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._OUT_AFTER:
-                outs.append(x)
-        return outs
 
 
 class EfficientNetBackbone(Backbone):
@@ -194,13 +197,6 @@ class EfficientNetBackbone(Backbone):
         self._setup(list(self.features), frozen_stages=frozen_stages, norm_eval=norm_eval,
                     nmode=nmode)
 
-    def _forward_features(self, x: Tensor) -> list[Tensor]:
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._OUT_AFTER:
-                outs.append(x)
-        return outs
 
 
 class ShuffleNetBackbone(Backbone):
