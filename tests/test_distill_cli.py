@@ -56,6 +56,21 @@ def test_each_method_two_iterations_and_eval(method, tiny_dataset, tiny_teachers
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["meddet", "mgd", "fgd", "ld"])
+def test_lite_student_with_narrower_neck_distills(method, tiny_dataset, tiny_teachers, tmp_path,
+                                                  capsys):
+    # meddet_lite's neck has 128 channels, the teachers' 256: every method must bridge that.
+    out = tmp_path / method
+    args = ["distill", "--teachers", _teachers(tiny_teachers), "--data", str(tiny_dataset),
+            "--method", method, "--max-iters", "1", "--out", str(out), *FAST,
+            "--student", "meddet_lite"]
+    assert main(args) == 0, capsys.readouterr().err
+    student = load_checkpoint(out / "student.pt")
+    assert student["meta"]["model_name"] == "meddet_lite"
+    assert student["model"]["neck.fpn_convs.0.weight"].shape[0] == 128
+
+
+@pytest.mark.slow
 def test_resume_continues_distillation_state(tiny_dataset, tiny_teachers, tmp_path, capsys):
     out = tmp_path / "run"
     base = ["distill", "--teachers", _teachers(tiny_teachers), "--data", str(tiny_dataset),

@@ -227,3 +227,22 @@ def test_eval_forward_returns_detections():
         assert d["boxes"].shape[1] == 4 and d["labels"].dtype == torch.long
     with pytest.raises(ValueError, match="targets"):
         det.train()(torch.randn(1, 3, 64, 64))
+
+
+def test_depthwise_tower_structure_and_parameter_count():
+    # Hand count, C = 8, 2 blocks per tower, 4 GroupNorm groups:
+    # dense block  = 3x3 conv 8*8*9 + GN 2*8            = 592
+    # dw-sep block = 3x3 dw 8*9 + 1x1 8*8 + GN 2*8      = 152
+    kw = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=2, norm_groups=4)
+    dense, dw = GFLHead(**kw), GFLHead(**kw, depthwise=True)
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    assert count(dense.cls_convs) == 2 * 592 and count(dw.cls_convs) == 2 * 152
+    assert count(dw.reg_convs) == 2 * 152
+    groups = [m.groups for m in dw.cls_convs if isinstance(m, torch.nn.Conv2d)]
+    assert groups == [8, 1, 8, 1]
+    feats = [torch.randn(2, 8, s, s) for s in (16, 8, 4, 2, 1)]
+    for a, b in zip(dense(feats), dw(feats)):
+        assert [t.shape for t in a] == [t.shape for t in b]

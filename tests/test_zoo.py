@@ -11,7 +11,9 @@ from meddet.models import DETECTORS, GFLDetector, NmODE2, build_detector
 
 # Parameter counts at num_classes=2 the design targets (paper Table I / Fig. 3 numbers).
 PARAM_TARGETS_M = {"gfl_r50": 32.32, "gfl_r101": 51.24, "gfl_r152": 66.51, "meddet": 10.42}
-TEACHERS_AND_STUDENT = {"gfl_r50", "gfl_r101", "gfl_r152", "meddet"}
+TEACHERS_AND_STUDENT = {"gfl_r50", "gfl_r101", "gfl_r152", "meddet", "meddet_lite"}
+# The CPU student's narrower neck and head (issue 9); every other entry has the paper's 256.
+NECK_CHANNELS = {"meddet_lite": 128}
 
 
 def _targets():
@@ -30,7 +32,7 @@ def test_zoo_entry_trains_and_predicts(name):
     model = build_detector(name, num_classes=2)
     assert isinstance(model, GFLDetector) and model.name == name and model.num_classes == 2
     assert model.strides == (8, 16, 32, 64, 128) and model.reg_max == 16
-    assert model.fpn_channels == 256
+    assert model.fpn_channels == NECK_CHANNELS.get(name, 256)
     expected_nmode = "head" if name in TEACHERS_AND_STUDENT else "none"
     assert model.nmode == expected_nmode
     has_ode = any(isinstance(m, NmODE2) for m in model.head.modules())
