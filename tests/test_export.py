@@ -152,6 +152,33 @@ def test_export_rejects_bad_options(tmp_path, checkpoint, capsys):
     assert main(["export", str(checkpoint), "--format", "onnx", "--img-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
     adaptive = small_model(nmode_kwargs={"method": "dopri5"})
-    with pytest.raises(MedDetError, match="unrolled"):
+    with pytest.raises(MedDetError, match="no fixed-step form"):
         export_model(adaptive, CLASS_NAMES, fmt="onnx", img_size=64, out=tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(MedDetError, match="unknown nmODE export form"):
+        export_model(small_model(), CLASS_NAMES, fmt="onnx", img_size=64,
+                     out=tmp_path / "y.onnx", ode="adaptive")
+    assert not (tmp_path / "y.onnx").exists()
+
+
+def test_table_and_unrolled_ode_graphs_both_pass_the_check(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from meddet.export import export_model
+
+    model = small_model()
+    counts = {}
+    for ode in ("table", "unrolled"):
+        report = export_model(model, CLASS_NAMES, fmt="onnx", img_size=64,
+                              out=tmp_path / f"{ode}.onnx", ode=ode)
+        assert report.raw_max_abs_diff <= 1e-4  # the self-check against the exact solver
+        ops = [n.op_type for n in onnx.load(str(tmp_path / f"{ode}.onnx")).graph.node]
+        counts[ode] = (len(ops), ops.count("Gather"), ops.count("Sin") + ops.count("Cos"))
+    # Two head blocks: the table form gathers (value and slope) and has no trigonometry; the
+    # unrolled form evaluates sin/cos at every stage of every step.
+    assert counts["table"][1] >= 4 and counts["table"][2] == 0
+    assert counts["unrolled"][2] > 0
+    assert counts["unrolled"][0] - counts["table"][0] > 200
+    # The module is left as it was: exact fused solver, no export switches.
+    assert model.head.cls_nmode.solver == "fused"
+    assert not model.head.cls_nmode.graph_table and not model.head.cls_nmode.unrolled

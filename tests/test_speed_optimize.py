@@ -37,7 +37,7 @@ def test_fold_batchnorm_sequential_and_attributes():
     assert fold_batchnorm(train_seq) == 0
 
 
-@pytest.mark.parametrize("name", ["meddet", "gfl_shufflenet"])
+@pytest.mark.parametrize("name", ["meddet", "gfl_shufflenet", "meddet_lite"])
 def test_optimized_detections_equal_original(name):
     torch.manual_seed(0)
     model = build_detector(name, score_thr=0.0).eval()  # thr 0: top-k and NMS get exercised
@@ -45,8 +45,12 @@ def test_optimized_detections_equal_original(name):
     opt = optimize_for_inference(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # input untouched
-    if name == "meddet":
+    if name in ("meddet", "meddet_lite"):
         assert opt.head.cls_nmode.solver == "table" and model.head.cls_nmode.solver == "fused"
+    # meddet_lite runs channels_last once optimized (measured faster); the others do not.
+    assert opt.channels_last == (name == "meddet_lite") and not model.channels_last
+    w = opt.neck.fpn_convs[0].weight  # [C, C, 3, 3]: the formats differ
+    assert w.is_contiguous(memory_format=torch.channels_last) == (name == "meddet_lite")
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         _, c0, r0 = model.forward_raw(x)

@@ -24,6 +24,9 @@ def export(
         ".torchscript.pt).")] = None,
     check: Annotated[bool, typer.Option(
         "--check/--no-check", help="Compare the export with PyTorch after writing it.")] = True,
+    ode: Annotated[str, typer.Option(
+        "--ode", help="How nmODE² enters the graph: table (interpolated solution table, "
+        "~10 ops per block, fast) or unrolled (the fixed-step solver, ~150 ops).")] = "table",
 ) -> None:
     """Export a detector; the graph ends at the raw per-level outputs (see docs/deploy.md)."""
     from meddet.export import FORMATS, export_checkpoint
@@ -33,7 +36,8 @@ def export(
         raise MedDetError(f"unknown --format {fmt!r}; use one of: {', '.join(FORMATS)}")
     with console.status(f"exporting to {fmt} ...", spinner="dots"):
         report = export_checkpoint(checkpoint, fmt=fmt, img_size=img_size,
-                                   dynamic_batch=dynamic_batch, out=out, check=check)
+                                   dynamic_batch=dynamic_batch, out=out, check=check,
+                                   ode=ode)
     batch = "B" if dynamic_batch or fmt == "torchscript" else "1"
     lines = [(f"wrote {report.path} ({fmt}, input [{batch}, 3, {report.img_size}, "
               f"{report.img_size}], outputs {', '.join(report.outputs)})")]

@@ -155,6 +155,10 @@ class GFLDetector(nn.Module):
         self.strides = tuple(int(s) for s in strides)
         self.reg_max = head.reg_max
         self.fpn_channels = int(getattr(neck, "out_channels", head.in_channels))
+        # Memory format the network runs in: optimize_for_inference sets channels_last for
+        # models that measured faster so (the depthwise meddet_lite on CPU), and forward_raw
+        # then converts its input to match.
+        self.channels_last = False
         self.backbone = backbone
         self.neck = neck
         self.head = head
@@ -185,6 +189,8 @@ class GFLDetector(nn.Module):
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = list(self.neck(self.backbone(images)))
         cls_scores, bbox_preds = self.head(feats)
         return feats, cls_scores, bbox_preds

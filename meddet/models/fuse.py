@@ -98,7 +98,7 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 
 def optimize_for_inference(model: nn.Module, *, nmode_solver: str = "table",
-                           fold_bn: bool = True, channels_last: bool = False) -> nn.Module:
+                           fold_bn: bool = True, channels_last: bool | None = None) -> nn.Module:
     """An eval-mode, inference-only copy of ``model`` (see the module docstring).
 
     Args:
@@ -106,7 +106,10 @@ def optimize_for_inference(model: nn.Module, *, nmode_solver: str = "table",
         nmode_solver: ``"table"`` (fastest, ~1e-6 from exact), ``"fused"`` (exact) or
             ``"keep"`` (leave every nmODE block as it is).
         fold_bn: fold eval-mode BatchNorms into the preceding convs.
-        channels_last: convert weights to ``torch.channels_last``.
+        channels_last: run in ``torch.channels_last`` (weights converted, and a detector
+            converts its input); ``None`` (default): the model's ``prefers_channels_last``
+            (True for the zoo's ``meddet_lite``, 15 % faster on 2 CPU cores at 512 px; the
+            dense 256-channel heads measured slower so).
 
     Returns:
         The optimized copy, in eval mode, with ``requires_grad`` off everywhere.
@@ -129,6 +132,10 @@ def optimize_for_inference(model: nn.Module, *, nmode_solver: str = "table",
             if (isinstance(m, (NmODE, NmODE2)) and m.method in UNROLLED_METHODS
                     and not m.unrolled):
                 m.solver, m.adjoint = nmode_solver, False
+    if channels_last is None:
+        channels_last = bool(getattr(model, "prefers_channels_last", False))
     if channels_last:
         opt = opt.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        if hasattr(opt, "channels_last"):
+            opt.channels_last = True
     return opt

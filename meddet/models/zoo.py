@@ -50,6 +50,8 @@ PAPER_ARCH: dict[str, Any] = {"fpn_channels": FPN_CHANNELS, "head_channels": FPN
 # 512 px the paper-sized head is ~70 % of the student's latency; this one is ~a tenth of it.
 LITE_ARCH: dict[str, Any] = {"fpn_channels": 128, "head_channels": 128, "stacked_convs": 4,
                              "depthwise": True}
+# Entries whose optimized inference copy runs in channels_last (see optimize_for_inference).
+PREFERS_CHANNELS_LAST = {"meddet_lite"}
 STRIDES = (8, 16, 32, 64, 128)
 REG_MAX = 16
 
@@ -111,10 +113,12 @@ def _build_gfl(
     post = GFLPostProcess(reg_max=REG_MAX, score_thr=float(opt.get("score_thr", 0.05)),
                           nms_iou=float(opt.get("nms_iou", 0.6)),
                           max_per_img=int(opt.get("max_per_img", 100)))
-    return GFLDetector(name=name, num_classes=num_classes, backbone=backbone, neck=neck,
-                       head=head, nmode=nmode, strides=STRIDES, postprocessor=post,
-                       lambda_qfl=lambda_qfl, mu_dfl=mu_dfl,
-                       det_scale=float(opt.get("det_scale", DEFAULT_DET_SCALE)))
+    model = GFLDetector(name=name, num_classes=num_classes, backbone=backbone, neck=neck,
+                        head=head, nmode=nmode, strides=STRIDES, postprocessor=post,
+                        lambda_qfl=lambda_qfl, mu_dfl=mu_dfl,
+                        det_scale=float(opt.get("det_scale", DEFAULT_DET_SCALE)))
+    model.prefers_channels_last = name in PREFERS_CHANNELS_LAST
+    return model
 
 
 def _entry(name: str, backbone_name: str, default_nmode: str,

@@ -1,0 +1,390 @@
+"""examples/reproduce/study.py: the plan, the statistics, the verdicts and the report.
+
+Nothing here trains: the report is rendered from hand-written ``row.json`` files in the format
+``Runner.finish`` writes, and the CLI is only driven where it returns before any work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "examples" / "reproduce" / "study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("_study_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    # dataclasses resolve the module through sys.modules while the class body is built.
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+# --------------------------------------------------------------------------------------------
+# stats and verdict
+
+
+def test_stats_mean_and_sample_sd(study):
+    m, sd, n = study.stats([80.0, 82.0, 84.0])
+    # sample sd: deviations -2, 0, 2 -> sum of squares 8 / (3 - 1) = 4 -> 2.0 (population: 1.63)
+    assert (m, n) == (82.0, 3)
+    assert sd == pytest.approx(2.0)
+    m, sd, n = study.stats([1.0, 2.0])
+    assert (m, n) == (1.5, 2)
+    assert sd == pytest.approx(math.sqrt(0.5))  # (0.25 + 0.25) / 1
+
+
+def test_stats_one_value_and_empty(study):
+    assert study.stats([71.5]) == (71.5, 0.0, 1)
+    m, sd, n = study.stats([])
+    assert math.isnan(m) and math.isnan(sd) and n == 0
+
+
+def test_fmt(study):
+    assert study.fmt((82.0, 2.0, 3)) == "82.0 ± 2.0 (n=3)"
+    assert study.fmt((71.25, 0.0, 1)) == "71.2 (n=1)"
+    assert study.fmt((math.nan, math.nan, 0)) == "not run"
+
+
+def test_verdict_uses_the_larger_sample_sd(study):
+    # d = 3; spreads 1 and 2.5 -> 2.5: reproduced
+    assert study.verdict((85.0, 1.0, 3), (82.0, 2.5, 3)) == "**reproduced** (+3.0 > spread 2.5)"
+    # d = -3 beyond 2.5: contradicted
+    assert study.verdict((82.0, 2.5, 3), (85.0, 1.0, 3)) == \
+        "**contradicted** (-3.0, beyond spread 2.5)"
+    # d = 2 inside 2.5 either way: not resolved
+    assert study.verdict((84.0, 1.0, 3), (82.0, 2.5, 3)) == \
+        "not resolved (+2.0, within spread 2.5)"
+    assert study.verdict((82.0, 2.5, 3), (84.0, 1.0, 3)) == \
+        "not resolved (-2.0, within spread 2.5)"
+    # the explicit spread is ignored when both rows have their own sd
+    assert study.verdict((85.0, 1.0, 3), (82.0, 2.5, 3), spread=10.0).startswith(
+        "**reproduced**")
+
+
+def test_verdict_single_seed_rows_use_spread(study):
+    a, b = (85.0, 0.0, 1), (84.0, 0.0, 1)
+    assert study.verdict(a, b, spread=0.5) == "**reproduced** (+1.0 > spread 0.5)"
+    assert study.verdict(a, b, spread=1.5) == "not resolved (+1.0, within spread 1.5)"
+    assert study.verdict(b, a, spread=0.5) == "**contradicted** (-1.0, beyond spread 0.5)"
+    assert study.verdict(a, b) == "+1.0: one seed, spread unknown, not assessable"
+    assert study.verdict(a, b, spread=math.nan).endswith("not assessable")
+
+
+def test_verdict_not_run(study):
+    empty = study.stats([])
+    assert study.verdict(empty, (80.0, 1.0, 3), spread=1.0) == "not run"
+    assert study.verdict((80.0, 1.0, 3), empty, spread=1.0) == "not run"
+
+
+# --------------------------------------------------------------------------------------------
+# the plan
+
+
+@pytest.fixture(scope="module")
+def full_plan(study):
+    return study.plan([0, 1, 2], set(study.TABLES))
+
+
+def test_plan_ids_unique_and_count(full_plan):
+    ids = [r.id for r in full_plan]
+    assert len(ids) == len(set(ids))
+    # 3 teachers + 3 seeds x (6 plain + 3 KD + meddet + abl-base/nmode/lwff + lite = 14)
+    # + nmode-backbone/fpn + fusion-sum/concat + 4 sweep rows + bench = 54
+    assert len(ids) == 3 + 3 * 14 + 4 + 4 + 1
+
+
+def test_plan_teachers_first_and_distill_needs_them(full_plan):
+    teachers = ("teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152")
+    assert tuple(r.id for r in full_plan[:3]) == teachers
+    assert all(r.argv[0] == "pretrain-teacher" for r in full_plan[:3])
+    distill = [r for r in full_plan if r.argv and r.argv[0] == "distill"]
+    # per seed: KD x3, meddet, abl-base/nmode/lwff, lite = 8; single-seed: nmode x2, fusion x2,
+    # sweep x4 = 8
+    assert len(distill) == 3 * 8 + 8
+    for r in distill:
+        assert r.needs == teachers, r.id
+        assert r.checkpoint == "student.pt", r.id
+        assert r.argv[r.argv.index("--teachers") + 1] == \
+            "@teacher-gfl_r50,@teacher-gfl_r101,@teacher-gfl_r152"
+        assert r.argv[r.argv.index("--seed") + 1] == str(r.seed)
+    for r in full_plan:
+        if r.argv and r.argv[0] == "pretrain-teacher":
+            assert r.needs == () and r.checkpoint == "best.pt", r.id
+
+
+def test_plan_rows_per_seed_and_single_seed(full_plan):
+    by_id = {r.id: r for r in full_plan}
+    for s in (0, 1, 2):
+        for rid in (f"meddet-s{s}", f"mgd-s{s}", f"ld-s{s}", f"fgd-s{s}", f"abl-base-s{s}",
+                    f"abl-nmode-s{s}", f"abl-lwff-s{s}", f"plain-gfl_mbv2-s{s}",
+                    f"plain-gfl_shufflenetv2-s{s}", f"lite-s{s}"):
+            assert by_id[rid].seed == s, rid
+    singles = ["nmode-backbone", "nmode-fpn", "fusion-sum", "fusion-concat",
+               "sweep-sigma0.7-tau0.2", "sweep-sigma0.3-tau0.5", "sweep-sigma0.8-tau0.1",
+               "sweep-sigma0.4-tau0.2", "bench"]
+    for rid in singles:
+        assert by_id[rid].seed == 0
+        assert by_id[rid].group == rid
+    assert not any(rid.startswith(p) for rid in by_id
+                   for p in ("nmode-backbone-s", "fusion-sum-s", "sweep-sigma0.7-tau0.2-s"))
+    # the default sigma/tau is meddet-s0 itself, not a sweep row
+    sweep = sorted(rid for rid in by_id if rid.startswith("sweep-"))
+    assert len(sweep) == 4 and "sweep-sigma0.5-tau0.3" not in by_id
+    assert by_id["bench"].kind == "bench" and by_id["bench"].argv == []
+
+
+def test_plan_groups(full_plan):
+    by_id = {r.id: r for r in full_plan}
+    assert by_id["meddet-s1"].group == "meddet"
+    assert by_id["plain-gfl_mbv2-s2"].group == "plain-gfl_mbv2"
+    assert by_id["plain-gfl_shufflenet-s1"].group == "plain-gfl_shufflenet"
+    assert by_id["abl-base-s1"].group == "abl-base"
+    assert by_id["teacher-gfl_r101"].group == "teacher-gfl_r101"
+    groups: dict[str, set[int]] = {}
+    for r in full_plan:
+        groups.setdefault(r.group, set()).add(r.seed)
+    assert groups["meddet"] == groups["mgd"] == groups["lite"] == {0, 1, 2}
+
+
+def test_plan_row_arguments(full_plan):
+    by_id = {r.id: r for r in full_plan}
+    for k in ("mgd", "ld", "fgd"):
+        argv = by_id[f"{k}-s2"].argv
+        assert argv[argv.index("--student") + 1] == "gfl_mbv2"
+        assert argv[argv.index("--method") + 1] == k
+    base = by_id["abl-base-s1"].argv
+    assert base[base.index("--nmode") + 1] == "none"
+    assert base[base.index("--fusion") + 1] == "sum"
+    assert "--no-aatm" in base
+    nm = by_id["abl-nmode-s0"].argv
+    assert "--nmode" not in nm and "--no-aatm" in nm and nm[nm.index("--fusion") + 1] == "sum"
+    lwff = by_id["abl-lwff-s0"].argv
+    assert "--no-aatm" in lwff and "--fusion" not in lwff
+    med = by_id["meddet-s0"].argv
+    assert med[med.index("--student") + 1] == "meddet"
+    assert "--no-aatm" not in med and "--fusion" not in med and "--nmode" not in med
+    fpn = by_id["nmode-fpn"].argv
+    assert fpn[fpn.index("--nmode") + 1] == "fpn"
+    lite = by_id["lite-s1"].argv
+    assert lite[lite.index("--student") + 1] == "meddet_lite"
+    sw = by_id["sweep-sigma0.8-tau0.1"].argv
+    assert sw[sw.index("--sigma") + 1] == "0.8" and sw[sw.index("--tau") + 1] == "0.1"
+    plain = by_id["plain-gfl_effb1-s2"].argv
+    assert plain == ["pretrain-teacher", "--model", "gfl_effb1", "--seed", "2"]
+
+
+def test_plan_noise_rows(study, full_plan):
+    noisy = {r.id for r in full_plan if r.noise}
+    assert noisy == set(study.NOISE_ROWS)
+    assert not {r.id: r for r in full_plan}["meddet-s1"].noise
+
+
+def test_plan_priority_seed0_first(full_plan):
+    ids = [r.id for r in full_plan]
+    seed_of = [r.seed for r in full_plan]
+    first_other = seed_of.index(1)
+    assert all(s == 0 for s in seed_of[:first_other])
+    assert seed_of.index(2) > max(i for i, s in enumerate(seed_of) if s == 1)
+    # all single-seed rows and every table's seed-0 rows are before the first seed-1 row
+    for rid in ("meddet-s0", "mgd-s0", "abl-lwff-s0", "lite-s0", "plain-gfl_shufflenet-s0",
+                "nmode-fpn", "fusion-concat", "sweep-sigma0.4-tau0.2", "bench"):
+        assert ids.index(rid) < first_other, rid
+
+
+def test_plan_subsets(study):
+    ids = [r.id for r in study.plan([0], {"5"})]
+    assert ids == ["teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152", "meddet-s0",
+                   "fusion-sum", "fusion-concat"]
+    ids = [r.id for r in study.plan([0, 1], {"noise"})]
+    assert ids == ["teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152",
+                   "plain-gfl_mbv2-s0", "meddet-s0", "abl-base-s0", "abl-nmode-s0",
+                   "plain-gfl_mbv2-s1", "meddet-s1", "abl-base-s1", "abl-nmode-s1"]
+    # seeds[0] other than 0: the single-seed rows carry that seed
+    rows = {r.id: r for r in study.plan([3, 4], {"4"})}
+    assert rows["nmode-backbone"].seed == 3 and rows["abl-base-s4"].group == "abl-base"
+
+
+def test_resolve(study, tmp_path):
+    runs = tmp_path / "runs"
+    argv = ["distill", "--teachers", "@teacher-gfl_r50,@teacher-gfl_r101", "--seed", "0"]
+    out = study._resolve(argv, runs)
+    assert out == ["distill", "--teachers",
+                   f"{runs / 'teacher-gfl_r50' / 'best.pt'},"
+                   f"{runs / 'teacher-gfl_r101' / 'best.pt'}",
+                   "--seed", "0"]
+    assert argv[2].startswith("@")  # the row's argv is not modified
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+def _test_json(map50: float, *, sweep: list[tuple[str | None, float]] | None = None) -> dict:
+    t = {"mAP": map50 / 2, "mAP50": map50, "recall": 0.9,
+         "per_class": {"protrusion": {"mAP": 0.3, "mAP50": map50 - 0.1, "recall": 0.8},
+                       "non-protrusion": {"mAP": 0.4, "mAP50": map50 + 0.1, "recall": 0.95}}}
+    if sweep is not None:
+        t["noise_sweep"] = [{"noise": n, "mAP50": v} for n, v in sweep]
+    return t
+
+
+def _write_row(out: Path, rid: str, group: str, seed: int, test: dict, *,
+               seconds: float = 100.0, best_val: float | None = 0.5) -> None:
+    d = out / "runs" / rid
+    d.mkdir(parents=True)
+    info = {"id": rid, "label": f"label {rid}", "seed": seed, "group": group,
+            "seconds": seconds, "commands": [f"meddet train {rid}", f"meddet eval {rid}"],
+            "device": "cpu", "config": "cpu-small", "test": test, "best_val_mAP50": best_val}
+    (d / "row.json").write_text(json.dumps(info))
+
+
+@pytest.fixture
+def fake_study(tmp_path):
+    out = tmp_path / "study"
+    for s, v in enumerate((0.80, 0.82, 0.84)):
+        sweep = [(None, v), ("rician:40", 0.75), ("rician:5", 0.50)] if s == 0 else None
+        _write_row(out, f"meddet-s{s}", "meddet", s, _test_json(v, sweep=sweep),
+                   seconds=100.0 + 10 * s)
+    for s, v in enumerate((0.70, 0.71, 0.72)):
+        _write_row(out, f"plain-gfl_mbv2-s{s}", "plain-gfl_mbv2", s, _test_json(v))
+    _write_row(out, "fusion-sum", "fusion-sum", 0, _test_json(0.86))
+    _write_row(out, "sweep-sigma0.7-tau0.2", "sweep-sigma0.7-tau0.2", 0, _test_json(0.78),
+               best_val=0.9)
+    return out
+
+
+def _line(text: str, start: str) -> str:
+    hits = [ln for ln in text.splitlines() if ln.startswith(start)]
+    assert len(hits) == 1, (start, hits)
+    return hits[0]
+
+
+def test_render(study, fake_study):
+    text = study.render(study.load_rows(fake_study), {})
+    med = _line(text, "| **MedDet** (3 teachers) |")
+    # mAP50 80/82/84 -> 82.0 ± 2.0; mAP (half) 40/41/42 -> 41.0 ± 1.0; protrusion 70/72/74;
+    # 100/110/120 s -> 110 s
+    assert med == ("| **MedDet** (3 teachers) | 85.5 | 82.0 ± 2.0 (n=3) | 41.0 ± 1.0 (n=3) | "
+                   "72.0 ± 2.0 (n=3) | 110 s |")
+    plain = _line(text, "| GFL mbv2 |")
+    assert "| 80.8 | 71.0 ± 1.0 (n=3) |" in plain
+    assert "MedDet vs GFL-MobileNetV2: **reproduced** (+11.0 > spread 2.0)" in text
+    assert "MedDet vs MGD: not run" in text
+    mgd = _line(text, "| MGD (GFL-MobileNetV2 student, best teacher) |")
+    assert mgd.count("not run") == 3 and mgd.endswith("| — |")
+    # Table V: fusion-sum one seed, 86.0 vs MedDet 82.0: d = -4 beyond MedDet's spread 2
+    assert _line(text, "| sum |").startswith("| sum | 85.1 | 86.0 (n=1) |")
+    assert "LWFF vs sum: **contradicted** (-4.0, beyond spread 2.0)" in text
+    assert "LWFF vs concat: not run" in text
+    # Table III rows never ran
+    assert "nmODE² adds: not run" in text
+    # noise table: only meddet-s0 has a sweep; clean 80, 75, 50 -> drop 30
+    assert "| model | clean | rician:40 | rician:5 | drop clean → worst |" in text
+    assert "| label meddet-s0 (`meddet-s0`) | 80.0 | 75.0 | 50.0 | 30.0 |" in text
+    # sweep table: sorted by best val (0.9 first), the default row is meddet-s0
+    sw = text.split("## σ / τ sweep")[1].split("##")[0]
+    body = [ln for ln in sw.splitlines() if ln.startswith("| 0.")]
+    assert body == ["| 0.7 | 0.2 | 0.1 | 0.900 | 78.0 |", "| 0.5 | 0.3 | 0.2 | 0.500 | 80.0 |"]
+    # rows section lists every row with its commands
+    assert "| meddet-s1 | 110 | `meddet train meddet-s1 && meddet eval meddet-s1` |" in text
+    assert "MedDet-lite (issue 9)" not in text  # no lite rows
+
+
+def test_render_empty(study):
+    text = study.render({}, {})
+    assert "MedDet vs GFL-MobileNetV2: not run" in text
+    assert "## Noise robustness: test mAP50 against Rician SNR\n\nnot run" in text
+    assert "σ / τ sweep" not in text
+
+
+def test_render_meta(study, fake_study):
+    meta = {"command": "study.py --jobs 12", "config": "cpu-small", "extra": ["--max-iters", "2"],
+            "data": "d", "device": "cuda", "device_name": "H100", "cpus": 16, "torch": "2.x",
+            "python": "3.11", "jobs": 12, "finished": "today"}
+    text = study.render(study.load_rows(fake_study), meta)
+    assert "* command: `study.py --jobs 12`" in text
+    assert "`--config cpu-small` --max-iters 2" in text
+    assert "cuda (H100), 16 CPUs" in text
+
+
+def test_write_report(study, fake_study, tmp_path):
+    report = tmp_path / "docs" / "results.md"
+    text = study.write_report(fake_study, report, None)
+    assert report.read_text() == text
+    assert "82.0 ± 2.0 (n=3)" in text
+    assert sorted(p.name for p in report.parent.iterdir()) == ["img", "results.md"]
+    png = report.parent / "img" / "results_noise.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a = None does not write study.json
+    assert not (fake_study / "study.json").exists()
+
+
+def test_write_report_reads_study_json_and_skips_plot_without_noise(study, tmp_path):
+    out = tmp_path / "study"
+    _write_row(out, "meddet-s1", "meddet", 1, _test_json(0.5))
+    (out / "study.json").write_text(json.dumps({"command": "from-json", "jobs": 3}))
+    report = tmp_path / "r" / "results.md"
+    text = study.write_report(out, report)
+    assert "* command: `from-json`" in text
+    assert "50.0 (n=1)" in text
+    assert [p.name for p in report.parent.iterdir()] == ["results.md"]
+
+
+# --------------------------------------------------------------------------------------------
+# the CLI
+
+
+def test_cli_dry_run(study, capsys, tmp_path):
+    assert study.main(["--dry-run", "--seeds", "0", "--tables", "5",
+                       "--out", str(tmp_path / "o")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == [
+        "teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152", "meddet-s0", "fusion-sum",
+        "fusion-concat"]
+    assert "needs=teacher-gfl_r50,teacher-gfl_r101,teacher-gfl_r152" in lines[4]
+    assert lines[4].rstrip().endswith("--fusion sum --seed 0")
+    assert not (tmp_path / "o").exists()  # a dry run writes nothing
+
+
+def test_cli_parse_args(study):
+    a = study.parse_args(["--seeds", "0,2", "--tables", "1,noise", "--out", "x"])
+    assert a.seeds == [0, 2] and a.tables == {"1", "noise"} and a.data == Path("x/data")
+    assert study.parse_args([]).tables == set(study.TABLES)
+
+
+def test_cli_unknown_table(study, capsys):
+    with pytest.raises(SystemExit) as e:
+        study.parse_args(["--tables", "9"])
+    assert e.value.code == 2
+    assert "unknown table(s) ['9']" in capsys.readouterr().err
+
+
+def test_cli_only(study, capsys, monkeypatch, tmp_path):
+    def no_work(*a, **k):
+        raise AssertionError("--only with an unknown id must not start any work")
+
+    monkeypatch.setattr(study, "Runner", no_work)
+    monkeypatch.setattr(study.subprocess, "run", no_work)
+    out = tmp_path / "o"
+    # --only is checked before --dry-run and before any data generation or training
+    assert study.main(["--only", "nope", "--seeds", "0", "--tables", "5",
+                       "--out", str(out)]) == 2
+    assert "no such row(s) ['nope']" in capsys.readouterr().err
+    assert study.main(["--only", "meddet-s1", "--dry-run", "--seeds", "0"]) == 2
+    assert not out.exists()
+    # a known id filters the dry run
+    assert study.main(["--only", "fusion-sum,meddet-s0", "--dry-run", "--seeds", "0",
+                       "--tables", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["meddet-s0", "fusion-sum"]
