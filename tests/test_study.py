@@ -309,13 +309,19 @@ def test_render_empty(study):
 
 
 def test_render_meta(study, fake_study):
-    meta = {"command": "study.py --jobs 12", "config": "cpu-small", "extra": ["--max-iters", "2"],
+    meta = {"config": "cpu-small", "extra": ["--max-iters", "2"], "teacher_epochs": 60,
             "data": "d", "device": "cuda", "device_name": "H100", "cpus": 16, "torch": "2.x",
-            "python": "3.11", "jobs": 12, "finished": "today"}
-    text = study.render(study.load_rows(fake_study), meta)
-    assert "* command: `study.py --jobs 12`" in text
-    assert "`--config cpu-small` --max-iters 2" in text
+            "python": "3.11", "invocations": [
+                {"command": "study.py --jobs 12", "jobs": 12, "finished": "today"},
+                {"command": "study.py --only bench", "jobs": 1, "finished": "later"}]}
+    rows = study.load_rows(fake_study)
+    text = study.render(rows, meta, planned=[*rows, "mgd-s0", "ld-s0"])
+    assert "* command (12 rows at a time, finished today): `study.py --jobs 12`" in text
+    assert "* command (1 rows at a time, finished later): `study.py --only bench`" in text
+    assert "`--config cpu-small` --max-iters 2; teachers 60 epochs" in text
     assert "cuda (H100), 16 CPUs" in text
+    assert f"rows finished: {len(rows)} of {len(rows) + 2} planned; not run (yet): mgd-s0, ld-s0" \
+        in text
 
 
 def test_write_report(study, fake_study, tmp_path):
@@ -336,7 +342,7 @@ def test_write_report_reads_study_json_and_skips_plot_without_noise(study, tmp_p
     (out / "study.json").write_text(json.dumps({"command": "from-json", "jobs": 3}))
     report = tmp_path / "r" / "results.md"
     text = study.write_report(out, report)
-    assert "* command: `from-json`" in text
+    assert "* command (3 rows at a time, finished None): `from-json`" in text
     assert "50.0 (n=1)" in text
     assert [p.name for p in report.parent.iterdir()] == ["results.md"]
 
@@ -388,3 +394,16 @@ def test_cli_only(study, capsys, monkeypatch, tmp_path):
                        "--tables", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in lines] == ["meddet-s0", "fusion-sum"]
+
+
+def test_teacher_epochs_reach_only_the_teachers_and_win_over_extra(study, tmp_path):
+    rows = study.plan([0], {"5"}, teacher_epochs=60)
+    teachers = [r for r in rows if r.id.startswith("teacher-")]
+    assert all(r.argv[-2:] == ["--epochs", "60"] for r in teachers)
+    assert all("--epochs" not in r.argv for r in rows if not r.id.startswith("teacher-"))
+    a = study.parse_args(["--out", str(tmp_path), "--extra", "--epochs", "2"])
+    runner = study.Runner(a, rows)
+    train = runner.steps(teachers[0])[0]
+    # the row's own --epochs 60 comes after --extra's --epochs 2, so the CLI takes 60
+    assert train.index("2") < len(train) - train[::-1].index("60") - 1
+    assert train[train.index("--out") - 2:train.index("--out")] == ["--epochs", "60"]

@@ -93,7 +93,7 @@ class Row:
     kind: str = "train"                 # train | bench
 
 
-def plan(seeds: list[int], tables: set[str]) -> list[Row]:
+def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) -> list[Row]:
     """The rows ``tables`` need, most important first: teachers, then seed ``seeds[0]`` of
     every table, the single-seed rows, then the other seeds (a deadline cuts the tail)."""
     rows: dict[str, Row] = {}
@@ -110,9 +110,10 @@ def plan(seeds: list[int], tables: set[str]) -> list[Row]:
                          method, *flags, "--seed", str(seed)], seed, needs=need_t,
             checkpoint="student.pt")
 
+    longer = ["--epochs", str(teacher_epochs)] if teacher_epochs else []
     for m in TEACHERS:
         add(f"teacher-{m}", f"GFL-{m[4:].upper()} (teacher)",
-            ["pretrain-teacher", "--model", m, "--seed", "0"])
+            ["pretrain-teacher", "--model", m, "--seed", "0", *longer])
 
     def per_seed(s: int) -> None:
         for m in PLAIN if "1" in t else ("gfl_mbv2",) if t & {"noise"} else ():
@@ -224,8 +225,9 @@ class Runner:
         if (run / "last.pt").is_file():
             train = [*_meddet(), row.argv[0], "--resume", str(run)]
         else:
-            train = [*_meddet(), *_resolve(row.argv, self.runs), *common, "--out", str(run),
-                     *dev]
+            # The row's own flags come last so that they win over --extra (e.g. --epochs).
+            argv = _resolve(row.argv, self.runs)
+            train = [*_meddet(), argv[0], *common, *argv[1:], "--out", str(run), *dev]
         ev = [*_meddet(), "eval", str(run / row.checkpoint), "--data", str(self.a.data),
               "--split", "test", "--out", str(run / "eval"), "--json", str(run / "test.json"),
               *dev]
@@ -300,7 +302,7 @@ class Runner:
                 print("nothing can start: " + ", ".join(pending), flush=True)
                 break
             time.sleep(1.0)
-        write_report(Path(self.a.out), Path(self.a.report), self.a)
+        write_report(Path(self.a.out), Path(self.a.report), self.a, self.order)
         return 1 if self.failed else 0
 
 
@@ -371,10 +373,11 @@ def verdict(a: tuple[float, float, int], b: tuple[float, float, int],
     return f"not resolved ({d:+.1f}, within spread {sp:.1f})"
 
 
-def write_report(out: Path, report: Path, a: argparse.Namespace | None = None) -> str:
+def write_report(out: Path, report: Path, a: argparse.Namespace | None = None,
+                 planned: list[str] | None = None) -> str:
     rows = load_rows(out)
     meta = _meta(out, a)
-    text = render(rows, meta)
+    text = render(rows, meta, planned)
     report.parent.mkdir(parents=True, exist_ok=True)
     tmp = report.with_suffix(".md.tmp")
     tmp.write_text(text)
@@ -388,18 +391,20 @@ def _meta(out: Path, a: argparse.Namespace | None) -> dict:
     meta = json.loads(path.read_text()) if path.is_file() else {}
     if a is not None and not getattr(a, "report_only", False):
         import torch
+        calls = meta.get("invocations", [])
+        calls.append({"command": " ".join(sys.argv), "jobs": a.jobs,
+                      "finished": datetime.now(timezone.utc).isoformat(timespec="minutes")})
         meta = {"config": a.config, "data": str(a.data), "device": a.device,
                 "device_name": (torch.cuda.get_device_name(0) if a.device.startswith("cuda")
                                 else platform.processor() or platform.machine()),
                 "cpus": os.cpu_count(), "torch": torch.__version__,
-                "python": platform.python_version(), "jobs": a.jobs, "seeds": a.seeds,
-                "extra": a.extra, "finished": datetime.now(timezone.utc).isoformat(
-                    timespec="minutes"), "command": " ".join(sys.argv)}
+                "python": platform.python_version(), "seeds": a.seeds, "extra": a.extra,
+                "teacher_epochs": a.teacher_epochs, "invocations": calls}
         _atomic_json(path, meta)
     return meta
 
 
-def render(rows: dict[str, dict], meta: dict) -> str:
+def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) -> str:
     from meddet.benchmark import TABLE2_PAPER
 
     L: list[str] = []
@@ -411,16 +416,25 @@ def render(rows: dict[str, dict], meta: dict) -> str:
       "figure below is a measurement. Ours: **test mAP50 in %** on the synthetic CDH test "
       "split (pycocotools), mean ± sample standard deviation over seeds (n = seeds). The "
       "paper's figures are on the private CDH-1848 set and are shown for orientation only: "
-      "the two columns are not comparable in absolute terms, only in their ordering.\n")
+      "the two columns are not comparable in absolute terms, only in their ordering. What the "
+      "numbers mean, what is missing and why: `docs/distillation.md`, section *Study status*."
+      "\n")
     if meta:
-        w(f"* command: `{meta.get('command', '?')}`")
-        w(f"* schedule: `--config {meta.get('config')}` {' '.join(meta.get('extra') or [])}; "
-          f"data `{meta.get('data')}`")
+        calls = meta.get("invocations") or [meta]  # older study.json: one call, flat
+        for c in calls:
+            w(f"* command ({c.get('jobs')} rows at a time, finished {c.get('finished')}): "
+              f"`{c.get('command', '?')}`")
+        te = meta.get("teacher_epochs")
+        w(f"* schedule: `--config {meta.get('config')}` {' '.join(meta.get('extra') or [])}"
+          f"{f'; teachers {te} epochs' if te else ''}; data `{meta.get('data')}`")
         w(f"* machine: {meta.get('device')} ({meta.get('device_name')}), {meta.get('cpus')} "
-          f"CPUs, torch {meta.get('torch')}, Python {meta.get('python')}; "
-          f"{meta.get('jobs')} rows at a time; finished {meta.get('finished')}")
-        w("* wall-clock per row: training + test evaluation of one run, measured with "
-          "`jobs` rows sharing the machine (so it overstates a run alone).\n")
+          f"CPUs, torch {meta.get('torch')}, Python {meta.get('python')}")
+        if planned:
+            missing = [r for r in planned if r not in rows]
+            w(f"* rows finished: {len(planned) - len(missing)} of {len(planned)} planned"
+              + (f"; not run (yet): {', '.join(missing)}" if missing else ""))
+        w("* wall-clock per row: training + test evaluation of one run, measured with the "
+          "rows of one command sharing the machine (so it overstates a run alone).\n")
 
     def table(title: str, items: list[tuple[str, str, str | None]], note: str = "") -> None:
         w(f"## {title}\n")
@@ -610,6 +624,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--only", default=None, help="comma list of row ids to run (their "
                     "dependencies must be finished already)")
+    ap.add_argument("--teacher-epochs", type=int, default=None,
+                    help="train the teachers this many epochs (default: the config's); "
+                    "from-scratch ResNets need more than cpu-small's 20 to beat the student")
     ap.add_argument("--bench-img-size", type=int, default=512)
     ap.add_argument("--bench-threads", type=int, default=2)
     ap.add_argument("--bench-iters", type=int, default=10)
@@ -627,7 +644,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    rows = plan(a.seeds, a.tables)
+    rows = plan(a.seeds, a.tables, a.teacher_epochs)
     if a.only:
         keep = set(a.only.split(","))
         unknown = keep - {r.id for r in rows}
@@ -640,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.id:28s} needs={','.join(r.needs) or '-':40s} meddet {' '.join(r.argv)}")
         return 0
     if a.report_only:
-        write_report(Path(a.out), Path(a.report), a)
+        write_report(Path(a.out), Path(a.report), a, [r.id for r in rows])
         return 0
     if not (a.data / "annotations").is_dir():
         subprocess.run([*_meddet(), "data", "synth", str(a.data), "--seed", "0"], check=True)
