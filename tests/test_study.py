@@ -99,9 +99,12 @@ def full_plan(study):
 def test_plan_ids_unique_and_count(full_plan):
     ids = [r.id for r in full_plan]
     assert len(ids) == len(set(ids))
-    # 3 teachers + 3 seeds x (6 plain + 3 KD + meddet + abl-base/nmode/lwff + lite = 14)
-    # + nmode-backbone/fpn + fusion-sum/concat + 4 sweep rows + bench = 54
-    assert len(ids) == 3 + 3 * 14 + 4 + 4 + 1
+    # 3 teachers + 3 seeds x (6 plain + alone-meddet + 3 KD + meddet + abl-base/nmode/lwff
+    # + lite = 15) + nmode-backbone/fpn + fusion-sum/concat + 4 sweep rows + bench = 57
+    assert len(ids) == 3 + 3 * 15 + 4 + 4 + 1
+    alone = [r for r in full_plan if r.id.startswith("alone-meddet-")]
+    assert [r.argv[:3] for r in alone] == [["pretrain-teacher", "--model", "meddet"]] * 3
+    assert {r.group for r in alone} == {"alone-meddet"}
 
 
 def test_plan_teachers_first_and_distill_needs_them(full_plan):

@@ -18,14 +18,16 @@ Rows and what they measure (``S`` = seed; teachers and single-seed rows use seed
 
 * ``teacher-gfl_r{50,101,152}``: ``meddet pretrain-teacher`` (Table II; the distillation
   teachers of every other row).
-* ``plain-<zoo name>-sS``: Table I's plain detectors; ``plain-gfl_mbv2`` is also Table III's
-  baseline; ``plain-meddet`` (the student with nmODE² in the head, no teachers) is Table III's
-  "+ nmODE²".
+* ``plain-<zoo name>-sS``: Table I's plain detectors. ``alone-meddet-sS``: the MedDet student
+  (nmODE² in the head) trained without teachers, the baseline of the MedDet row.
 * ``mgd|ld|fgd-sS``: the KD baselines, GFL-MobileNetV2 student, the teacher with the best val
   mAP50 (``meddet distill --method ...``).
-* ``meddet-sS``: MedDet (nmODE² head, LWFF, AATM); ``noaatm-sS``: without AATM (Table III).
-* ``nmode-{none,backbone,fpn}``: MedDet with nmODE² elsewhere (Table IV; ``head`` is
-  ``meddet-s0``). ``fusion-{sum,concat}``: Table V (``lwff`` is ``meddet-s0``).
+* ``meddet-sS``: MedDet (nmODE² head, LWFF, AATM). Table III's cumulative rows, all distilled
+  from the three teachers: ``abl-base-sS`` (teachers summed, no AATM, no nmODE²: the paper's
+  "KD" baseline), ``abl-nmode-sS`` (+ nmODE²), ``abl-lwff-sS`` (+ LWFF), then ``meddet-sS``.
+* ``nmode-{backbone,fpn}``: the KD baseline with nmODE² elsewhere (Table IV; ``none`` and
+  ``head`` are ``abl-base-s0`` and ``abl-nmode-s0``). ``fusion-{sum,concat}``: Table V
+  (``lwff`` is ``meddet-s0``).
 * ``lite-sS``: MedDet distillation into ``meddet_lite`` (issue 9's CPU student).
 * ``sweep-sigmaA-tauB``: the σ/τ sweep behind the distillation defaults.
 * ``bench``: ``meddet bench`` of the teachers and both students (Table II's cost columns).
@@ -120,6 +122,9 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
             add(f"plain-{m}-s{s}", f"GFL {m[4:]}",
                 ["pretrain-teacher", "--model", m, "--seed", str(s)], s)
         if "1" in t:
+            # The MedDet student architecture (nmODE² head) trained without teachers.
+            add(f"alone-meddet-s{s}", "MedDet student alone",
+                ["pretrain-teacher", "--model", "meddet", "--seed", str(s)], s)
             for k in KD:
                 distill(f"{k}-s{s}", k.upper(), s, student="gfl_mbv2", method=k)
         if t & {"1", "2", "3", "4", "5", "lite", "noise", "sweep"}:
@@ -453,6 +458,7 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
     p = PAPER.get
     table("Table I: lightweight detectors and distillation methods",
           [*[(f"GFL {m[4:]}", f"plain-{m}", p(m)) for m in PLAIN],
+           ("MedDet student alone (nmODE² head, no teachers)", "alone-meddet", None),
            *[(k.upper() + " (GFL-MobileNetV2 student, best teacher)", k, p(k)) for k in KD],
            ("**MedDet** (3 teachers)", "meddet", p("meddet"))])
     w("Claims: " + "; ".join(
