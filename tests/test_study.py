@@ -293,7 +293,7 @@ def test_render(study, fake_study):
     # Table III rows never ran
     assert "nmODE² adds: not run" in text
     # noise table: only meddet-s0 has a sweep; clean 80, 75, 50 -> drop 30
-    assert "| model | clean | rician:40 | rician:5 | drop clean → worst |" in text
+    assert "| model | clean | rician:40 | rician:5 | drop clean → lowest SNR |" in text
     assert "| label meddet-s0 (`meddet-s0`) | 80.0 | 75.0 | 50.0 | 30.0 |" in text
     # sweep table: sorted by best val (0.9 first), the default row is meddet-s0
     sw = text.split("## σ / τ sweep")[1].split("##")[0]

@@ -533,14 +533,16 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
         w(f"MedDet {fmt(med)} vs MedDet-lite {fmt(lite)} test mAP50: difference "
           f"{lite[0] - med[0]:+.1f} points (the bar: within 1 point).\n")
 
-    sweep = [r for r in rows.values() if r["group"].startswith("sweep-")
-             or r["id"] == "meddet-s0"]
-    if len(sweep) > 1:
-        w("## σ / τ sweep (eq. 14), seed 0\n")
+    sweep = [r for r in rows.values() if r["group"].startswith("sweep-")]
+    if sweep:
+        # the default σ, τ is the MedDet row of the sweep rows' seed
+        sweep += [r for r in rows.values() if r["group"] == "meddet"
+                  and r["seed"] == sweep[0]["seed"]]
+        w(f"## σ / τ sweep (eq. 14), seed {sweep[0]['seed']}\n")
         w("| σ | τ | 1 − σ − τ | best val mAP50 | test mAP50 |")
         w("|---:|---:|---:|---:|---:|")
         for r in sorted(sweep, key=lambda r: -(r.get("best_val_mAP50") or 0)):
-            sig, tau = (DEFAULT_SIGMA_TAU if r["id"] == "meddet-s0" else
+            sig, tau = (DEFAULT_SIGMA_TAU if r["group"] == "meddet" else
                         (float(r["group"].split("-")[1][5:]), float(r["group"].split("-")[2][3:])))
             w(f"| {sig} | {tau} | {1 - sig - tau:.1f} | {_num(r.get('best_val_mAP50'), 3)} | "
               f"{100 * r['test']['mAP50']:.1f} |")
@@ -560,26 +562,34 @@ def _noise_levels(r: dict) -> list[tuple[str, float]]:
 
 
 def _noise_table(rows: dict[str, dict], w) -> None:
-    have = [rows[i] for i in NOISE_ROWS if i in rows and "noise_sweep" in rows[i].get("test", {})]
+    have = _noise_rows(rows)
     w("## Noise robustness: test mAP50 against Rician SNR\n")
     if not have:
         w("not run\n")
         return
-    levels = [n for n, _ in _noise_levels(have[0])]
-    w("| model | " + " | ".join(levels) + " | drop clean → worst |")
+    levels = list(dict.fromkeys(n for r in have for n, _ in _noise_levels(r)))
+    w("| model | " + " | ".join(levels) + " | drop clean → lowest SNR |")
     w("|---|" + "---:|" * (len(levels) + 1))
     for r in have:
-        vals = [v for _, v in _noise_levels(r)]
-        w(f"| {r['label']} (`{r['id']}`) | " + " | ".join(f"{v:.1f}" for v in vals)
-          + f" | {vals[0] - vals[-1]:.1f} |")
+        got = dict(_noise_levels(r))
+        vals = [got.get(n) for n in levels]
+        drop = (f"{vals[0] - vals[-1]:.1f}" if vals[0] is not None and vals[-1] is not None
+                else "—")
+        w(f"| {r['label']} (`{r['id']}`) | "
+          + " | ".join("—" if v is None else f"{v:.1f}" for v in vals) + f" | {drop} |")
     w("\nOne seed per row; the noise is drawn reproducibly per image (`meddet eval "
       "--noise-sweep`). Plot: `docs/img/results_noise.png`. nmODE²'s robustness claim holds "
       "here only if the rows with nmODE² lose clearly less than their twins without it "
       "(`abl-nmode-s0` vs `abl-base-s0`).\n")
 
 
+def _noise_rows(rows: dict[str, dict]) -> list[dict]:
+    return [rows[i] for i in NOISE_ROWS
+            if i in rows and rows[i].get("test", {}).get("noise_sweep")]
+
+
 def _noise_plot(rows: dict[str, dict], path: Path) -> None:
-    have = [rows[i] for i in NOISE_ROWS if i in rows and "noise_sweep" in rows[i].get("test", {})]
+    have = _noise_rows(rows)
     if not have:
         return
     import matplotlib
