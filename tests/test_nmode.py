@@ -246,3 +246,19 @@ def test_bad_solver_options_raise(kwargs):
 def test_adjoint_and_adaptive_default_to_torchdiffeq():
     assert NmODE2(adjoint=True).solver == "torchdiffeq"
     assert NmODE2(method="dopri5").solver == "torchdiffeq"
+
+
+def test_table_solver_keeps_channels_last_and_values():
+    torch.manual_seed(0)
+    m = NmODE2(solver="table")
+    x = torch.randn(2, 8, 5, 7)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        a, b = m(x), m(xc)
+    assert torch.equal(a, b) and a.is_contiguous()
+    assert b.is_contiguous(memory_format=torch.channels_last)
+    # gradients agree as well (the flat view is differentiable)
+    xa, xb = x.clone().requires_grad_(True), xc.clone().requires_grad_(True)
+    m(xa).pow(2).sum().backward()
+    m(xb).pow(2).sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=0, atol=0)
