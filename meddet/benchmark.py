@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import logging
 import os
 import platform
 import re
@@ -318,42 +317,12 @@ def _export_onnx(model: nn.Module, img_size: int, out: Path, int8: bool) -> Path
                  check=False)
     if not int8:
         return fp32
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    from meddet.export import _synthetic_batch
+    from meddet.export import _synthetic_batch, quantize_int8
 
     calib = [_synthetic_batch(img_size, 1)[0].numpy() for _ in range(1)]
     calib += [torch.randn(1, 3, img_size, img_size).numpy() for _ in range(3)]
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(calib)
-
-        def get_next(self) -> dict[str, Any] | None:
-            x = next(self._it, None)
-            return None if x is None else {"images": x}
-
     q8 = out / "model_int8.onnx"
-    # The quantizer logs one root-logger warning per conv whose bias the exporter folded into
-    # a Constant node; harmless and unactionable, so logging is muted while it runs.
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_static(str(fp32), str(q8), _Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, weight_type=QuantType.QInt8,
-                            activation_type=QuantType.QUInt8,
-                            # Convolutions only: the nmODE² chain (Add/Mul around Sin/Cos,
-                            # ~150 nodes per block) would otherwise be wrapped in Q/DQ pairs,
-                            # slow to calibrate and ruinous for the ODE's accuracy.
-                            op_types_to_quantize=["Conv"])
-    finally:
-        logging.disable(logging.NOTSET)
+    quantize_int8(fp32, q8, calib)
     return q8
 
 

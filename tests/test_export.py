@@ -182,3 +182,52 @@ def test_table_and_unrolled_ode_graphs_both_pass_the_check(tmp_path):
     # The module is left as it was: exact fused solver, no export switches.
     assert model.head.cls_nmode.solver == "fused"
     assert not model.head.cls_nmode.graph_table and not model.head.cls_nmode.unrolled
+
+
+def test_eval_of_onnx_fp32_equals_the_checkpoint_and_int8_is_written(
+        tmp_path, checkpoint, tiny_dataset, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(out), "--int8",
+                 "--calib-data", str(tiny_dataset), "--calib-images", "2"]) == 0
+    q8 = tmp_path / "model.int8.onnx"
+    assert q8.is_file() and "calibrated on 2 train images" in capsys.readouterr().out
+    import onnx
+
+    nodes = [n.op_type for n in onnx.load(str(q8)).graph.node]
+    assert "QuantizeLinear" in nodes and "DequantizeLinear" in nodes
+    assert "meddet" in {p.key for p in onnx.load(str(q8)).metadata_props}
+
+    preds = {}
+    for name, model in (("torch", checkpoint), ("fp32", out), ("int8", q8)):
+        assert main(["eval", str(model), "--data", str(tiny_dataset), "--split", "test",
+                     "--score-thr", "0.3", "--out", str(tmp_path / name),
+                     "--json", str(tmp_path / f"{name}.json")]) == 0, capsys.readouterr().err
+        preds[name] = json.loads((tmp_path / name / "predictions.json").read_text())
+    # fp32 ONNX = the checkpoint: same detections (boxes to 0.05 px, scores to 1e-4)
+    assert len(preds["fp32"]) == len(preds["torch"]) > 0
+    for a, b in zip(preds["fp32"], preds["torch"]):
+        assert a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"]
+        assert abs(a["score"] - b["score"]) < 1e-4
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=0.05)
+    metrics = {k: json.loads((tmp_path / f"{k}.json").read_text()) for k in preds}
+    assert metrics["fp32"]["mAP50"] == metrics["torch"]["mAP50"]
+    assert "mAP50" in metrics["int8"] and len(preds["int8"]) > 0
+
+
+def test_int8_and_onnx_eval_bad_input_is_one_line_exit_2(tmp_path, checkpoint, tiny_dataset,
+                                                          capsys):
+    def one_line(args, needle):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+
+    one_line(["export", str(checkpoint), "--format", "onnx", "--int8", "--out",
+              str(tmp_path / "a.onnx")], "--calib-data")
+    one_line(["export", str(checkpoint), "--format", "torchscript", "--int8"], "--format onnx")
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not a model")
+    one_line(["eval", str(bogus), "--data", str(tiny_dataset), "--split", "test"],
+             "bogus.onnx")
+    one_line(["eval", str(tmp_path / "missing.onnx"), "--data", str(tiny_dataset)],
+             "does not exist")

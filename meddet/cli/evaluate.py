@@ -78,7 +78,9 @@ def _write_artifacts(out_dir: Path, ds: Any, results: list[dict], score_thr: flo
 
 
 def evaluate(
-    checkpoint: Path | None = typer.Argument(None, help="A meddet checkpoint (last.pt/best.pt)."),
+    checkpoint: Path | None = typer.Argument(
+        None, help="A meddet checkpoint (last.pt/best.pt) or an .onnx model from `meddet "
+        "export` (fp32 or --int8; evaluated with onnxruntime)."),
     data: Path | None = typer.Option(None, "--data", help="Dataset folder."),
     split: str = typer.Option("test", "--split", help="Split to evaluate."),
     img_size: int | None = typer.Option(None, "--img-size",
@@ -166,9 +168,15 @@ def _eval_checkpoint(checkpoint: Path, data: Path, split: str, *, img_size: int 
     from meddet.runs import new_run_dir
 
     dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
-    model, meta = build_model_from_checkpoint(ckpt, dev, score_thr=score_thr)
-    del ckpt
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        if dev.type != "cpu":
+            raise MedDetError("an .onnx model is evaluated with onnxruntime on the CPU; use "
+                              "--device cpu")
+        model, meta = _onnx_model(Path(checkpoint), score_thr)
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        model, meta = build_model_from_checkpoint(ckpt, dev, score_thr=score_thr)
+        del ckpt
     size = img_size or int(meta["img_size"])
     sweep_kind, sweep_levels = _parse_sweep(noise_sweep) if noise_sweep else (None, [])
     # Validate every noise spec before spending time on inference.
@@ -213,6 +221,52 @@ def _eval_checkpoint(checkpoint: Path, data: Path, split: str, *, img_size: int 
                      + (", noise_sweep.csv, noise_sweep.png" if sweep_kind else "")
                      + f" to {out_dir}"))
     return result
+
+
+def _onnx_model(path: Path, score_thr: float) -> tuple[Any, dict[str, Any]]:
+    """An ONNX file from ``meddet export`` (fp32 or int8) as an evaluable model + its meta."""
+    import torch
+
+    class _OnnxAsModel(torch.nn.Module):
+        """An exported model (``meddet.deploy.OnnxDetector``) behind the detector's eval API."""
+
+        def __init__(self, detector: Any) -> None:
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, images: torch.Tensor, targets: Any = None
+                    ) -> list[dict[str, torch.Tensor]]:
+            metas = None
+            if targets is not None:
+                metas = [{"scale": float(t["scale"]),
+                          "orig_size": tuple(int(v) for v in t["orig_size"])} for t in targets]
+            x = images.cpu().numpy()
+            # One image per run: an export without --dynamic-batch takes batch 1 only.
+            dets = [self.detector.detect(x[i:i + 1], metas[i:i + 1] if metas else None)[0]
+                    for i in range(x.shape[0])]
+            return [{"boxes": torch.from_numpy(d["boxes"]).float(),
+                     "scores": torch.from_numpy(d["scores"]).float(),
+                     "labels": torch.from_numpy(d["labels"]).long()} for d in dets]
+
+    if not path.is_file():
+        raise MedDetError(f"model {path} does not exist")
+    try:
+        from meddet.deploy import OnnxDetector
+    except ImportError as exc:
+        raise MedDetError("evaluating an .onnx model needs onnxruntime: pip install "
+                          "'meddet[onnx]'") from exc
+    try:
+        det = OnnxDetector(path, score_thr=score_thr)
+    except ImportError as exc:
+        raise MedDetError("evaluating an .onnx model needs onnxruntime: pip install "
+                          "'meddet[onnx]'") from exc
+    except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
+        raise MedDetError(f"cannot load {path} as a meddet ONNX model: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                          ) from exc
+    meta = {"img_size": det.img_size, "class_names": det.class_names,
+            "model_name": f"{det.meta.get('model_name', '?')} (onnx)"}
+    return _OnnxAsModel(det), meta
 
 
 def _write_sweep(out_dir: Path, rows: list[dict[str, Any]], kind: str, con: Any) -> None:
