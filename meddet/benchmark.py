@@ -12,7 +12,9 @@ What is measured, exactly:
   post-processing are not.
 * **Speed**: eval-mode ``forward(images)`` including post-processing (decode, score threshold,
   NMS), under ``torch.inference_mode``, after ``warmup`` untimed calls; ``iters`` timed calls on
-  random images. Latency is per image (call time / batch size); FPS = images / second. With
+  random images, **interleaved across models and runtimes**: each round times every row once,
+  so load that comes and goes on a shared machine affects all rows alike and the ratios are
+  side by side. Latency is per image (call time / batch size); FPS = images / second. With
   untrained weights few locations pass the 0.05 score threshold, so NMS is cheaper than on a
   trained model.
 * **Runtimes** (``runtimes``): ``torch`` is eager PyTorch; by default on the
@@ -50,6 +52,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,19 +208,33 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _time_model(model: nn.Module, images: Tensor, dev: torch.device, warmup: int,
-                iters: int) -> list[float]:
-    """Seconds per call of ``model(images)`` (post-processing included) for ``iters`` calls."""
-    times = []
-    with torch.inference_mode():
+def _torch_call(model: nn.Module, images: Tensor, dev: torch.device) -> Callable[[], None]:
+    """One timed unit: ``model(images)`` (post-processing included), finished on the device."""
+
+    def call() -> None:
+        with torch.inference_mode():
+            model(images)
+        _sync(dev)  # CUDA kernels are asynchronous: time their completion
+
+    return call
+
+
+def _time_rounds(calls: list[Callable[[], None]], warmup: int, iters: int) -> list[list[float]]:
+    """Seconds per call of each of ``calls``, timed in interleaved rounds.
+
+    Every call is warmed up first; then each round times every call once, in order. Load that
+    comes and goes on a shared machine hits all models alike instead of whichever happened to
+    be timed at that moment, so the ratios between models are measured side by side.
+    """
+    for call in calls:
         for _ in range(warmup):
-            model(images)
-        _sync(dev)
-        for _ in range(iters):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(iters):
+        for i, call in enumerate(calls):
             t0 = time.perf_counter()
-            model(images)
-            _sync(dev)  # CUDA kernels are asynchronous: time their completion
-            times.append(time.perf_counter() - t0)
+            call()
+            times[i].append(time.perf_counter() - t0)
     return times
 
 
@@ -328,6 +345,12 @@ def _export_onnx(model: nn.Module, img_size: int, out: Path, int8: bool) -> Path
 
 def _time_onnx(path: Path, model: nn.Module, images: Tensor, threads: int, warmup: int,
                iters: int) -> list[float]:
+    """Seconds per onnxruntime run + numpy post-process of the exported ``model``."""
+    return _time_rounds([_onnx_call(path, model, images, threads)], warmup, iters)[0]
+
+
+def _onnx_call(path: Path, model: nn.Module, images: Tensor, threads: int
+               ) -> Callable[[], None]:
     import onnxruntime as ort
 
     from meddet import deploy
@@ -351,20 +374,18 @@ def _time_onnx(path: Path, model: nn.Module, images: Tensor, threads: int, warmu
                            center_offset=float(model.center_offset),
                            anchor_scale=float(model.anchor_scale))
 
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return times
+    return call
 
 
 def _bench_one(name: str, *, img_size: int, batch_size: int, dev: torch.device, warmup: int,
-               iters: int, fps: bool, runtimes: tuple[str, ...] = ("torch",),
-               optimize: bool = True, profile: bool = False, threads: int = 1
-               ) -> list[dict[str, Any]]:
+               fps: bool, runtimes: tuple[str, ...] = ("torch",), optimize: bool = True,
+               threads: int = 1) -> list[tuple[dict[str, Any], Callable[[], None] | None,
+                                                nn.Module | None, Tensor | None]]:
+    """Rows of one model, each with the call to time (and the torch model, for ``--profile``).
+
+    The model of each runtime is built, converted and warmed up inside its memory window; the
+    timing itself happens later, interleaved with the other models (``_time_rounds``).
+    """
     from meddet.models import build_detector, optimize_for_inference
 
     torch.manual_seed(0)
@@ -384,8 +405,8 @@ def _bench_one(name: str, *, img_size: int, batch_size: int, dev: torch.device, 
     del model
     if not fps:
         gc.collect()
-        return [dict(base, runtime="torch", optimized=False, label=name)]
-    rows = []
+        return [(dict(base, runtime="torch", optimized=False, label=name), None, None, None)]
+    out = []
     for runtime in runtimes:
         row = dict(base, runtime=runtime,
                    optimized=bool(optimize and runtime == "torch"),
@@ -407,25 +428,22 @@ def _bench_one(name: str, *, img_size: int, batch_size: int, dev: torch.device, 
                 model = optimize_for_inference(model)
             model = model.to(dev)
             images = images.to(dev)
-            times = _time_model(model, images, dev, warmup, iters)
-            if profile and dev.type == "cpu":
-                row["profile_ms"] = profile_stages(model, images, iters=max(1, min(iters, 3)))
+            call = _torch_call(model, images, dev)
         else:
             if dev.type != "cpu":
                 raise MedDetError(f"--runtime {runtime} runs on the CPU; use --device cpu")
             with tempfile.TemporaryDirectory(prefix="meddet_bench_") as tmp:
                 path = _export_onnx(model, img_size, Path(tmp), runtime.endswith("int8"))
-                times = _time_onnx(path, model, images, threads, warmup, iters)
-        row.update(_timing_fields(times, batch_size))
-        row["gflops_per_s"] = row["gflops"] * row["fps"]
+                call = _onnx_call(path, model, images, threads)  # the session holds the graph
+        for _ in range(warmup):
+            call()
         if dev.type == "cuda":
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         else:
             row["peak_mem_mb"] = cpu_mem.peak_mb()
-        del model
-        rows.append(row)
+        out.append((row, call, model if runtime == "torch" else None, images))
     gc.collect()
-    return rows
+    return out
 
 
 def benchmark_models(
@@ -511,14 +529,26 @@ def benchmark_models(
     try:
         if fps and peak and dev.type == "cpu":
             peak_gflops = matmul_peak_gflops()
-        rows = [
-            row
+        prepared = [
+            item
             for n in names
-            for row in _bench_one(n, img_size=img_size, batch_size=batch_size, dev=dev,
-                                  warmup=warmup, iters=iters, fps=fps, runtimes=runtimes,
-                                  optimize=optimize, profile=profile,
-                                  threads=threads or torch.get_num_threads())
+            for item in _bench_one(n, img_size=img_size, batch_size=batch_size, dev=dev,
+                                   warmup=warmup, fps=fps, runtimes=runtimes,
+                                   optimize=optimize, threads=threads or torch.get_num_threads())
         ]
+        rows = [row for row, *_ in prepared]
+        if fps:
+            # Every model and runtime in interleaved rounds (see _time_rounds); warm-up was
+            # done when each was built.
+            timed = _time_rounds([call for _, call, _, _ in prepared], 0, iters)
+            for (row, _, model, images), times in zip(prepared, timed):
+                row.update(_timing_fields(times, batch_size))
+                row["gflops_per_s"] = row["gflops"] * row["fps"]
+                if profile and model is not None and dev.type == "cpu":
+                    row["profile_ms"] = profile_stages(model, images,
+                                                       iters=max(1, min(iters, 3)))
+        del prepared
+        gc.collect()
     finally:
         torch.set_num_threads(old_threads)
     return {

@@ -172,3 +172,14 @@ def test_no_optimize_times_the_model_as_built():
 def test_cli_bad_runtime_exits_2(capsys):
     assert main(["bench", "--models", SMALL, "--runtime", "tensorrt", "--img-size", "64"]) == 2
     assert "unknown runtime 'tensorrt'" in capsys.readouterr().err
+
+
+def test_timing_rounds_interleave_the_rows():
+    from meddet.benchmark import _time_rounds
+
+    order = []
+    calls = [lambda: order.append("a"), lambda: order.append("b"), lambda: order.append("c")]
+    times = _time_rounds(calls, warmup=1, iters=2)
+    # warm-up of each, then round after round: every row once per round
+    assert order == ["a", "b", "c", "a", "b", "c", "a", "b", "c"]
+    assert [len(t) for t in times] == [2, 2, 2] and all(x >= 0 for t in times for x in t)

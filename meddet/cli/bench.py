@@ -119,7 +119,8 @@ def bench(
             f"1x3x{img_size}x{img_size}.")
     if fps:
         note += (f" ms/img: mean±std latency of forward + post-processing, {iters} timed "
-                 f"runs after {warmup} warm-up runs; random weights. mem: peak memory growth. "
+                 f"runs after {warmup} warm-up runs, interleaved across the rows (round by round); "
+                 "random weights. mem: peak memory growth. "
                  f"torch: {'optimized (BN folded, tabulated nmODE²)' if optimize else 'as built'}"
                  ". GFLOP/s = GFLOPs x FPS, same convention as the matmul peak. Load average "
                  f"{_fmt(result['load_avg'][0], '.1f')} -> {_fmt(result['load_avg'][1], '.1f')}.")
