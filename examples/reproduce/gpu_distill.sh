@@ -10,13 +10,17 @@ OUT=${OUT:-/tmp/out}; DATA=${DATA:-.whl/data}; S=${S:-/tmp/study}; DEV=${DEV:-cu
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-60}; DEADLINE1_MIN=${DEADLINE1_MIN:-4.5}
 DEADLINE2_MIN=${DEADLINE2_MIN:-6.5}; mkdir -p "$OUT" "$S"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-STUDY="python3 examples/reproduce/study.py --out $S --data $DATA --config cpu-small --device $DEV --seeds 0 --tables 1,sweep --teacher-epochs $TEACHER_EPOCHS --report $S/results.md"
+# ROWS/SEEDS/TABLES pick another set, e.g. issue 9's accuracy bar:
+#   SEEDS=0,1,2 TABLES=1,lite ROWS=meddet-s0,meddet-s1,meddet-s2,lite-s0,lite-s1,lite-s2
+SEEDS=${SEEDS:-0}; TABLES=${TABLES:-1,sweep}
+STUDY="python3 examples/reproduce/study.py --out $S --data $DATA --config cpu-small --device $DEV --seeds $SEEDS --tables $TABLES --teacher-epochs $TEACHER_EPOCHS --report $S/results.md"
 X=${EXTRA:+--extra $EXTRA}  # --extra swallows the rest of the line: keep it last
 python3 -c "import torch, meddet; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 3
 $STUDY --jobs 3 --deadline-min "$DEADLINE1_MIN" \
   --only teacher-gfl_r50,teacher-gfl_r101,teacher-gfl_r152 $X 2>&1 | tee $OUT/teachers.log | tail -4
-ROWS=plain-gfl_mbv2-s0,alone-meddet-s0,mgd-s0,ld-s0,fgd-s0,meddet-s0
-ROWS=$ROWS,sweep-sigma0.7-tau0.2,sweep-sigma0.3-tau0.5,sweep-sigma0.8-tau0.1,sweep-sigma0.4-tau0.2
+DEFAULT_ROWS=plain-gfl_mbv2-s0,alone-meddet-s0,mgd-s0,ld-s0,fgd-s0,meddet-s0
+DEFAULT_ROWS=$DEFAULT_ROWS,sweep-sigma0.7-tau0.2,sweep-sigma0.3-tau0.5,sweep-sigma0.8-tau0.1,sweep-sigma0.4-tau0.2
+ROWS=${ROWS:-$DEFAULT_ROWS}
 $STUDY --jobs 10 --deadline-min "$DEADLINE2_MIN" --only $ROWS $X 2>&1 | tee $OUT/distill.log | tail -12
 cp $S/results.md $OUT/ 2>/dev/null
 tar czf $OUT/study.tgz -C $S --exclude='*.pt' --exclude='*.png' --exclude=data runs logs study.json
