@@ -647,7 +647,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bench-threads", type=int, default=2)
     ap.add_argument("--bench-iters", type=int, default=10)
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                    help="further flags for every training command (e.g. --max-iters 2)")
+                    help="further flags for every training command, e.g. --max-iters 2; "
+                    "must come last (it takes the rest of the line)")
     a = ap.parse_args(argv)
     a.seeds = [int(s) for s in a.seeds.split(",")]
     a.tables = set(TABLES) if a.tables == "all" else set(a.tables.split(","))
