@@ -461,10 +461,15 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
            ("MedDet student alone (nmODE² head, no teachers)", "alone-meddet", None),
            *[(k.upper() + " (GFL-MobileNetV2 student, best teacher)", k, p(k)) for k in KD],
            ("**MedDet** (3 teachers)", "meddet", p("meddet"))])
-    w("Claims: " + "; ".join(
-        f"MedDet vs {name}: {verdict(med, group_metric(rows, g), spread)}"
-        for name, g in (("GFL-MobileNetV2", "plain-gfl_mbv2"), ("MGD", "mgd"), ("LD", "ld"),
-                        ("FGD", "fgd"))) + ".\n")
+    def claims(pairs: list[tuple[str, str, str]], spread_: float | None) -> None:
+        """One line of verdicts, each ``(label, group a, group b)``: does a beat b?"""
+        w("Claims: " + "; ".join(
+            f"{label}: {verdict(group_metric(rows, a_), group_metric(rows, b_), spread_)}"
+            for label, a_, b_ in pairs) + ".\n")
+
+    claims([(f"MedDet vs {name}", "meddet", g) for name, g in (
+        ("GFL-MobileNetV2", "plain-gfl_mbv2"), ("MGD", "mgd"), ("LD", "ld"), ("FGD", "fgd"))],
+        spread)
 
     w("## Table II: teachers and student, accuracy and cost\n")
     bench = next((r["bench"] for r in rows.values() if "bench" in r), None)
@@ -501,11 +506,8 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
            ("+ nmODE² + LWFF + AATM (MedDet)", "meddet", p("abl_aatm"))],
           "The paper's Table III starts from the distilled student without nmODE² (84.2), not "
           "from the plain GFL-MobileNetV2 (80.8); ours does the same.")
-    w("Claims: " + "; ".join(
-        f"{n}: {verdict(group_metric(rows, a_), group_metric(rows, b_), spread)}"
-        for n, a_, b_ in (("nmODE² adds", "abl-nmode", "abl-base"),
-                          ("LWFF adds", "abl-lwff", "abl-nmode"),
-                          ("AATM adds", "meddet", "abl-lwff"))) + ".\n")
+    claims([("nmODE² adds", "abl-nmode", "abl-base"), ("LWFF adds", "abl-lwff", "abl-nmode"),
+            ("AATM adds", "meddet", "abl-lwff")], spread)
     table("Table IV: nmODE² placement (on the KD baseline of Table III)",
           [("no nmODE²", "abl-base", p("nmode_none")),
            ("nmODE² in the backbone", "nmode-backbone", p("nmode_backbone")),
@@ -513,17 +515,13 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
            ("nmODE² in the head", "abl-nmode", p("nmode_head"))],
           "The backbone and FPN rows have one seed; a difference counts only if it is larger "
           "than the head row's seed-to-seed spread.")
-    w("Claims: " + "; ".join(
-        f"head vs {q}: {verdict(nm, group_metric(rows, g), nm_spread)}"
-        for q, g in (("none", "abl-base"), ("backbone", "nmode-backbone"),
-                     ("fpn", "nmode-fpn"))) + ".\n")
+    claims([(f"head vs {q}", "abl-nmode", g) for q, g in (
+        ("none", "abl-base"), ("backbone", "nmode-backbone"), ("fpn", "nmode-fpn"))], nm_spread)
     table("Table V: fusion of the three teachers (full MedDet)",
           [("sum", "fusion-sum", p("fusion_sum")), ("concat", "fusion-concat", p("fusion_concat")),
            ("LWFF", "meddet", p("fusion_lwff"))],
           "Single seed except LWFF (= MedDet).")
-    w("Claims: " + "; ".join(
-        f"LWFF vs {q}: {verdict(med, group_metric(rows, f'fusion-{q}'), spread)}"
-        for q in ("sum", "concat")) + ".\n")
+    claims([(f"LWFF vs {q}", "meddet", f"fusion-{q}") for q in ("sum", "concat")], spread)
 
     _noise_table(rows, w)
 
