@@ -50,3 +50,12 @@ def tiny_teachers(tmp_path_factory):
                                "metrics": {"mAP50": map50}})
         paths.append(path)
     return paths
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (many tiny ops: avoids oversubscribing 2-core runners)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

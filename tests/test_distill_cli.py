@@ -13,12 +13,7 @@ FAST = ["--student", "gfl_mbv2", "--img-size", "128", "--batch-size", "1", "--co
         "cpu-small", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _teachers(paths):

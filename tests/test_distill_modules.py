@@ -29,13 +29,7 @@ from meddet.errors import MedDetError
 SIZES = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]  # P3..P7 of a 128 px input
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Many tiny ops: one thread avoids oversubscription on shared 2-core runners.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("c_in,h_in,w_in", [(256, 32, 32), (64, 7, 9), (16, 3, 3), (8, 1, 1)])

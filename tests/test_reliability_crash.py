@@ -41,12 +41,7 @@ COMMON = ["--img-size", "64", "--batch-size", "1", "--epochs", "1", "--workers",
 TOTAL_ITERS = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _iter_of(path: Path, seen: dict) -> int:

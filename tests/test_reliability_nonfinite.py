@@ -18,13 +18,7 @@ from meddet.distill.trainer import build_distill_trainer
 from meddet.engine.checkpoint import load_checkpoint
 from meddet.engine.trainer import NonFiniteLossError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trainer(tiny_dataset, tiny_teachers, run_dir, **train):
