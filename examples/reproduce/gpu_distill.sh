@@ -25,5 +25,7 @@ python3 examples/reproduce/study.py --out $S --data $DATA --config cpu-small --d
   --seeds $SEEDS --tables $TABLES --teacher-epochs $TEACHER_EPOCHS --report $S/results.md \
   --jobs $JOBS --deadline-min "$DEADLINE_MIN" --only $ROWS $X 2>&1 | tee $OUT/study.log | grep -E "done|STOP|FAIL|skip" | tail -20
 cp $S/results.md $OUT/ 2>/dev/null
-tar czf $OUT/study.tgz -C $S --exclude='*.pt' --exclude='*.png' --exclude=data runs logs study.json
+# Only what the report and the docs read (a device call returns files of at most 16 MiB).
+(cd $S && tar czf $OUT/study.tgz study.json logs $(find runs \( -name row.json -o -name results.csv \
+  -o -name test.json -o -name config.yaml -o -name train.log -o -name bench.json \)))
 grep -E "^\| (GFL mbv2|MedDet student|MGD|LD|FGD|\*\*MedDet|GFL-R|σ)" $S/results.md | cut -c1-110
