@@ -50,6 +50,25 @@ class NonFiniteLossError(MedDetError):
     """Training stopped because too many consecutive steps had a non-finite loss."""
 
 
+def _fetch_scalars(loss: torch.Tensor, losses: Mapping[str, Any]
+                   ) -> tuple[bool, dict[str, float]]:
+    """Whether ``loss`` is finite, and the one-element tensors of ``losses`` as floats.
+
+    One device-to-host copy for all of them instead of one synchronisation per value. The
+    values equal ``float(v)``: floating tensors are stacked in their promoted type (which holds
+    each exactly) and the others go through float64.
+    """
+    keys = [k for k, v in losses.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    with torch.no_grad():
+        parts = [loss if loss.numel() == 1 else torch.isfinite(loss).all()]
+        parts += [losses[k] for k in keys]
+        parts = [(p if p.is_floating_point() else p.double()).to(loss.device).reshape(())
+                 for p in parts]
+        values = torch.stack(parts).tolist()
+    finite = math.isfinite(values[0]) if loss.numel() == 1 else values[0] != 0
+    return finite, dict(zip(keys, values[1:]))
+
+
 class HookBase:
     """Base class of trainer hooks; every method is optional.
 
@@ -373,8 +392,8 @@ class Trainer:
         """
         opt = optimizer or self.optimizer
         loss = losses["loss"]
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if du.any_rank(bad, self.device if self.device.type == "cuda" else None):
+        finite, scalars = _fetch_scalars(loss, losses)
+        if du.any_rank(not finite, self.device if self.device.type == "cuda" else None):
             self._skip_step(opt, "loss")
             return False
         opt.zero_grad(set_to_none=True)
@@ -389,7 +408,7 @@ class Trainer:
                 [p for g in opt.param_groups for p in g["params"]]
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
             # With a scaler, inf gradients are the scaler's business (it skips and re-scales).
-            if self.scaler is None and not bool(torch.isfinite(norm)):
+            if self.scaler is None and not math.isfinite(norm.item()):
                 self._skip_step(opt, "gradient")
                 return False
         if self.scaler is not None:
@@ -399,8 +418,7 @@ class Trainer:
             opt.step()
         self.nonfinite_in_a_row = 0
         self.images_seen += self.last_batch_size
-        self.storage.put_scalars(**{k: float(v.detach()) for k, v in losses.items()
-                                    if isinstance(v, torch.Tensor) and v.numel() == 1})
+        self.storage.put_scalars(**scalars)
         return True
 
     def skip_step(self, what: str, *, optimizer: torch.optim.Optimizer | None = None) -> None:

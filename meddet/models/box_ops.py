@@ -28,8 +28,7 @@ _EPS = 1e-6
 
 def box_area(boxes: Tensor) -> Tensor:
     """Areas of ``[..., 4]`` xyxy boxes; degenerate boxes (x2 < x1) count as zero."""
-    wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
-    return wh[..., 0] * wh[..., 1]
+    return (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)
 
 
 def box_centers(boxes: Tensor) -> Tensor:
@@ -38,19 +37,20 @@ def box_centers(boxes: Tensor) -> Tensor:
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise IoU.
+    """Pairwise IoU, optionally batched.
 
     Args:
-        boxes1: ``[N, 4]`` xyxy.
-        boxes2: ``[M, 4]`` xyxy.
+        boxes1: ``[..., N, 4]`` xyxy.
+        boxes2: ``[..., M, 4]`` xyxy; the leading dimensions broadcast with ``boxes1``'s
+            (e.g. ``[N, 4]`` anchors against ``[B, M, 4]`` per-image boxes).
 
     Returns:
-        ``[N, M]`` IoU in [0, 1]; an empty input gives an empty matrix.
+        ``[..., N, M]`` IoU in [0, 1]; an empty input gives an empty matrix.
     """
-    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
-    union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - inter
+    union = box_area(boxes1)[..., :, None] + box_area(boxes2)[..., None, :] - inter
     return inter / union.clamp(min=_EPS)
 
 
@@ -107,14 +107,16 @@ def distance2bbox(
     Returns:
         ``[..., 4]`` xyxy boxes.
     """
+    if max_shape is None:
+        # The same four sums as below in three ops (the training loss decodes every location).
+        return torch.cat([points - distances[..., :2], points + distances[..., 2:]], dim=-1)
     x1 = points[..., 0] - distances[..., 0]
     y1 = points[..., 1] - distances[..., 1]
     x2 = points[..., 0] + distances[..., 2]
     y2 = points[..., 1] + distances[..., 3]
-    if max_shape is not None:
-        h, w = max_shape
-        x1, x2 = x1.clamp(0, w), x2.clamp(0, w)
-        y1, y2 = y1.clamp(0, h), y2.clamp(0, h)
+    h, w = max_shape
+    x1, x2 = x1.clamp(0, w), x2.clamp(0, w)
+    y1, y2 = y1.clamp(0, h), y2.clamp(0, h)
     return torch.stack([x1, y1, x2, y2], dim=-1)
 
 
@@ -133,15 +135,7 @@ def bbox2distance(
     Returns:
         ``[..., 4]`` distances.
     """
-    dist = torch.stack(
-        [
-            points[..., 0] - boxes[..., 0],
-            points[..., 1] - boxes[..., 1],
-            boxes[..., 2] - points[..., 0],
-            boxes[..., 3] - points[..., 1],
-        ],
-        dim=-1,
-    )
+    dist = torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
     if max_dis is not None:
         dist = dist.clamp(min=0, max=max_dis - eps)
     return dist

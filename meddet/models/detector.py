@@ -92,6 +92,22 @@ class Assignment:
     gt_inds: Tensor
 
 
+@dataclass(frozen=True)
+class _Priors:
+    """The cached priors of one feature-map geometry (see ``GFLDetector._level_priors``)."""
+
+    level_anchors: list[Tensor]  # per level [H_l * W_l, 4]
+    level_points: list[Tensor]  # per level [H_l * W_l, 2]
+    anchors: Tensor  # [A, 4]
+    points: Tensor  # [A, 2]
+    strides: Tensor  # [A]
+    num_level: list[int]
+
+
+# Feature-map geometries whose priors a detector keeps (training uses one or two).
+_PRIORS_CACHE_SIZE = 8
+
+
 class GFLDetector(nn.Module):
     """Generalized Focal Loss detector (one stage, anchor-point, ATSS assignment).
 
@@ -171,6 +187,7 @@ class GFLDetector(nn.Module):
         self.center_offset = center_offset
         self.qfl_beta = qfl_beta
         self.dfl_eps = dfl_eps
+        self._priors_cache: dict[tuple[Any, ...], _Priors] = {}
         # Apply the submodules' own train() rules now (frozen stages and BatchNorm in eval
         # mode for norm_eval backbones), not only after the first explicit .train() call.
         self.train()
@@ -219,13 +236,44 @@ class GFLDetector(nn.Module):
         return self.postprocess(cls_scores, bbox_preds, img_shape, targets)
 
     # ------------------------------------------------------------------ priors / assignment
+    def _level_priors(
+        self, featmap_sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype
+    ) -> _Priors:
+        """The priors of a feature-map geometry, built once and then reused.
+
+        Training calls this every iteration with the same sizes; rebuilding the grids costs a
+        few dozen small ops (kernel launches on a GPU) each time. Entries are made outside
+        inference mode (usable in autograd afterwards) and never modified in place.
+        """
+        key = (tuple(featmap_sizes), torch.device(device), dtype)
+        hit = self._priors_cache.get(key)
+        if hit is None:
+            with torch.inference_mode(False), torch.no_grad():
+                anchors = grid_anchors(featmap_sizes, self.strides,
+                                       anchor_scale=self.anchor_scale,
+                                       center_offset=self.center_offset, device=device,
+                                       dtype=dtype)
+                num_level = [a.shape[0] for a in anchors]
+                points = [box_centers(a) for a in anchors]
+                strides = torch.cat([torch.full((n,), float(s), device=device, dtype=dtype)
+                                     for n, s in zip(num_level, self.strides)])
+                hit = _Priors(anchors, points, torch.cat(anchors), torch.cat(points), strides,
+                              num_level)
+            if len(self._priors_cache) >= _PRIORS_CACHE_SIZE:  # e.g. multi-scale inputs
+                self._priors_cache.clear()
+            self._priors_cache[key] = hit
+        return hit
+
     def priors(
         self, featmap_sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Per-level ATSS anchors ``[H_l * W_l, 4]`` and location centres ``[H_l * W_l, 2]``."""
-        anchors = grid_anchors(featmap_sizes, self.strides, anchor_scale=self.anchor_scale,
-                               center_offset=self.center_offset, device=device, dtype=dtype)
-        return anchors, [box_centers(a) for a in anchors]
+        """Per-level ATSS anchors ``[H_l * W_l, 4]`` and location centres ``[H_l * W_l, 2]``.
+
+        The tensors are cached per (sizes, device, dtype) and shared between calls: do not
+        modify them in place.
+        """
+        pri = self._level_priors(featmap_sizes, device, dtype)
+        return list(pri.level_anchors), list(pri.level_points)
 
     @staticmethod
     def flatten_outputs(cls_scores: list[Tensor], bbox_preds: list[Tensor]
@@ -240,6 +288,9 @@ class GFLDetector(nn.Module):
     ) -> Assignment:
         """ATSS-assign every location of every image.
 
+        The whole batch is assigned at once (boxes padded to the largest count per image), with
+        one host synchronisation (the label check) and no per-image loop.
+
         Args:
             cls_scores: per level ``[B, C, H_l, W_l]`` (only shapes, device and dtype are used;
                 FPN features work too).
@@ -248,41 +299,59 @@ class GFLDetector(nn.Module):
                 accepted for a uniform signature.
 
         Returns:
-            The batch :class:`Assignment`.
+            The batch :class:`Assignment`. ``anchors``, ``points`` and ``strides`` are cached
+            (see :meth:`priors`): do not modify them in place.
         """
         del img_shape
         if len(targets) != cls_scores[0].shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {cls_scores[0].shape[0]}")
         device = cls_scores[0].device
         sizes = [(int(c.shape[-2]), int(c.shape[-1])) for c in cls_scores]
-        anchors_l, points_l = self.priors(sizes, device, torch.float32)
-        num_level = [a.shape[0] for a in anchors_l]
-        anchors = torch.cat(anchors_l)
-        strides = torch.cat([torch.full((n,), float(s), device=device)
-                             for n, s in zip(num_level, self.strides)])
-        labels, boxes, pos, gt_inds = [], [], [], []
-        for tgt in targets:
-            gt_boxes, gt_labels = self._check_target(tgt, device)
-            res = self.assigner.assign(anchors, num_level, gt_boxes, gt_labels, self.num_classes)
-            labels.append(res.labels)
-            boxes.append(res.boxes)
-            pos.append(res.pos_mask)
-            gt_inds.append(res.gt_inds)
-        return Assignment(anchors=anchors, points=torch.cat(points_l), strides=strides,
-                          num_level_anchors=num_level, labels=torch.stack(labels),
-                          boxes=torch.stack(boxes), pos_mask=torch.stack(pos),
-                          gt_inds=torch.stack(gt_inds))
+        pri = self._level_priors(sizes, device, torch.float32)
+        gt_boxes, gt_labels, gt_valid = self._batch_targets(targets, device)
+        res = self.assigner.assign(pri.anchors, pri.num_level, gt_boxes, gt_labels,
+                                         self.num_classes, gt_valid)
+        return Assignment(anchors=pri.anchors, points=pri.points, strides=pri.strides,
+                          num_level_anchors=list(pri.num_level), labels=res.labels,
+                          boxes=res.boxes, pos_mask=res.pos_mask, gt_inds=res.gt_inds)
 
-    def _check_target(self, tgt: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor]:
-        boxes = torch.as_tensor(tgt["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
-        labels = torch.as_tensor(tgt["labels"], dtype=torch.long, device=device).reshape(-1)
-        if boxes.shape[0] != labels.shape[0]:
-            raise ValueError(f"target has {boxes.shape[0]} boxes but {labels.shape[0]} labels")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(
-                f"labels must be in [0, {self.num_classes}), got {labels.unique().tolist()}"
-            )
-        return boxes, labels
+    def _batch_targets(self, targets: Sequence[dict[str, Any]], device: torch.device
+                       ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Targets as padded batch tensors, after checking them.
+
+        Returns:
+            ``(boxes [B, G, 4] float32, labels [B, G] long, valid [B, G] bool)`` with ``G`` the
+            largest box count; ``valid`` is ``None`` when every image has ``G`` boxes.
+
+        Raises:
+            ValueError: box and label counts differ, or a label is outside
+                ``[0, num_classes)`` (one host synchronisation for the whole batch).
+        """
+        boxes, labels = [], []
+        for tgt in targets:
+            b = torch.as_tensor(tgt["boxes"], dtype=torch.float32, device=device)
+            lab = torch.as_tensor(tgt["labels"], dtype=torch.long, device=device)
+            b = b if b.dim() == 2 and b.shape[1] == 4 else b.reshape(-1, 4)
+            lab = lab if lab.dim() == 1 else lab.reshape(-1)
+            if b.shape[0] != lab.shape[0]:
+                raise ValueError(f"target has {b.shape[0]} boxes but {lab.shape[0]} labels")
+            boxes.append(b)
+            labels.append(lab)
+        counts = [b.shape[0] for b in boxes]
+        if sum(counts):
+            flat = labels[0] if len(labels) == 1 else torch.cat(labels)
+            lo, hi = torch.aminmax(flat)
+            if bool((lo < 0) | (hi >= self.num_classes)):
+                raise ValueError(
+                    f"labels must be in [0, {self.num_classes}), got {flat.unique().tolist()}"
+                )
+        if len(set(counts)) <= 1:
+            return torch.stack(boxes), torch.stack(labels), None
+        # Padded labels are -1, so validity is a comparison on the device (no per-image counts
+        # to upload).
+        pad_boxes = torch.nn.utils.rnn.pad_sequence(boxes, batch_first=True)
+        pad_labels = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-1)
+        return pad_boxes, pad_labels, pad_labels >= 0
 
     # ------------------------------------------------------------------ loss
     def loss(
@@ -309,41 +378,41 @@ class GFLDetector(nn.Module):
         Returns:
             ``loss_qfl``, ``loss_dfl``, ``loss_giou``: the normalised, unweighted terms;
             ``loss = det_scale * (λ·loss_qfl + μ·loss_dfl + (1 - λ - μ)·loss_giou)``;
-            ``num_pos``: detached float number of positive locations in the batch.
+            ``num_pos``: detached float number of positive locations in the batch. Nothing here
+            waits for the device: every value stays a tensor.
         """
         asg = self.assign(cls_scores, targets, img_shape)
         cls_flat, reg_flat = self.flatten_outputs(cls_scores, bbox_preds)
         batch, num_loc = cls_flat.shape[:2]
         # Losses in float32 even under autocast: sigmoid/log terms of QFL/DFL are fragile in fp16.
-        cls_flat = cls_flat.reshape(batch * num_loc, -1).float()
-        reg_flat = reg_flat.reshape(batch * num_loc, -1).float()
-        labels = asg.labels.reshape(-1)
-        pos_idx = asg.pos_mask.reshape(-1).nonzero().squeeze(1)
-        num_pos = pos_idx.numel()
-        quality = cls_flat.new_zeros(batch * num_loc)
+        cls_flat = cls_flat.float()  # [B, A, C]
+        reg_flat = reg_flat.float()  # [B, A, 4 * (reg_max + 1)]
+        pos = asg.pos_mask  # [B, A]
+        num_pos = pos.sum(dtype=torch.float32)
 
-        if num_pos > 0:
-            # Work in stride units as GFL does: the distribution's bins are one stride wide.
-            stride = asg.strides.repeat(batch)[pos_idx][:, None]
-            pts = asg.points.repeat(batch, 1)[pos_idx] / stride
-            tgt_boxes = asg.boxes.reshape(-1, 4)[pos_idx] / stride
-            pos_reg = reg_flat[pos_idx]  # [P, 4 * (reg_max + 1)]
-            weight = cls_flat.detach().sigmoid().amax(dim=1)[pos_idx]  # [P]
-            pred_boxes = distance2bbox(pts, integral(pos_reg, self.reg_max))
-            quality[pos_idx] = aligned_iou(pred_boxes.detach(), tgt_boxes)
-            weight_sum = weight.sum().clamp(min=1.0)
-            loss_giou = weighted_sum(giou_loss(pred_boxes, tgt_boxes), weight, weight_sum)
-            tgt_dist = bbox2distance(pts, tgt_boxes, float(self.reg_max), eps=self.dfl_eps)
-            dfl = distribution_focal_loss(pos_reg.reshape(-1, self.reg_max + 1),
-                                          tgt_dist.reshape(-1))
-            loss_dfl = weighted_sum(dfl, weight.repeat_interleave(4), 4 * weight_sum)
-        else:
-            # Keep the regression branch in the graph so backward() still works.
-            zero = reg_flat.sum() * 0.0
-            loss_giou, loss_dfl = zero, zero.clone()
+        # The box terms are evaluated at every location and weighted by zero off the
+        # positives: no gathering of positives, whose count would have to reach the host
+        # (a synchronisation on a GPU). Work in stride units as GFL does: the distribution's
+        # bins are one stride wide.
+        stride = asg.strides[:, None]  # [A, 1]
+        pts = asg.points / stride  # [A, 2]
+        tgt_boxes = asg.boxes / stride  # [B, A, 4]
+        weight = torch.where(pos, cls_flat.detach().sigmoid().amax(dim=-1), 0.0)  # [B, A]
+        pred_boxes = distance2bbox(pts, integral(reg_flat, self.reg_max))  # [B, A, 4]
+        quality = torch.where(pos, aligned_iou(pred_boxes.detach(), tgt_boxes), 0.0)  # [B, A]
+        # With no positive the weights are all 0 and both terms are exactly 0, with the
+        # regression branch still in the graph (zero gradient).
+        weight_sum = weight.sum().clamp(min=1.0)
+        loss_giou = weighted_sum(giou_loss(pred_boxes, tgt_boxes), weight, weight_sum)
+        tgt_dist = bbox2distance(pts, tgt_boxes, float(self.reg_max), eps=self.dfl_eps)
+        dfl = distribution_focal_loss(reg_flat.reshape(-1, self.reg_max + 1),
+                                      tgt_dist.reshape(-1))
+        loss_dfl = weighted_sum(dfl.reshape(batch, num_loc, 4), weight[..., None],
+                                4 * weight_sum)
 
-        qfl = quality_focal_loss(cls_flat, labels, quality, beta=self.qfl_beta)
-        loss_qfl = weighted_sum(qfl, None, max(float(num_pos), 1.0))
+        qfl = quality_focal_loss(cls_flat.reshape(batch * num_loc, -1), asg.labels.reshape(-1),
+                                 quality.reshape(-1), beta=self.qfl_beta)
+        loss_qfl = weighted_sum(qfl, None, num_pos.clamp(min=1.0))
         total = self.det_scale * (
             self.lambda_qfl * loss_qfl
             + self.mu_dfl * loss_dfl
@@ -354,7 +423,7 @@ class GFLDetector(nn.Module):
             "loss_qfl": loss_qfl,
             "loss_dfl": loss_dfl,
             "loss_giou": loss_giou,
-            "num_pos": torch.tensor(float(num_pos), device=cls_flat.device),
+            "num_pos": num_pos,
         }
 
     # ------------------------------------------------------------------ inference
