@@ -134,3 +134,21 @@ def test_ld_invariants():
     assert ld_loss(s, t, weight=w).item() == pytest.approx(ld_loss(s[:1], t[:1]).item() / 5)
     with pytest.raises(ValueError, match="differ"):
         ld_loss(s, t[:, :34])
+
+
+def test_ld_mask_equals_gathered_positives():
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(30, 4 * 17, generator=g, requires_grad=True)
+    t = torch.randn(30, 4 * 17, generator=g)
+    mask = torch.rand(30, generator=g) < 0.3
+    assert 0 < int(mask.sum()) < 30
+    gathered = ld_loss(s[mask], t[mask])
+    masked = ld_loss(s, t, mask=mask)
+    torch.testing.assert_close(masked, gathered, rtol=1e-6, atol=0)
+    (g1,) = torch.autograd.grad(gathered, s)
+    (g2,) = torch.autograd.grad(masked, s)
+    torch.testing.assert_close(g2, g1, rtol=1e-5, atol=1e-9)
+    assert g2[~mask].abs().max() == 0  # locations outside the mask get no gradient
+    # No location kept: exactly 0, still part of the graph.
+    none = LDLoss()(s, t, mask=torch.zeros(30, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad

@@ -255,3 +255,23 @@ def test_distiller_without_aatm_and_shapes():
     out = d(s, tf)
     assert out["dist"].item() > 0 and out["adv"].item() == 0 and out["disc"].item() == 0
     assert list(d.teacher_side_parameters()) == [] and list(d.student_side_parameters()) == []
+
+
+def test_split_clock_on_cpu_sums_its_steps():
+    import time
+
+    from meddet.distill.trainer import SplitClock
+
+    clock = SplitClock(torch.device("cpu"), ("a", "b"))
+    for _ in range(2):
+        clock.mark()
+        time.sleep(0.02)
+        clock.mark()
+        clock.mark()
+    clock.mark()  # a step in progress is not counted
+    steps = clock.collect()
+    assert len(steps) == 2 and clock.collect() == []
+    assert all(s["a"] >= 0.02 and 0 <= s["b"] < 0.02 for s in steps)
+    total = clock.totals()
+    assert total["a"] == pytest.approx(steps[0]["a"] + steps[1]["a"])
+    assert total["b"] == pytest.approx(steps[0]["b"] + steps[1]["b"])

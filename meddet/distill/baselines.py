@@ -246,7 +246,8 @@ class FGDLoss(nn.Module):
 # ---------------------------------------------------------------------------------------- LD
 
 def ld_loss(student_logits: Tensor, teacher_logits: Tensor, *, reg_max: int = 16,
-            temperature: float = 10.0, weight: Tensor | None = None) -> Tensor:
+            temperature: float = 10.0, weight: Tensor | None = None,
+            mask: Tensor | None = None) -> Tensor:
     """Localization distillation: ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` per box edge.
 
     As in the LD reference implementation, the KL of each edge is averaged over its
@@ -259,9 +260,13 @@ def ld_loss(student_logits: Tensor, teacher_logits: Tensor, *, reg_max: int = 16
         reg_max: the GFL ``reg_max``.
         temperature: ``T`` (10).
         weight: optional ``[N]`` per-location weights.
+        mask: optional ``[N]`` bool: average over these locations only. The same value as
+            passing ``student_logits[mask]`` and ``teacher_logits[mask]``, without a boolean
+            gather (whose size a GPU would have to report to the host).
 
     Returns:
-        fp32 scalar, 0 when ``N == 0`` (still connected to the graph).
+        fp32 scalar, 0 when ``N == 0`` or no location is in ``mask`` (still connected to the
+        graph).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student {tuple(student_logits.shape)} and teacher "
@@ -277,6 +282,9 @@ def ld_loss(student_logits: Tensor, teacher_logits: Tensor, *, reg_max: int = 16
     per_loc = kl.mean(dim=1) * temperature ** 2
     if weight is not None:
         per_loc = per_loc * weight.float()
+    if mask is not None:
+        keep = mask.reshape(n).to(per_loc.dtype)
+        return (per_loc * keep).sum() / keep.sum().clamp(min=1.0)
     return per_loc.mean()
 
 
@@ -295,7 +303,7 @@ class LDLoss(nn.Module):
         self.reg_max, self.temperature, self.loss_weight = reg_max, temperature, loss_weight
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor,
-                weight: Tensor | None = None) -> Tensor:
+                weight: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """See :func:`ld_loss`; returns the weighted fp32 scalar."""
         return self.loss_weight * ld_loss(student_logits, teacher_logits, reg_max=self.reg_max,
-                                          temperature=self.temperature, weight=weight)
+                                          temperature=self.temperature, weight=weight, mask=mask)

@@ -125,10 +125,64 @@ def pick_best_teacher(teachers: Sequence[Teacher]) -> Teacher:
     return max(scored, key=lambda t: t.val_map50) if scored else teachers[0]
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # honest split: wait for the queued kernels
-    return time.perf_counter()
+class SplitClock:
+    """Seconds spent in the phases of each step, without making the host wait for the device.
+
+    On CUDA the phase boundaries are events recorded on the current stream; a step's times are
+    read once its last event has completed (checked without blocking at the next step) and
+    the rest at :meth:`totals`. On the CPU they are ``time.perf_counter`` readings. A
+    ``torch.cuda.synchronize`` per boundary would give the same split but stop the host from
+    queueing work while the device runs.
+
+    Args:
+        device: where the step runs.
+        names: the phases, in order; a step calls :meth:`mark` ``len(names) + 1`` times.
+    """
+
+    def __init__(self, device: torch.device, names: Sequence[str]) -> None:
+        self.cuda = device.type == "cuda"
+        self.names = list(names)
+        self.seconds = dict.fromkeys(self.names, 0.0)
+        self._marks: list[Any] = []
+        self._pending: list[list[Any]] = []
+
+    def mark(self) -> None:
+        """A phase boundary of the current step."""
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._marks.append(ev)
+        else:
+            self._marks.append(time.perf_counter())
+        if len(self._marks) == len(self.names) + 1:
+            self._pending.append(self._marks)
+            self._marks = []
+
+    def collect(self, *, wait: bool = False) -> list[dict[str, float]]:
+        """The per-phase seconds of the finished steps not collected yet (added to
+        :attr:`seconds`); with ``wait``, waits for the device to finish them all."""
+        done = []
+        while self._pending:
+            marks = self._pending[0]
+            if self.cuda:
+                if wait:
+                    marks[-1].synchronize()
+                elif not marks[-1].query():
+                    break
+                dt = [a.elapsed_time(b) / 1000.0 for a, b in zip(marks, marks[1:])]
+            else:
+                dt = [b - a for a, b in zip(marks, marks[1:])]
+            self._pending.pop(0)
+            step = dict(zip(self.names, dt))
+            for k, v in step.items():
+                self.seconds[k] += v
+            done.append(step)
+        return done
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase over all finished steps."""
+        self.collect(wait=True)
+        return dict(self.seconds)
 
 
 class DistillStep:
@@ -156,7 +210,7 @@ class DistillStep:
         self.clip_params = list(clip_params)
         self.d_optimizer = d_optimizer
         self.teacher_img_size = teacher_img_size
-        self.seconds = {"teacher": 0.0, "student": 0.0, "disc": 0.0}
+        self.clock: SplitClock | None = None  # made on the first call (needs the device)
 
     def _run_teachers(self, trainer: Trainer, images: Tensor) -> list[tuple[list[Tensor], list[Tensor]]]:
         x = images
@@ -176,11 +230,13 @@ class DistillStep:
 
     def __call__(self, trainer: Trainer) -> None:
         """Fetch a batch, step the student (and D), log losses and the time split."""
-        dev = trainer.device
+        if self.clock is None:
+            self.clock = SplitClock(trainer.device, ("teacher", "student", "disc"))
+        clock = self.clock
         images, targets = trainer.next_batch()
-        t0 = _now(dev)
+        clock.mark()
         t_out = self._run_teachers(trainer, images) if self.teachers else []
-        t1 = _now(dev)
+        clock.mark()
         student = unwrap_model(trainer.model)
         img_shape = (int(images.shape[-2]), int(images.shape[-1]))
         disc: Tensor | None = None
@@ -216,8 +272,11 @@ class DistillStep:
                 if t_reg.shape != s_reg.shape:
                     raise MedDetError(f"LD needs teacher and student outputs on the same grid, got "
                                       f"{tuple(t_reg.shape)} and {tuple(s_reg.shape)}")
-                pos = asg.pos_mask
-                kd = self.kd(s_reg[pos], t_reg[pos])
+                n = s_reg.shape[0] * s_reg.shape[1]
+                # All locations, averaged over the positives only: no boolean gather (whose
+                # size the host would have to wait for).
+                kd = self.kd(s_reg.reshape(n, -1), t_reg.reshape(n, -1),
+                             mask=asg.pos_mask.reshape(n))
                 loss = l_det + kd.float()
                 losses["loss_ld"] = kd.detach()
             else:  # pragma: no cover - validated in distill()
@@ -231,18 +290,21 @@ class DistillStep:
             stepped = False
         else:
             stepped = trainer.apply_losses(losses, parameters=self.clip_params)
-        t2 = _now(dev)
+        clock.mark()
         if disc is not None:
             self.d_optimizer.zero_grad(set_to_none=True)
-            if stepped and bool(torch.isfinite(disc.detach())):
+            if stepped:  # disc was found finite above
                 # D's loss is fp32 from logits; it needs no loss scaling even under fp16 AMP.
                 disc.backward()
                 self.d_optimizer.step()
-        t3 = _now(dev)
-        dt = {"teacher": t1 - t0, "student": t2 - t1, "disc": t3 - t2}
-        for k, v in dt.items():
-            self.seconds[k] += v
-        trainer.storage.put_scalars(**{f"time_{k}": v for k, v in dt.items()})
+        clock.mark()
+        for dt in clock.collect():
+            trainer.storage.put_scalars(**{f"time_{k}": v for k, v in dt.items()})
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds per phase (teacher, student, disc) over the steps run so far."""
+        return self.clock.totals() if self.clock else dict.fromkeys(("teacher", "student", "disc"), 0.0)
 
 
 def _fpn_channels(model: nn.Module) -> list[int]:
