@@ -97,6 +97,10 @@ class TrainConfig(_Strict):
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     seed: int = Field(0, description="seed for weights, data order and augmentation")
     eval_every: int = Field(1, ge=1, description="evaluate on val every N epochs")
+    checkpoint_every: int = Field(
+        1, ge=1, description="write last.pt every N epochs (and after the last one); best.pt "
+        "is written at every new best regardless"
+    )
     checkpoint_every_iters: int | None = Field(
         None, ge=1, description="also write last.pt every N iterations"
     )

@@ -14,6 +14,7 @@ from meddet.engine.checkpoint import (
     load_checkpoint,
     make_meta,
     restore_rng_state,
+    save_checkpoint,
     seed_everything,
 )
 from meddet.engine.hooks import CheckpointHook, LRSchedulerHook, ResultsHook
@@ -66,7 +67,8 @@ class TinyDet(nn.Module):
         return {"loss": loss, "loss_ce": ce, "loss_reg": reg}
 
 
-def make_trainer(run_dir, *, max_iters=6, every_iters=None, nan_after=None, hooks=()):
+def make_trainer(run_dir, *, max_iters=6, every_iters=None, nan_after=None, hooks=(),
+                 every_epochs=1, pre_hooks=()):
     seed_everything(0)
     model = TinyDet(nan_after=nan_after)
     ds = TinyData()
@@ -78,8 +80,9 @@ def make_trainer(run_dir, *, max_iters=6, every_iters=None, nan_after=None, hook
     sched = build_scheduler(opt, total_iters=2 * ipe, lr_steps=(0.5,), warmup_iters=2,
                             warmup_ratio=0.1)
     meta = make_meta(model_name="tiny", num_classes=2, class_names=["a", "b"], img_size=8)
-    all_hooks = [LRSchedulerHook(), ResultsHook(run_dir, plot=False),
-                 CheckpointHook(run_dir, meta, every_iters=every_iters), *hooks]
+    all_hooks = [LRSchedulerHook(), *pre_hooks, ResultsHook(run_dir, plot=False),
+                 CheckpointHook(run_dir, meta, every_epochs=every_epochs,
+                                every_iters=every_iters), *hooks]
     return Trainer(model, opt, loader, iters_per_epoch=ipe, max_iters=max_iters, scheduler=sched,
                    hooks=all_hooks, grad_clip=35.0)
 
@@ -145,6 +148,50 @@ def test_mid_epoch_checkpoint_not_duplicated_at_epoch_end(tmp_path):
     ck = next(h for h in t.hooks if isinstance(h, CheckpointHook))
     # iteration 2 (mid-epoch) by every_iters, 3 and 6 by the epoch ends; 4 mid-epoch.
     assert ck.saved.count("last.pt") == 4
+
+
+class FakeScores(HookBase):
+    """Puts a given val mAP50 into each epoch's row (in place of an evaluation hook)."""
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def after_epoch(self):
+        self.trainer.storage.put_epoch(mAP50=self.scores[self.trainer.epoch])
+
+
+def test_checkpoint_every_epochs_writes_last_less_and_best_always(tmp_path):
+    t = make_trainer(tmp_path, max_iters=12, every_epochs=2,
+                     pre_hooks=[FakeScores([0.1, 0.3, 0.2, 0.25])])
+    t.train()
+    ck = next(h for h in t.hooks if isinstance(h, CheckpointHook))
+    # epoch 1: first best, written directly; 2: last + best (a copy); 3: nothing; 4: last.
+    assert ck.saved == ["best.pt", "last.pt", "best.pt", "last.pt"]
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["metrics"]["mAP50"] == pytest.approx(0.3) and best["iter"] == 6
+    assert load_checkpoint(tmp_path / "last.pt")["iter"] == 12
+
+
+def test_partial_last_epoch_is_written_once_with_every_iters(tmp_path):
+    # 3 iterations per epoch, 7 in all: the partial third epoch ends the run.
+    t = make_trainer(tmp_path, max_iters=7, every_iters=7, every_epochs=5)
+    t.train()
+    ck = next(h for h in t.hooks if isinstance(h, CheckpointHook))
+    assert ck.saved.count("last.pt") == 1
+    assert load_checkpoint(tmp_path / "last.pt")["iter"] == 7
+
+
+def test_resume_keeps_the_score_of_a_newer_best(tmp_path):
+    meta = make_meta(model_name="tiny", num_classes=2, class_names=["a", "b"], img_size=8)
+    ck = CheckpointHook(tmp_path, meta, every_epochs=2)
+    ck.load_state_dict({"best": 0.2})
+    assert ck.best == 0.2  # no best.pt yet
+    save_checkpoint(tmp_path / "best.pt", {"model": {"w": torch.zeros(2)}, "meta": meta,
+                                           "metrics": {"mAP50": 0.9}})
+    ck.load_state_dict({"best": 0.2})  # last.pt is older than best.pt
+    assert ck.best == 0.9
+    ck.load_state_dict({"best": 0.95})
+    assert ck.best == 0.95
 
 
 def test_nonfinite_steps_are_skipped_then_training_stops(tmp_path):

@@ -114,8 +114,12 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
 
     longer = ["--epochs", str(teacher_epochs)] if teacher_epochs else []
     for m in TEACHERS:
+        # last.pt every 4 epochs: a ResNet teacher's full state is up to ~800 MB (R152 with
+        # AdamW; 2.0 s to write on the development VM) and the R152 GPU run spent ~4 s per
+        # epoch outside training, most of it this write. best.pt is still written at every best.
         add(f"teacher-{m}", f"GFL-{m[4:].upper()} (teacher)",
-            ["pretrain-teacher", "--model", m, "--seed", "0", *longer])
+            ["pretrain-teacher", "--model", m, "--seed", "0", "--checkpoint-every", "4",
+             *longer])
 
     def per_seed(s: int) -> None:
         for m in PLAIN if "1" in t else ("gfl_mbv2",) if t & {"noise"} else ():

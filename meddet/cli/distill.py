@@ -29,6 +29,7 @@ def _overrides(**f: Any) -> dict[str, Any]:
         "train": {"epochs": f["epochs"], "batch_size": f["batch_size"], "lr": f["lr"],
                   "max_iters": f["max_iters"], "device": f["device"], "seed": f["seed"],
                   "eval_every": f["eval_every"],
+                  "checkpoint_every": f.get("checkpoint_every"),
                   "checkpoint_every_iters": f.get("checkpoint_every_iters")},
         "distill": {"method": f["method"], "student": f["student"], "fusion": f["fusion"],
                     "aatm": f["aatm"], "sigma": f["sigma"], "tau": f["tau"],
@@ -72,9 +73,12 @@ def distill(
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
     eval_every: int | None = typer.Option(None, "--eval-every", min=1,
                                              help="Evaluate on val every N epochs."),
+    checkpoint_every: int | None = typer.Option(
+        None, "--checkpoint-every", min=1, help="Write last.pt every N epochs (and after the "
+        "last); best.pt is written at every new best."),
     checkpoint_every_iters: int | None = typer.Option(
         None, "--checkpoint-every-iters", min=1, help="Also write last.pt every N iterations "
-        "(it is always written at each epoch end)."),
+        "besides the epoch-end writes."),
     resume: str | None = typer.Option(None, "--resume", metavar="RUN_DIR|CKPT",
                                          help="Continue a distillation run (its teachers "
                                          "are read from the checkpoint unless given)."),
@@ -98,6 +102,7 @@ def distill(
     flags = _overrides(nmode=nmode, data=str(data) if data is not None else None,
                        img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
                        lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
+                       checkpoint_every=checkpoint_every,
                        checkpoint_every_iters=checkpoint_every_iters,
                        method=method, student=student, fusion=fusion,
                        aatm=False if no_aatm else None, sigma=sigma, tau=tau,

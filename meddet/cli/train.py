@@ -44,6 +44,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
         "data": {"root": flags["data"], "img_size": flags["img_size"], "workers": flags["workers"]},
         "train": {"epochs": flags["epochs"], "batch_size": flags["batch_size"], "lr": flags["lr"],
                   "max_iters": flags["max_iters"], "device": flags["device"], "seed": flags["seed"],
+                  "eval_every": flags.get("eval_every"),
+                  "checkpoint_every": flags.get("checkpoint_every"),
                   "checkpoint_every_iters": flags.get("checkpoint_every_iters")},
     }
 
@@ -79,9 +81,14 @@ def pretrain_teacher(
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
     max_iters: int | None = typer.Option(None, "--max-iters", min=1,
                                             help="Stop after this many iterations in total."),
+    eval_every: int | None = typer.Option(None, "--eval-every", min=1,
+                                             help="Evaluate on val every N epochs."),
+    checkpoint_every: int | None = typer.Option(
+        None, "--checkpoint-every", min=1, help="Write last.pt every N epochs (and after the "
+        "last); best.pt is written at every new best. Saves time with large models."),
     checkpoint_every_iters: int | None = typer.Option(
         None, "--checkpoint-every-iters", min=1, help="Also write last.pt every N iterations "
-        "(it is always written at each epoch end), so a crash in a long epoch loses little."),
+        "besides the epoch-end writes, so a crash in a long epoch loses little."),
     resume: str | None = typer.Option(
         None, "--resume", metavar="RUN_DIR|CKPT|last",
         help="Continue a run: its directory, a checkpoint, or 'last' (--out, else the newest run)."),
@@ -104,6 +111,7 @@ def pretrain_teacher(
     flags = _overrides(model=model, data=str(data) if data is not None else None,
                        img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
                        lr=lr, max_iters=max_iters, device=device, seed=seed,
+                       eval_every=eval_every, checkpoint_every=checkpoint_every,
                        checkpoint_every_iters=checkpoint_every_iters)
     models = parse_csv_list(model, "--model")
     jobs: list[tuple[Config, Path | None, Path | None]] = []  # (config, run dir, checkpoint)

@@ -452,6 +452,7 @@ def build_distill_trainer(cfg: Config, run_dir: Path | None, *, teachers: Sequen
               f"{cfg.data.root} ({len(train_ds)} train / {len(val_ds)} val images, "
               f"{cfg.data.img_size} px), batch {tc.batch_size}, lr {lr:g}, device {device}: ")
     hooks = default_hooks(run_dir, meta, eval_fn=eval_fn, eval_every=tc.eval_every,
+                          checkpoint_every=tc.checkpoint_every,
                           checkpoint_every_iters=tc.checkpoint_every_iters, console=console,
                           log_header=header)
     step = DistillStep(method=dc.method, teachers=[t.model for t in loaded], kd=kd,

@@ -152,7 +152,8 @@ def build_eval_fn(dataset: Any, *, batch_size: int, workers: int,
 
 
 def default_hooks(run_dir: Path | None, meta: Mapping[str, Any], *, eval_fn: Callable | None,
-                  eval_every: int = 1, checkpoint_every_iters: int | None = None,
+                  eval_every: int = 1, checkpoint_every: int = 1,
+                  checkpoint_every_iters: int | None = None,
                   console: Any = None, log_header: str = "") -> list[HookBase]:
     """The standard hooks in their required order (see ``meddet.engine.hooks``).
 
@@ -164,7 +165,8 @@ def default_hooks(run_dir: Path | None, meta: Mapping[str, Any], *, eval_fn: Cal
         hooks.append(EvalHook(eval_fn, every=eval_every))
     if run_dir is not None and du.is_main_process():
         hooks.append(ResultsHook(run_dir))
-        hooks.append(CheckpointHook(run_dir, meta, every_iters=checkpoint_every_iters))
+        hooks.append(CheckpointHook(run_dir, meta, every_epochs=checkpoint_every,
+                                    every_iters=checkpoint_every_iters))
         if console is not None:
             hooks.append(ProgressHook(console))
         hooks.append(LogFileHook(Path(run_dir) / "train.log", header=log_header))
@@ -259,6 +261,7 @@ def pretrain(cfg: Config, run_dir: Path, *, resume: str | Path | None = None,
               f"images, {cfg.data.img_size} px), batch {tc.batch_size} x {world} process(es), "
               f"lr {lr:g}, device {device}: ")
     hooks = default_hooks(run_dir, meta, eval_fn=eval_fn, eval_every=tc.eval_every,
+                          checkpoint_every=tc.checkpoint_every,
                           checkpoint_every_iters=tc.checkpoint_every_iters, console=console,
                           log_header=header)
     trainer = Trainer(model, optimizer, loader, iters_per_epoch=ipe, max_iters=max_iters,
