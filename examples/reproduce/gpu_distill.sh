@@ -16,7 +16,8 @@ SEEDS=${SEEDS:-0}; TABLES=${TABLES:-1,sweep}
 T=teacher-gfl_r50,teacher-gfl_r101,teacher-gfl_r152
 DEFAULT_ROWS=$T,plain-gfl_mbv2-s0,alone-meddet-s0,mgd-s0,ld-s0,fgd-s0,meddet-s0
 DEFAULT_ROWS=$DEFAULT_ROWS,sweep-sigma0.7-tau0.2,sweep-sigma0.3-tau0.5,sweep-sigma0.8-tau0.1,sweep-sigma0.4-tau0.2
-ROWS=${ROWS:-$DEFAULT_ROWS}
+# The teachers are always included (a fresh machine has none; finished rows are not re-run).
+ROWS=$T,${ROWS:-$DEFAULT_ROWS}
 X=${EXTRA:+--extra $EXTRA}  # --extra swallows the rest of the line: keep it last
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, meddet; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 3
