@@ -146,8 +146,11 @@ class SplitClock:
         self._marks: list[Any] = []
         self._pending: list[list[Any]] = []
 
-    def mark(self) -> None:
-        """A phase boundary of the current step."""
+    def mark(self, *, start: bool = False) -> None:
+        """A phase boundary of the current step; ``start`` begins a step (dropping the marks of
+        one that did not finish, e.g. after an exception)."""
+        if start:
+            self._marks = []
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
@@ -234,7 +237,7 @@ class DistillStep:
             self.clock = SplitClock(trainer.device, ("teacher", "student", "disc"))
         clock = self.clock
         images, targets = trainer.next_batch()
-        clock.mark()
+        clock.mark(start=True)
         t_out = self._run_teachers(trainer, images) if self.teachers else []
         clock.mark()
         student = unwrap_model(trainer.model)
