@@ -188,6 +188,10 @@ class SplitClock:
         return dict(self.seconds)
 
 
+# The phases of a distillation step that SplitClock times.
+PHASES = ("teacher", "student", "disc")
+
+
 class DistillStep:
     """One distillation iteration, used as the engine trainer's ``step_fn``.
 
@@ -234,7 +238,7 @@ class DistillStep:
     def __call__(self, trainer: Trainer) -> None:
         """Fetch a batch, step the student (and D), log losses and the time split."""
         if self.clock is None:
-            self.clock = SplitClock(trainer.device, ("teacher", "student", "disc"))
+            self.clock = SplitClock(trainer.device, PHASES)
         clock = self.clock
         images, targets = trainer.next_batch()
         clock.mark(start=True)
@@ -307,7 +311,7 @@ class DistillStep:
     @property
     def seconds(self) -> dict[str, float]:
         """Seconds per phase (teacher, student, disc) over the steps run so far."""
-        return self.clock.totals() if self.clock else dict.fromkeys(("teacher", "student", "disc"), 0.0)
+        return self.clock.totals() if self.clock else dict.fromkeys(PHASES, 0.0)
 
 
 def _fpn_channels(model: nn.Module) -> list[int]:

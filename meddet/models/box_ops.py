@@ -107,17 +107,12 @@ def distance2bbox(
     Returns:
         ``[..., 4]`` xyxy boxes.
     """
-    if max_shape is None:
-        # The same four sums as below in three ops (the training loss decodes every location).
-        return torch.cat([points - distances[..., :2], points + distances[..., 2:]], dim=-1)
-    x1 = points[..., 0] - distances[..., 0]
-    y1 = points[..., 1] - distances[..., 1]
-    x2 = points[..., 0] + distances[..., 2]
-    y2 = points[..., 1] + distances[..., 3]
-    h, w = max_shape
-    x1, x2 = x1.clamp(0, w), x2.clamp(0, w)
-    y1, y2 = y1.clamp(0, h), y2.clamp(0, h)
-    return torch.stack([x1, y1, x2, y2], dim=-1)
+    # Three ops for the four sums (the training loss decodes every location).
+    boxes = torch.cat([points - distances[..., :2], points + distances[..., 2:]], dim=-1)
+    if max_shape is not None:
+        h, w = max_shape
+        boxes = boxes.clamp(min=0).minimum(boxes.new_tensor([w, h, w, h]))
+    return boxes
 
 
 def bbox2distance(
