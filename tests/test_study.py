@@ -288,7 +288,8 @@ def test_render(study, fake_study):
     assert mgd.count("not run") == 3 and mgd.endswith("| — |")
     # Table V: fusion-sum one seed, 86.0 vs MedDet 82.0: d = -4 beyond MedDet's spread 2
     assert _line(text, "| sum |").startswith("| sum | 85.1 | 86.0 (n=1) |")
-    assert "LWFF vs sum: **contradicted** (-4.0, beyond spread 2.0)" in text
+    assert "LWFF vs sum: **contradicted** (-4.0, beyond spread 2.0; one row has one seed)" \
+        in text
     assert "LWFF vs concat: not run" in text
     # Table III rows never ran
     assert "nmODE² adds: not run" in text
@@ -298,10 +299,39 @@ def test_render(study, fake_study):
     # sweep table: sorted by best val (0.9 first), the default row is meddet-s0
     sw = text.split("## σ / τ sweep")[1].split("##")[0]
     body = [ln for ln in sw.splitlines() if ln.startswith("| 0.")]
-    assert body == ["| 0.7 | 0.2 | 0.1 | 0.900 | 78.0 |", "| 0.5 | 0.3 | 0.2 | 0.500 | 80.0 |"]
+    assert body == ["| 0.7 | 0.2 | 0.1 | 90.0 | 78.0 |", "| 0.5 | 0.3 | 0.2 | 50.0 | 80.0 |"]
+    assert "seed-to-seed spread at the default σ, τ (2.0 points)" in sw
     # rows section lists every row with its commands
     assert "| meddet-s1 | 110 | `meddet train meddet-s1 && meddet eval meddet-s1` |" in text
     assert "MedDet-lite (issue 9)" not in text  # no lite rows
+
+
+def test_verdict_marks_a_single_seed_side(study):
+    # the spread comes from the 3-seed row; the other side is one run
+    assert study.verdict((85.0, 1.0, 3), (82.0, 0.0, 1)) == \
+        "**reproduced** (+3.0 > spread 1.0; one row has one seed)"
+    assert study.verdict((85.0, 1.0, 3), (84.5, 2.0, 3)) == "not resolved (+0.5, within spread 2.0)"
+
+
+def test_paired_and_lite_verdict(study, fake_study):
+    # lite seeds 0 and 2 only (seed 1 missing): 0.85 - 0.80 = +5, 0.80 - 0.84 = -4
+    for s, v in ((0, 0.85), (2, 0.80)):
+        _write_row(fake_study, f"lite-s{s}", "lite", s, _test_json(v))
+    rows = study.load_rows(fake_study)
+    diffs = study.paired(rows, "lite", "meddet")
+    assert list(diffs) == [0, 2]
+    assert diffs[0] == pytest.approx(5.0) and diffs[2] == pytest.approx(-4.0)
+    text = study.render(rows, {})
+    sec = text.split("## MedDet-lite (issue 9)")[1].split("##")[0]
+    # means: MedDet 82.0 ± 2.0 (n=3), lite 82.5 ± 3.5 (n=2) -> +0.5, met; spread 3.5 > 1
+    assert "difference of the means +0.5 points (per seed, lite − MedDet: s0 +5.0, s2 -4.0)" in sec
+    assert "**met** on the means" in sec
+    assert "spread (3.5 points) is larger than the margin, so these 2 seeds cannot resolve" in sec
+    # 1.5 points below with no spread: not met, no spread sentence
+    v = study.lite_verdict((80.0, 0.2, 3), (78.5, 0.4, 3), {})
+    assert "difference of the means -1.5 points." in v and "**not met**" in v
+    assert "cannot resolve" not in v
+    assert "**met**" in study.lite_verdict((80.0, 0.2, 3), (79.0, 0.4, 3), {})  # exactly -1
 
 
 def test_render_empty(study):
