@@ -233,6 +233,23 @@ def test_table_solver_close_to_exact():
     torch.testing.assert_close(NmODE2()(base + math.pi), NmODE2()(base), rtol=0, atol=1e-12)
 
 
+def test_table_solver_wraps_negative_and_far_gamma_and_keeps_nan():
+    # the index wrap is a bitwise AND on int32: negative γ and γ many periods away must land
+    # on the same point of the period as the exact solve; non-finite γ must give NaN
+    g = torch.tensor([-0.4, -3.0, -1000.25, 1000.25, 2 * math.pi - 1e-3, 0.0])
+    table, exact = NmODE2(solver="table"), NmODE2()
+    with torch.no_grad():
+        torch.testing.assert_close(table(g), exact(g), rtol=0, atol=1e-5)
+        bad = table(torch.tensor([math.nan, math.inf, -math.inf, 0.5]))
+    assert bad[:3].isnan().all() and bad[3].isfinite()
+    # the gathers reuse scratch buffers: the input is left untouched
+    x = torch.randn(64)
+    x0 = x.clone()
+    with torch.no_grad():
+        table(x)
+    assert torch.equal(x, x0)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"solver": "magic"}, {"solver": "fused", "method": "dopri5"},
