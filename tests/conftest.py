@@ -59,3 +59,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def script_module(request):
+    """The script at the test module's ``SCRIPT`` path, imported as a module for its tests."""
+    import importlib.util
+    import sys
+
+    path = request.module.SCRIPT
+    name = f"_{path.stem}_under_test"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    # dataclasses resolve the module through sys.modules while a class body is built.
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(name, None)

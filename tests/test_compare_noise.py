@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +11,8 @@ SCRIPT = Path(__file__).parents[1] / "examples" / "reproduce" / "compare_noise.p
 
 
 @pytest.fixture(scope="module")
-def cn():
-    spec = importlib.util.spec_from_file_location("_compare_noise_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
+def cn(script_module):
+    return script_module
 
 
 def _run(root: Path, name: str, clean: float, r40: float, r5: float) -> Path:

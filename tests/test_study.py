@@ -6,10 +6,8 @@ Nothing here trains: the report is rendered from hand-written ``row.json`` files
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,16 +16,8 @@ SCRIPT = Path(__file__).parents[1] / "examples" / "reproduce" / "study.py"
 
 
 @pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("_study_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    # dataclasses resolve the module through sys.modules while the class body is built.
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
+def study(script_module):
+    return script_module
 
 
 # --------------------------------------------------------------------------------------------
