@@ -181,3 +181,30 @@ def test_bare_resume_flag_means_last():
     assert normalize_resume_argv(["pretrain-teacher", "--resume", "--out", "R"])[2] == "last"
     assert normalize_resume_argv(["pretrain-teacher", "--resume", "R"]) == [
         "pretrain-teacher", "--resume", "R"]
+
+
+def test_nmode_flag_places_the_block_and_is_checked(tiny_dataset, tmp_path, capsys):
+    from meddet.engine.checkpoint import build_model_from_checkpoint
+    from meddet.models.nmode import NmODE2
+
+    # gfl_mbv2 has no nmODE² by default; --nmode head adds one per head branch, also with
+    # several models at once (each keeps the flag)
+    assert main(["pretrain-teacher", "--model", "gfl_mbv2,gfl_shufflenetv2", "--nmode", "head",
+                 "--data", str(tiny_dataset), "--img-size", "64", "--batch-size", "2",
+                 "--max-iters", "1", "--out", str(tmp_path / "h")]) == 0
+    for name in ("gfl_mbv2", "gfl_shufflenetv2"):
+        run = tmp_path / "h" / name
+        assert "nmode: head" in (run / "config.yaml").read_text()
+        model = build_model_from_checkpoint(load_checkpoint(run / "last.pt"))[0]
+        assert sum(isinstance(m, NmODE2) for m in model.modules()) == 2
+    # and --nmode none removes the zoo default's (meddet has it in the head)
+    assert main(["pretrain-teacher", "--model", "meddet", "--nmode", "none", "--data",
+                 str(tiny_dataset), "--img-size", "64", "--batch-size", "2", "--max-iters", "1",
+                 "--out", str(tmp_path / "n")]) == 0
+    model = build_model_from_checkpoint(load_checkpoint(tmp_path / "n" / "last.pt"))[0]
+    assert not any(isinstance(m, NmODE2) for m in model.modules())
+    capsys.readouterr()
+    assert train(tiny_dataset, tmp_path / "x", "--nmode", "tail") == 2
+    assert "nmode" in one_error_line(capsys)
+    assert main(["pretrain-teacher", "--resume", str(tmp_path / "n"), "--nmode", "head"]) == 2
+    assert "drop --nmode" in one_error_line(capsys)

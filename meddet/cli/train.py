@@ -40,7 +40,7 @@ def normalize_resume_argv(args: list[str]) -> list[str]:
 def _overrides(**flags: Any) -> dict[str, Any]:
     """CLI flags as a nested config dict (unset flags are None and change nothing)."""
     return {
-        "model": {"name": flags["model"]},
+        "model": {"name": flags["model"], "nmode": flags.get("nmode")},
         "data": {"root": flags["data"], "img_size": flags["img_size"], "workers": flags["workers"]},
         "train": {"epochs": flags["epochs"], "batch_size": flags["batch_size"], "lr": flags["lr"],
                   "max_iters": flags["max_iters"], "device": flags["device"], "seed": flags["seed"],
@@ -96,6 +96,8 @@ def pretrain_teacher(
                                        "OUT/<model>). Default runs/pretrain-teacher/<model>."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for weights and data order."),
+    nmode: str | None = typer.Option(None, "--nmode", help="nmODE² placement: head | fpn | "
+                                     "backbone | none (default: the zoo entry's; ablations)."),
 ) -> None:
     """Train detectors from the zoo: the paper's teachers, Table I's baselines, the plain student.
 
@@ -112,7 +114,7 @@ def pretrain_teacher(
                        img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
                        lr=lr, max_iters=max_iters, device=device, seed=seed,
                        eval_every=eval_every, checkpoint_every=checkpoint_every,
-                       checkpoint_every_iters=checkpoint_every_iters)
+                       checkpoint_every_iters=checkpoint_every_iters, nmode=nmode)
     models = parse_csv_list(model, "--model")
     jobs: list[tuple[Config, Path | None, Path | None]] = []  # (config, run dir, checkpoint)
     if resume is not None:
@@ -120,6 +122,8 @@ def pretrain_teacher(
             raise MedDetError("--resume continues one run; pass a single --model (or none)")
         if config is not None:
             raise MedDetError("--resume uses the run's own config.yaml; drop --config")
+        if nmode is not None:
+            raise MedDetError("--resume keeps the run's own architecture; drop --nmode")
         target = (out if out is not None else _latest_run(RUNS_ROOT)) if resume == "last" \
             else Path(resume)
         ckpt_path = resolve_resume(target)
@@ -134,7 +138,7 @@ def pretrain_teacher(
             if name not in DETECTORS:
                 raise MedDetError(f"unknown model {name!r}; use one of: {', '.join(DETECTORS)}")
         for name in models:
-            cfg = load_config(config, {**flags, "model": {"name": name}})
+            cfg = load_config(config, {**flags, "model": {**flags["model"], "name": name}})
             run_dir = (out / name if len(models) > 1 else out) if out is not None else None
             jobs.append((cfg, run_dir, None))
 
