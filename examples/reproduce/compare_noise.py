@@ -1,9 +1,10 @@
 """Noise robustness of two groups of runs, paired by seed: test mAP50 against Rician SNR.
 
 Each run directory holds the ``test.json`` that ``meddet eval --json ... --noise-sweep
-rician:40,20,10,5`` writes. The two groups are paired in the order given (first with
-first: give them in seed order), and the table gives, per noise level, mean ± sample sd over seeds for each
-group and for the paired difference; the last column is the drop from clean to the lowest SNR.
+rician:40,20,10,5`` writes. The two groups are paired in the order given (first with first:
+give them in seed order), and the table gives, per noise level, mean ± sample sd over seeds for
+each group and for the paired difference; the last column is the drop from clean to the lowest
+SNR.
 
     python examples/reproduce/compare_noise.py --a "with nmODE²" RUN_A0 RUN_A1 RUN_A2 \\
         --b "without" RUN_B0 RUN_B1 RUN_B2
@@ -21,11 +22,9 @@ def sweep(run: Path) -> dict[str, float]:
     """``{"clean": mAP50, "rician:40": mAP50, ...}`` in % from a run's ``test.json``."""
     t = json.loads((run / "test.json").read_text())
     t = t.get("metrics", t)
-    out = {"clean": 100.0 * t["mAP50"]}
-    for entry in t.get("noise_sweep", []):
-        if entry["noise"] is not None:
-            out[entry["noise"]] = 100.0 * entry["mAP50"]
-    return out
+    # the sweep's clean entry is named "clean" (or None in older files) and repeats mAP50
+    return {"clean": 100.0 * t["mAP50"],
+            **{(e["noise"] or "clean"): 100.0 * e["mAP50"] for e in t.get("noise_sweep", [])}}
 
 
 def ms(values: list[float]) -> str:
