@@ -90,8 +90,9 @@ def test_plan_ids_unique_and_count(full_plan):
     ids = [r.id for r in full_plan]
     assert len(ids) == len(set(ids))
     # 3 teachers + 3 seeds x (6 plain + alone-meddet + 3 KD + meddet + abl-base/nmode/lwff
-    # + lite = 15) + nmode-backbone/fpn + fusion-sum/concat + 4 sweep rows + bench = 57
-    assert len(ids) == 3 + 3 * 15 + 4 + 4 + 1
+    # + lite = 15) + nmode-backbone/fpn + fusion-sum/concat + 4 sweep rows + bench = 57,
+    # + 3 seeds x 4 nmODE² placements of meddet_lite trained alone = 69
+    assert len(ids) == 3 + 3 * 15 + 4 + 4 + 1 + 3 * 4
     alone = [r for r in full_plan if r.id.startswith("alone-meddet-")]
     assert [r.argv[:3] for r in alone] == [["pretrain-teacher", "--model", "meddet"]] * 3
     assert {r.group for r in alone} == {"alone-meddet"}
@@ -179,7 +180,9 @@ def test_plan_row_arguments(full_plan):
 
 def test_plan_noise_rows(study, full_plan):
     noisy = {r.id for r in full_plan if r.noise}
-    assert noisy == set(study.NOISE_ROWS)
+    alone = {f"alone-lite-{q}-s{s}" for q in ("head", "none", "fpn", "backbone")
+             for s in (0, 1, 2)}
+    assert noisy == set(study.NOISE_ROWS) | alone
     assert not {r.id: r for r in full_plan}["meddet-s1"].noise
 
 
@@ -206,6 +209,20 @@ def test_plan_subsets(study):
     # seeds[0] other than 0: the single-seed rows carry that seed
     rows = {r.id: r for r in study.plan([3, 4], {"4"})}
     assert rows["nmode-backbone"].seed == 3 and rows["abl-base-s4"].group == "abl-base"
+
+
+def test_plan_alone_needs_no_teachers(study):
+    rows = study.plan([0, 1], {"alone"})
+    # no teacher rows: the table is CPU-feasible; seed-major, placements in a fixed order
+    assert [r.id for r in rows] == [f"alone-lite-{q}-s{s}" for s in (0, 1)
+                                    for q in ("head", "none", "fpn", "backbone")]
+    for r in rows:
+        q = r.id.split("-")[2]
+        assert r.argv == ["pretrain-teacher", "--model", "meddet_lite", "--nmode", q, "--seed",
+                          str(r.seed)]
+        assert r.needs == () and r.noise and r.group == f"alone-lite-{q}"
+    # with any teacher table beside it, the teachers come first again
+    assert study.plan([0], {"alone", "5"})[0].id == "teacher-gfl_r50"
 
 
 def test_resolve(study, tmp_path):
@@ -292,8 +309,59 @@ def test_render(study, fake_study):
     assert body == ["| 0.7 | 0.2 | 0.1 | 90.0 | 78.0 |", "| 0.5 | 0.3 | 0.2 | 50.0 | 80.0 |"]
     assert "seed-to-seed spread at the default σ, τ (2.0 points)" in sw
     # rows section lists every row with its commands
-    assert "| meddet-s1 | 110 | `meddet train meddet-s1 && meddet eval meddet-s1` |" in text
+    assert "| meddet-s1 | cpu | 110 | `meddet train meddet-s1 && meddet eval meddet-s1` |" \
+        in text
     assert "MedDet-lite (issue 9)" not in text  # no lite rows
+
+
+def _alone(out: Path, q: str, s: int, clean: float, snr5: float) -> None:
+    _write_row(out, f"alone-lite-{q}-s{s}", f"alone-lite-{q}", s,
+               _test_json(clean, sweep=[(None, clean), ("rician:5", snr5)]))
+
+
+def test_render_alone_table_and_noise_claim(study, tmp_path):
+    out = tmp_path / "study"
+    # drops (points): head 10, 6, 8 -> 8.0 ± 2.0; none 1, 3, 2 -> 2.0 ± 1.0
+    for s, (c, n) in enumerate(((0.80, 0.70), (0.60, 0.54), (0.70, 0.62))):
+        _alone(out, "head", s, c, n)
+    for s, (c, n) in enumerate(((0.50, 0.49), (0.55, 0.52), (0.60, 0.58))):
+        _alone(out, "none", s, c, n)
+    _alone(out, "fpn", 0, 0.01, 0.0)
+    rows = study.load_rows(out)
+    text = study.render(rows, {"config": "cpu-small", "teacher_epochs": 40})
+    sec = text.split("## Table IV, CPU proxy")[1].split("\n## ")[0]
+    # mAP50: head 80/60/70 -> 70.0 ± 10.0; none 50/55/60 -> 55.0 ± 5.0
+    assert _line(sec, "| nmODE² in the head |").startswith(
+        "| nmODE² in the head | 85.0 | 70.0 ± 10.0 (n=3) |")
+    assert _line(sec, "| nmODE² nowhere |").startswith("| nmODE² nowhere | 84.2 | 55.0 ± 5.0 (n=3) |")
+    assert _line(sec, "| nmODE² in the backbone |").count("not run") == 3
+    # +15 within the head's spread of 10? no: 15 > 10 -> reproduced; fpn one seed, +69 > 10
+    assert "head vs none: **reproduced** (+15.0 > spread 10.0)" in sec
+    assert "head vs fpn: **reproduced** (+69.0 > spread 10.0; one row has one seed)" in sec
+    assert "head vs backbone: not run" in sec
+    # its regeneration command: CPU, no teacher epochs
+    assert ("Regenerate: `python examples/reproduce/study.py --config cpu-small --tables alone "
+            "--seeds 0,1,2 --device cpu --jobs 2 --threads-per-job 1`") in sec
+    assert "--tables 3 --seeds 0,1,2 --device cuda --teacher-epochs 40`" in text
+    noise = text.split("## Noise robustness with and without nmODE²")[1].split("\n## ")[0]
+    # head clean 70.0 ± 10.0, SNR 5 (70+54+62)/3 = 62.0 ± 8.0; drop 8.0 ± 2.0
+    assert _line(noise, "| in the head (`alone-lite-head`) |") == (
+        "| in the head (`alone-lite-head`) | 70.0 ± 10.0 (n=3) | 62.0 ± 8.0 (n=3) | "
+        "8.0 ± 2.0 (n=3) |")
+    assert "| in the FPN (`alone-lite-fpn`) | 1.0 (n=1) | 0.0 (n=1) | 1.0 (n=1) |" in noise
+    # the claim: drop without (2.0) - drop with (8.0) = -6.0, beyond the larger sd 2.0
+    assert "difference of the mean drops): **contradicted** (-6.0, beyond spread 2.0)" in noise
+    assert "drop with − drop without: s0 +9.0, s1 +3.0, s2 +6.0." in noise
+    png = tmp_path / "img" / "results_noise_alone.png"
+    study._noise_plot_alone(rows, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_render_alone_not_run(study):
+    text = study.render({}, {})
+    assert "head vs none: not run" in text
+    assert "## Noise robustness with and without nmODE² (`meddet_lite` trained alone, CPU " \
+        "proxy)\n\nnot run" in text
 
 
 def test_verdict_marks_a_single_seed_side(study):

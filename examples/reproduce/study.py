@@ -31,6 +31,9 @@ Rows and what they measure (``S`` = seed; teachers and single-seed rows use seed
 * ``lite-sS``: MedDet distillation into ``meddet_lite`` (issue 9's CPU student).
 * ``sweep-sigmaA-tauB``: the σ/τ sweep behind the distillation defaults.
 * ``bench``: ``meddet bench`` of the teachers and both students (Table II's cost columns).
+* ``alone-lite-{head,none,fpn,backbone}-sS`` (table ``alone``, no teachers, CPU-feasible):
+  ``meddet_lite`` trained alone with nmODE² in that place (``none``: nowhere), each with the
+  noise sweep: a proxy for Table IV and the noise claim that a 2-core CPU can run.
 
 The noise study re-evaluates some rows with ``--noise-sweep rician:40,20,10,5``.
 """
@@ -61,7 +64,10 @@ NOISE_ROWS = ("teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152", "plain-
               "abl-base-s0", "abl-nmode-s0", "meddet-s0")
 SWEEP = ((0.5, 0.3), (0.7, 0.2), (0.3, 0.5), (0.8, 0.1), (0.4, 0.2))
 DEFAULT_SIGMA_TAU = (0.5, 0.3)
-TABLES = ("1", "2", "3", "4", "5", "noise", "lite", "sweep")
+TABLES = ("1", "2", "3", "4", "5", "noise", "lite", "sweep", "alone")
+# Table "alone" (CPU-feasible, no teachers): meddet_lite trained alone with nmODE² here, each
+# row re-evaluated under noise. The proxy for Table IV and the noise claim when no GPU is lent.
+PLACEMENTS = ("head", "none", "fpn", "backbone")
 
 # The paper's figures (arXiv 2409.00204, mAP in %), read from the authors' project page
 # (steve-zeyu-zhang.github.io/MedDet, static/images/compare1, compare2, ablation1-3.svg).
@@ -105,7 +111,8 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
 
     def add(rid: str, label: str, argv: list[str], seed: int = 0, **kw) -> None:
         kw.setdefault("group", rid.rsplit("-s", 1)[0] if f"-s{seed}" in rid else rid)
-        rows.setdefault(rid, Row(rid, label, argv, seed=seed, noise=rid in NOISE_ROWS, **kw))
+        kw.setdefault("noise", rid in NOISE_ROWS)
+        rows.setdefault(rid, Row(rid, label, argv, seed=seed, **kw))
 
     def distill(rid, label, seed, *flags, student="meddet", method="meddet"):
         add(rid, label, ["distill", "--teachers", teachers, "--student", student, "--method",
@@ -113,7 +120,7 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
             checkpoint="student.pt")
 
     longer = ["--epochs", str(teacher_epochs)] if teacher_epochs else []
-    for m in TEACHERS:
+    for m in TEACHERS if t - {"alone"} else ():  # every other table needs the teachers
         # last.pt every 4 epochs: a ResNet teacher's full state is up to ~800 MB (R152 with
         # AdamW; 2.0 s to write on the development VM) and the R152 GPU run spent ~4 s per
         # epoch outside training, most of it this write. best.pt is still written at every best.
@@ -141,6 +148,11 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
             distill(f"abl-lwff-s{s}", "+ nmODE² + LWFF", s, "--no-aatm")
         if "lite" in t:
             distill(f"lite-s{s}", "MedDet-lite", s, student="meddet_lite")
+        if "alone" in t:
+            for q in PLACEMENTS:
+                add(f"alone-lite-{q}-s{s}", f"meddet_lite alone, nmODE² {_where(q)}",
+                    ["pretrain-teacher", "--model", "meddet_lite", "--nmode", q, "--seed",
+                     str(s)], s, noise=True)
 
     per_seed(seeds[0])
     s0 = seeds[0]
@@ -160,6 +172,10 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
     for s in seeds[1:]:
         per_seed(s)
     return list(rows.values())
+
+
+def _where(q: str) -> str:
+    return {"none": "nowhere", "head": "in the head"}.get(q, f"in the {q.upper() if q == 'fpn' else q}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,6 +437,7 @@ def write_report(out: Path, report: Path, a: argparse.Namespace | None = None,
     tmp.write_text(text)
     os.replace(tmp, report)
     _noise_plot(rows, report.parent / "img" / "results_noise.png")
+    _noise_plot_alone(rows, report.parent / "img" / "results_noise_alone.png")
     return text
 
 
@@ -488,6 +505,14 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
               f"{_secs(group_seconds(rows, group))} |")
         w("")
 
+    def regen(tables: str, device: str = "cuda", extra: str = "") -> None:
+        """The command that (re)runs the rows of ``tables`` and rewrites this file."""
+        te = meta.get("teacher_epochs") if tables != "alone" else None
+        w(f"Regenerate: `python examples/reproduce/study.py --config "
+          f"{meta.get('config') or 'cpu-small'} --tables {tables} --seeds 0,1,2 --device "
+          f"{device}{f' --teacher-epochs {te}' if te else ''}{extra}` (finished rows are kept; "
+          "`--report-only` rewrites this file from them alone).\n")
+
     p = PAPER.get
     table("Table I: lightweight detectors and distillation methods",
           [*[(f"GFL {m[4:]}", f"plain-{m}", p(m)) for m in PLAIN],
@@ -503,6 +528,7 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
     claims([(f"MedDet vs {name}", "meddet", g) for name, g in (
         ("GFL-MobileNetV2", "plain-gfl_mbv2"), ("MGD", "mgd"), ("LD", "ld"), ("FGD", "fgd"))],
         spread)
+    regen("1")
 
     w("## Table II: teachers and student, accuracy and cost\n")
     bench = next((r["bench"] for r in rows.values() if "bench" in r), None)
@@ -529,6 +555,7 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
           f"{bench.get('threads')} threads (FPS relative to GFL-R50: {ratios}). The paper "
           "measured 19.8 vs 3.9 FPS (5.1×) on its GPU.\n")
     w("")
+    regen("2")
 
     nm = group_metric(rows, "abl-nmode")
     nm_spread = nm[1] if nm[2] > 1 else spread
@@ -541,6 +568,7 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
           "from the plain GFL-MobileNetV2 (80.8); ours does the same.")
     claims([("nmODE² adds", "abl-nmode", "abl-base"), ("LWFF adds", "abl-lwff", "abl-nmode"),
             ("AATM adds", "meddet", "abl-lwff")], spread)
+    regen("3")
     table("Table IV: nmODE² placement (on the KD baseline of Table III)",
           [("no nmODE²", "abl-base", p("nmode_none")),
            ("nmODE² in the backbone", "nmode-backbone", p("nmode_backbone")),
@@ -550,13 +578,26 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
           "than the head row's seed-to-seed spread.")
     claims([(f"head vs {q}", "abl-nmode", g) for q, g in (
         ("none", "abl-base"), ("backbone", "nmode-backbone"), ("fpn", "nmode-fpn"))], nm_spread)
+    regen("4")
     table("Table V: fusion of the three teachers (full MedDet)",
           [("sum", "fusion-sum", p("fusion_sum")), ("concat", "fusion-concat", p("fusion_concat")),
            ("LWFF", "meddet", p("fusion_lwff"))],
           "Single seed except LWFF (= MedDet).")
     claims([(f"LWFF vs {q}", "meddet", f"fusion-{q}") for q in ("sum", "concat")], spread)
+    regen("5")
 
     _noise_table(rows, w)
+    regen("noise")
+
+    table("Table IV, CPU proxy: nmODE² placement in `meddet_lite` trained alone (no teachers)",
+          [(f"nmODE² {_where(q)}", f"alone-lite-{q}", p(f"nmode_{q}")) for q in PLACEMENTS],
+          "No teachers, so this answers a narrower question than Table IV: where nmODE² helps "
+          "the small student trained on its own. The paper's column is its Table IV (distilled "
+          "student), for orientation. Each row also ran the noise sweep (next section).")
+    claims([(f"head vs {q}", "alone-lite-head", f"alone-lite-{q}") for q in PLACEMENTS[1:]],
+           None)
+    regen("alone", "cpu", " --jobs 2 --threads-per-job 1")
+    _noise_alone(rows, w)
 
     lite = group_metric(rows, "lite")
     if lite[2]:
@@ -582,10 +623,11 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
         w("")
 
     w("## Rows\n")
-    w("| row | seconds | command |")
-    w("|---|---:|---|")
+    w("| row | device | seconds | command |")
+    w("|---|---|---:|---|")
     for r in sorted(rows.values(), key=lambda r: r["id"]):
-        w(f"| {r['id']} | {r['seconds']:.0f} | `{' && '.join(r['commands'])}` |")
+        w(f"| {r['id']} | {r.get('device', '?')} | {r['seconds']:.0f} | "
+          f"`{' && '.join(r['commands'])}` |")
     w("")
     return "\n".join(L)
 
@@ -594,15 +636,23 @@ def _noise_levels(r: dict) -> list[tuple[str, float]]:
     return [(x["noise"] or "clean", 100 * x["mAP50"]) for x in r["test"].get("noise_sweep", [])]
 
 
-def _noise_table(rows: dict[str, dict], w) -> None:
-    have = _noise_rows(rows)
-    w("## Noise robustness: test mAP50 against Rician SNR\n")
+def _noise_head(w, title: str, first: str, have: list[dict]) -> list[str]:
+    """The section title and the table header over the levels ``have`` swept ([]: not run)."""
+    w(f"## {title}\n")
     if not have:
         w("not run\n")
-        return
+        return []
     levels = list(dict.fromkeys(n for r in have for n, _ in _noise_levels(r)))
-    w("| model | " + " | ".join(levels) + " | drop clean → lowest SNR |")
+    w(f"| {first} | " + " | ".join(levels) + " | drop clean → lowest SNR |")
     w("|---|" + "---:|" * (len(levels) + 1))
+    return levels
+
+
+def _noise_table(rows: dict[str, dict], w) -> None:
+    have = _noise_rows(rows)
+    levels = _noise_head(w, "Noise robustness: test mAP50 against Rician SNR", "model", have)
+    if not levels:
+        return
     for r in have:
         got = dict(_noise_levels(r))
         vals = [got.get(n) for n in levels]
@@ -616,14 +666,74 @@ def _noise_table(rows: dict[str, dict], w) -> None:
       "(`abl-nmode-s0` vs `abl-base-s0`).\n")
 
 
+def _drops(rows: dict[str, dict], group: str) -> dict[int, float]:
+    """Per seed of ``group``: test mAP50 (%) clean minus at the sweep's last (noisiest) level."""
+    out = {}
+    for r in rows.values():
+        lv = _noise_levels(r) if r["group"] == group and "test" in r else []
+        if len(lv) > 1:
+            out[r["seed"]] = lv[0][1] - lv[-1][1]
+    return out
+
+
+def _alone_noise(rows: dict[str, dict]) -> list[tuple[str, list[dict]]]:
+    """(placement, its rows with a noise sweep) for the ``alone`` table, placements that ran."""
+    have = [(q, [r for r in rows.values() if r["group"] == f"alone-lite-{q}"
+                 and r.get("test", {}).get("noise_sweep")]) for q in PLACEMENTS]
+    return [(q, rs) for q, rs in have if rs]
+
+
+def _noise_alone(rows: dict[str, dict], w) -> None:
+    have = _alone_noise(rows)
+    levels = _noise_head(w, "Noise robustness with and without nmODE² (`meddet_lite` trained "
+                         "alone, CPU proxy)", "nmODE²", [r for _, rs in have for r in rs])
+    if not levels:
+        return
+    for q, rs in have:
+        cells = [fmt(stats([v for r in rs for n_, v in _noise_levels(r) if n_ == n]))
+                 for n in levels]
+        drop = fmt(stats(list(_drops(rows, f"alone-lite-{q}").values())))
+        w(f"| {_where(q)} (`alone-lite-{q}`) | " + " | ".join(cells) + f" | {drop} |")
+    with_, without = _drops(rows, "alone-lite-head"), _drops(rows, "alone-lite-none")
+    if with_ and without:
+        per = {s: with_[s] - without[s] for s in sorted(with_.keys() & without.keys())}
+        v = verdict(stats(list(without.values())), stats(list(with_.values())))
+        w("\nClaim (nmODE² in the head loses less accuracy to noise than no nmODE², difference "
+          f"of the mean drops): {v}. Per seed, drop with − drop without: "
+          + ", ".join(f"s{s} {d:+.1f}" for s, d in per.items())
+          + ". The noise is drawn reproducibly per image; plot: "
+          "`docs/img/results_noise_alone.png`.\n")
+    else:
+        w("")
+
+
 def _noise_rows(rows: dict[str, dict]) -> list[dict]:
     return [rows[i] for i in NOISE_ROWS
             if i in rows and rows[i].get("test", {}).get("noise_sweep")]
 
 
 def _noise_plot(rows: dict[str, dict], path: Path) -> None:
-    have = _noise_rows(rows)
-    if not have:
+    """One line per noise row (one seed each)."""
+    _plot([(r["id"], _noise_levels(r), None) for r in _noise_rows(rows)],
+          "Rician noise at evaluation", "test mAP50 (%)", path)
+
+
+def _noise_plot_alone(rows: dict[str, dict], path: Path) -> None:
+    """Mean ± sample sd over seeds of each placement of the ``alone`` table, by noise level."""
+    series = []
+    for q, rs in _alone_noise(rows):
+        levels = [n for n, _ in _noise_levels(rs[0])]
+        ms = [stats([v for r in rs for n_, v in _noise_levels(r) if n_ == n]) for n in levels]
+        series.append((f"nmODE² {_where(q)} (n={ms[0][2]})",
+                       [(n, m) for n, (m, _, _) in zip(levels, ms)], [sd for _, sd, _ in ms]))
+    _plot(series, "meddet_lite trained alone: Rician noise at evaluation",
+          "test mAP50 (%), mean ± sd over seeds", path)
+
+
+def _plot(series: list[tuple[str, list[tuple[str, float]], list[float] | None]], title: str,
+          ylabel: str, path: Path) -> None:
+    """``series``: (label, [(noise level, value)], error bars or None); nothing if empty."""
+    if not series:
         return
     import matplotlib
 
@@ -631,12 +741,12 @@ def _noise_plot(rows: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in have:
-        lv = _noise_levels(r)
-        ax.plot(range(len(lv)), [v for _, v in lv], marker="o", label=r["id"])
+    for label, lv, err in series:
+        ax.errorbar(range(len(lv)), [v for _, v in lv], yerr=err, marker="o", capsize=3,
+                    label=label)
         ax.set_xticks(range(len(lv)), [n.replace("rician:", "SNR ") for n, _ in lv])
-    ax.set_ylabel("test mAP50 (%)")
-    ax.set_title("Rician noise at evaluation")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
