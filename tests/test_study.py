@@ -364,6 +364,20 @@ def test_render_alone_not_run(study):
         "proxy)\n\nnot run" in text
 
 
+def test_wall_clock_per_device(study, tmp_path):
+    out = tmp_path / "study"
+    _write_row(out, "plain-gfl_mbv2-s0", "plain-gfl_mbv2", 0, _test_json(0.5), seconds=200.0)
+    _write_row(out, "plain-gfl_mbv2-s1", "plain-gfl_mbv2", 1, _test_json(0.5), seconds=3000.0)
+    _write_row(out, "plain-gfl_mbv2-s2", "plain-gfl_mbv2", 2, _test_json(0.5), seconds=3200.0)
+    info = json.loads((out / "runs" / "plain-gfl_mbv2-s0" / "row.json").read_text())
+    (out / "runs" / "plain-gfl_mbv2-s0" / "row.json").write_text(
+        json.dumps({**info, "device": "cuda"}))
+    rows = study.load_rows(out)
+    assert study.group_seconds(rows, "plain-gfl_mbv2") == {"cpu": 3100.0, "cuda": 200.0}
+    assert _line(study.render(rows, {}), "| GFL mbv2 |").endswith("| 3100 s (cpu) / 200 s (cuda) |")
+    assert study._secs({}) == "—" and study._secs({"cuda": 99.6}) == "100 s"
+
+
 def test_verdict_marks_a_single_seed_side(study):
     # the spread comes from the 3-seed row; the other side is one run
     assert study.verdict((85.0, 1.0, 3), (82.0, 0.0, 1)) == \

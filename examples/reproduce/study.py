@@ -365,9 +365,14 @@ def group_metric(rows: dict[str, dict], group: str, key: str = "mAP50",
     return stats(vals)
 
 
-def group_seconds(rows: dict[str, dict], group: str) -> float:
-    s = [r["seconds"] for r in rows.values() if r["group"] == group]
-    return statistics.fmean(s) if s else math.nan
+def group_seconds(rows: dict[str, dict], group: str) -> dict[str, float]:
+    """Mean wall-clock seconds of the group's rows, per device they ran on (a GPU row and a
+    CPU row of one group differ by an order of magnitude; one mean would describe neither)."""
+    by: dict[str, list[float]] = {}
+    for r in rows.values():
+        if r["group"] == group:
+            by.setdefault(r.get("device", "?"), []).append(r["seconds"])
+    return {d: statistics.fmean(v) for d, v in sorted(by.items())}
 
 
 def fmt(ms: tuple[float, float, int]) -> str:
@@ -489,7 +494,11 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
             w(f"* rows finished: {len(planned) - len(missing)} of {len(planned)} planned"
               + (f"; not run (yet): {', '.join(missing)}" if missing else ""))
         w("* wall-clock per row: training + test evaluation of one run, measured with the "
-          "rows of one command sharing the machine (so it overstates a run alone).\n")
+          "rows of one command sharing the machine (so it overstates a run alone); where a "
+          "table's seeds ran on different devices, the mean per device.")
+        w("* seeds of one row may come from different devices (the Rows table says which): "
+          "same data, config, seed and code, but not the same arithmetic, so they are "
+          "independent samples of the same training recipe rather than repeats.\n")
 
     def table(title: str, items: list[tuple[str, str, str | None]], note: str = "") -> None:
         w(f"## {title}\n")
@@ -754,8 +763,10 @@ def _plot(series: list[tuple[str, list[tuple[str, float]], list[float] | None]],
     plt.close(fig)
 
 
-def _secs(s: float) -> str:
-    return "—" if math.isnan(s) else f"{s:.0f} s"
+def _secs(by_device: dict[str, float]) -> str:
+    if len(by_device) == 1:
+        return f"{next(iter(by_device.values())):.0f} s"
+    return " / ".join(f"{v:.0f} s ({d})" for d, v in by_device.items()) or "—"
 
 
 def _pct(v: float | None) -> str:
