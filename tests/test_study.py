@@ -312,6 +312,24 @@ def test_render(study, fake_study):
     assert "| meddet-s1 | cpu | 110 | `meddet train meddet-s1 && meddet eval meddet-s1` |" \
         in text
     assert "MedDet-lite (issue 9)" not in text  # no lite rows
+    # every Table I row that ran has 3 seeds: no shortfall line; Table III never ran
+    assert "Fewer than the 3 seeds" not in text
+
+
+def test_render_names_rows_short_of_seeds(study, fake_study):
+    _write_row(fake_study, "mgd-s0", "mgd", 0, _test_json(0.9))
+    for s in (0, 1):
+        _write_row(fake_study, f"abl-base-s{s}", "abl-base", s, _test_json(0.6))
+    text = study.render(study.load_rows(fake_study), {})
+    t1 = text.split("## Table I:")[1].split("\n## ")[0]
+    assert _line(t1, "Fewer than the 3 seeds").startswith(
+        "Fewer than the 3 seeds planned for this table, so far: MGD (GFL-MobileNetV2 student, "
+        "best teacher) (n=1); ")
+    t3 = text.split("## Table III:")[1].split("\n## ")[0]
+    assert "so far: KD baseline: teachers summed, no AATM, no nmODE² (n=2); " in t3
+    # Tables IV and V are single-seed by design: no such line there
+    t5 = text.split("## Table V:")[1].split("\n## ")[0]
+    assert "Fewer than" not in t5
 
 
 def _alone(out: Path, q: str, s: int, clean: float, snr5: float) -> None:

@@ -500,7 +500,10 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
           "same data, config, seed and code, but not the same arithmetic, so they are "
           "independent samples of the same training recipe rather than repeats.\n")
 
-    def table(title: str, items: list[tuple[str, str, str | None]], note: str = "") -> None:
+    def table(title: str, items: list[tuple[str, str, str | None]], note: str = "",
+              min_seeds: int = 0) -> None:
+        """``min_seeds``: the issue's seed count for this table; rows that ran but have fewer
+        are named under the table."""
         w(f"## {title}\n")
         if note:
             w(note + "\n")
@@ -513,6 +516,13 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
               f"{fmt(group_metric(rows, group, 'mAP50', 'protrusion'))} | "
               f"{_secs(group_seconds(rows, group))} |")
         w("")
+        short = [(label.strip("*"), n) for label, group, _ in items
+                 if 0 < (n := group_metric(rows, group)[2]) < min_seeds]
+        if short:
+            w(f"Fewer than the {min_seeds} seeds planned for this table, so far: "
+              + ", ".join(f"{label} (n={n})" for label, n in short)
+              + "; their other seeds are among the rows not run yet (above), and a verdict "
+              "involving them says so.\n")
 
     def regen(tables: str, device: str = "cuda", extra: str = "") -> None:
         """The command that (re)runs the rows of ``tables`` and rewrites this file."""
@@ -527,7 +537,7 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
           [*[(f"GFL {m[4:]}", f"plain-{m}", p(m)) for m in PLAIN],
            ("MedDet student alone (nmODE² head, no teachers)", "alone-meddet", None),
            *[(k.upper() + " (GFL-MobileNetV2 student, best teacher)", k, p(k)) for k in KD],
-           ("**MedDet** (3 teachers)", "meddet", p("meddet"))])
+           ("**MedDet** (3 teachers)", "meddet", p("meddet"))], min_seeds=3)
     def claims(pairs: list[tuple[str, str, str]], spread_: float | None) -> None:
         """One line of verdicts, each ``(label, group a, group b)``: does a beat b?"""
         w("Claims: " + "; ".join(
@@ -574,7 +584,7 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
            ("+ nmODE² + LWFF", "abl-lwff", p("abl_lwff")),
            ("+ nmODE² + LWFF + AATM (MedDet)", "meddet", p("abl_aatm"))],
           "The paper's Table III starts from the distilled student without nmODE² (84.2), not "
-          "from the plain GFL-MobileNetV2 (80.8); ours does the same.")
+          "from the plain GFL-MobileNetV2 (80.8); ours does the same.", min_seeds=3)
     claims([("nmODE² adds", "abl-nmode", "abl-base"), ("LWFF adds", "abl-lwff", "abl-nmode"),
             ("AATM adds", "meddet", "abl-lwff")], spread)
     regen("3")
