@@ -436,13 +436,17 @@ def test_render_meta(study, fake_study):
             "data": "d", "device": "cuda", "device_name": "H100", "cpus": 16, "torch": "2.x",
             "python": "3.11", "invocations": [
                 {"command": "study.py --jobs 12", "jobs": 12, "finished": "today"},
-                {"command": "study.py --only bench", "jobs": 1, "finished": "later"}]}
+                {"command": "study.py --only bench", "jobs": 1, "finished": "later",
+                 "device_name": "H200"}]}
     rows = study.load_rows(fake_study)
     text = study.render(rows, meta, planned=[*rows, "mgd-s0", "ld-s0"])
     assert "* command (12 rows at a time, finished today): `study.py --jobs 12`" in text
-    assert "* command (1 rows at a time, finished later): `study.py --only bench`" in text
+    assert ("* command (1 rows at a time, on H200, finished later): `study.py --only bench`"
+            in text)
     assert "`--config cpu-small` --max-iters 2; teachers 60 epochs" in text
-    assert "cuda (H100), 16 CPUs" in text
+    assert "* machine: cuda (H100), 16 CPUs, torch 2.x, Python 3.11\n" in text
+    merged = {k: v for k, v in meta.items() if k not in ("cpus", "torch", "python")}
+    assert "* machine: cuda (H100)\n" in study.render(rows, merged)
     assert f"rows finished: {len(rows)} of {len(rows) + 2} planned; not run (yet): mgd-s0, ld-s0" \
         in text
 

@@ -452,11 +452,12 @@ def _meta(out: Path, a: argparse.Namespace | None) -> dict:
     if a is not None and not getattr(a, "report_only", False):
         import torch
         calls = meta.get("invocations", [])
-        calls.append({"command": " ".join(sys.argv), "jobs": a.jobs,
+        name = (torch.cuda.get_device_name(0) if a.device.startswith("cuda")
+                else platform.processor() or platform.machine())
+        calls.append({"command": " ".join(sys.argv), "jobs": a.jobs, "device_name": name,
                       "finished": datetime.now(timezone.utc).isoformat(timespec="minutes")})
         meta = {"config": a.config, "data": str(a.data), "device": a.device,
-                "device_name": (torch.cuda.get_device_name(0) if a.device.startswith("cuda")
-                                else platform.processor() or platform.machine()),
+                "device_name": name,
                 "cpus": os.cpu_count(), "torch": torch.__version__,
                 "python": platform.python_version(), "seeds": a.seeds, "extra": a.extra,
                 "teacher_epochs": a.teacher_epochs, "invocations": calls}
@@ -482,13 +483,18 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
     if meta:
         calls = meta.get("invocations") or [meta]  # older study.json: one call, flat
         for c in calls:
-            w(f"* command ({c.get('jobs')} rows at a time, finished {c.get('finished')}): "
+            on = f"on {c['device_name']}, " if c.get("device_name") else ""
+            w(f"* command ({c.get('jobs')} rows at a time, {on}finished {c.get('finished')}): "
               f"`{c.get('command', '?')}`")
         te = meta.get("teacher_epochs")
         w(f"* schedule: `--config {meta.get('config')}` {' '.join(meta.get('extra') or [])}"
           f"{f'; teachers {te} epochs' if te else ''}; data `{meta.get('data')}`")
-        w(f"* machine: {meta.get('device')} ({meta.get('device_name')}), {meta.get('cpus')} "
-          f"CPUs, torch {meta.get('torch')}, Python {meta.get('python')}")
+        # a study merged from several machines describes them in device_name alone
+        facts = [f"{v} {k}" if k == "CPUs" else f"{k} {v}" for k, v in (
+            ("CPUs", meta.get("cpus")), ("torch", meta.get("torch")),
+            ("Python", meta.get("python"))) if v is not None]
+        w(f"* machine: {meta.get('device')} ({meta.get('device_name')})"
+          + "".join(f", {f}" for f in facts))
         if planned:
             missing = [r for r in planned if r not in rows]
             w(f"* rows finished: {len(planned) - len(missing)} of {len(planned)} planned"
