@@ -375,6 +375,53 @@ def test_render_alone_table_and_noise_claim(study, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_summary_of_claims(study, fake_study):
+    _write_row(fake_study, "teacher-gfl_r50", "teacher-gfl_r50", 0, _test_json(0.83))
+    _write_row(fake_study, "teacher-gfl_r101", "teacher-gfl_r101", 0, _test_json(0.90))
+    bench = {"device_name": "GPU", "models": [
+        {"name": "gfl_r50", "params_m": 32.0, "gflops": 50.0, "fps": 10.0},
+        {"name": "meddet", "params_m": 8.0, "gflops": 30.0, "fps": 25.0},
+        {"name": "meddet", "runtime": "onnxruntime", "params_m": 1.0, "gflops": 1.0,
+         "fps": 99.0}]}
+    d = fake_study / "runs" / "bench"
+    d.mkdir()
+    (d / "row.json").write_text(json.dumps({"id": "bench", "label": "b", "seed": 0,
+                                            "group": "bench", "seconds": 1.0,
+                                            "commands": [], "bench": bench}))
+    text = study.render(study.load_rows(fake_study), {})
+    sec = text.split("## The paper's claims on this benchmark, in one place")[1].split(
+        "\n## ")[0]
+    # claim 1 carries Table I's verdicts verbatim
+    assert "MedDet vs GFL-MobileNetV2: **reproduced** (+11.0 > spread 2.0)" in _line(sec, "| 1.")
+    # claim 2: MedDet 82.0 ± 2.0 vs R50 83.0 (n=1): -1.0 within 2.0; vs R101 90.0: -8.0 beyond;
+    # R152 never ran; cost from the torch bench rows only: 8/32 = 25 %, 30/50 = 60 %, 2.50x
+    c2 = _line(sec, "| 2.")
+    assert ("MedDet − GFL-R50 -1.0 (within the spread 2.0: as accurate, as far as these seeds "
+            "tell); MedDet − GFL-R101 -8.0 (beyond the spread 2.0: **less accurate**); cost "
+            "against GFL-R50: 25% of its parameters, 60% of its GFLOPs, 2.50× its FPS on GPU") \
+        in c2
+    assert "R152" not in c2
+    assert _line(sec, "| 5.").startswith(
+        "| 5. LWFF beats sum and concatenation (Table V) | LWFF vs sum: **contradicted** (-4.0")
+    assert _line(sec, "| 6.").endswith("| not run | not run |")
+
+
+def test_noise_verdict(study, tmp_path):
+    out = tmp_path / "study"
+    # with nmODE²: drops 2, 4 -> 3.0 ± 1.4; without: drops 10, 12 -> 11.0 ± 1.4 (seed 1 only
+    # pairs with seed 1): the paper's direction, beyond the spread
+    for s, (c, n) in enumerate(((0.80, 0.78), (0.80, 0.76))):
+        _write_row(out, f"abl-nmode-s{s}", "abl-nmode", s,
+                   _test_json(c, sweep=[(None, c), ("rician:5", n)]))
+    for s, (c, n) in ((1, (0.70, 0.60)), (2, (0.70, 0.58))):
+        _write_row(out, f"abl-base-s{s}", "abl-base", s,
+                   _test_json(c, sweep=[(None, c), ("rician:5", n)]))
+    rows = study.load_rows(out)
+    assert study.noise_verdict(rows, "abl-nmode", "abl-base") == (
+        "**reproduced** (+8.0 > spread 1.4); per seed, drop with − drop without: s1 -6.0")
+    assert study.noise_verdict(rows, "abl-nmode", "nope") == "not run"
+
+
 def test_render_alone_not_run(study):
     text = study.render({}, {})
     assert "head vs none: not run" in text
