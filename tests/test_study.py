@@ -182,7 +182,8 @@ def test_plan_noise_rows(study, full_plan):
     noisy = {r.id for r in full_plan if r.noise}
     alone = {f"alone-lite-{q}-s{s}" for q in ("head", "none", "fpn", "backbone")
              for s in (0, 1, 2)}
-    assert noisy == set(study.NOISE_ROWS) | alone
+    pair = {f"abl-{k}-s{s}" for k in ("base", "nmode") for s in (0, 1, 2)}
+    assert noisy == set(study.NOISE_ROWS) | alone | pair
     assert not {r.id: r for r in full_plan}["meddet-s1"].noise
 
 
