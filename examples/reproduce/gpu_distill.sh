@@ -5,9 +5,10 @@
 #   seed 0 once the teachers are done; JOBS rows share the card; everything stops at
 #   DEADLINE_MIN; results.md and the rows' JSON/CSV/logs (no weights) are packed into OUT.
 #   OUT=<folder that comes back> DATA=<synthetic set> bash examples/reproduce/gpu_distill.sh
+#   CONFIG=paper TEACHER_EPOCHS= ...: the paper's scale (teachers on the config's own schedule)
 set -u
 OUT=${OUT:-/tmp/out}; DATA=${DATA:-.whl/data}; S=${S:-/tmp/study}; DEV=${DEV:-cuda}
-TEACHER_EPOCHS=${TEACHER_EPOCHS:-40}; DEADLINE_MIN=${DEADLINE_MIN:-8.3}; JOBS=${JOBS:-6}
+TEACHER_EPOCHS=${TEACHER_EPOCHS-40}; CONFIG=${CONFIG:-cpu-small}; DEADLINE_MIN=${DEADLINE_MIN:-8.3}; JOBS=${JOBS:-6}
 mkdir -p "$OUT" "$S"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 # ROWS/SEEDS/TABLES pick another set, e.g. issue 9's accuracy bar:
@@ -22,8 +23,8 @@ X=${EXTRA:+--extra $EXTRA}  # --extra swallows the rest of the line: keep it las
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, meddet; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 3
 # Rows start in plan order as their needs finish (distillation waits for the teachers).
-python3 examples/reproduce/study.py --out $S --data $DATA --config cpu-small --device $DEV \
-  --seeds $SEEDS --tables $TABLES --teacher-epochs $TEACHER_EPOCHS --report $S/results.md \
+python3 examples/reproduce/study.py --out $S --data $DATA --config $CONFIG --device $DEV \
+  --seeds $SEEDS --tables $TABLES ${TEACHER_EPOCHS:+--teacher-epochs $TEACHER_EPOCHS} --report $S/results.md \
   --jobs $JOBS --deadline-min "$DEADLINE_MIN" --only $ROWS $X 2>&1 | tee $OUT/study.log | grep -E "done|STOP|FAIL|skip" | tail -20
 cp $S/results.md $OUT/ 2>/dev/null
 # Only what the report and the docs read (a device call returns files of at most 16 MiB).
