@@ -292,6 +292,7 @@ def test_render(study, fake_study):
     assert "| 80.8 | 71.0 ± 1.0 (n=3) |" in plain
     assert "MedDet vs GFL-MobileNetV2: **reproduced** (+11.0 > spread 2.0)" in text
     assert "MedDet vs MGD: not run" in text
+    assert "MedDet vs its student alone: not run" in text
     mgd = _line(text, "| MGD (GFL-MobileNetV2 student, best teacher) |")
     assert mgd.count("not run") == 3 and mgd.endswith("| — |")
     # Table V: fusion-sum one seed, 86.0 vs MedDet 82.0: d = -4 beyond MedDet's spread 2

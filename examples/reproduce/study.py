@@ -83,8 +83,10 @@ PAPER: dict[str, float] = {
 }
 # Each table's comparisons: (label, the group the paper says wins, the group it beats).
 CLAIMS: dict[str, list[tuple[str, str, str]]] = {
+    # "its student alone" isolates distillation: the same architecture without teachers
     "1": [(f"MedDet vs {name}", "meddet", g) for name, g in (
-        ("GFL-MobileNetV2", "plain-gfl_mbv2"), ("MGD", "mgd"), ("LD", "ld"), ("FGD", "fgd"))],
+        ("GFL-MobileNetV2", "plain-gfl_mbv2"), ("its student alone", "alone-meddet"),
+        ("MGD", "mgd"), ("LD", "ld"), ("FGD", "fgd"))],
     "3": [("nmODE² adds", "abl-nmode", "abl-base"), ("LWFF adds", "abl-lwff", "abl-nmode"),
           ("AATM adds", "meddet", "abl-lwff")],
     "4": [(f"head vs {q}", "abl-nmode", g) for q, g in (
