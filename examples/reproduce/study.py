@@ -92,8 +92,7 @@ CLAIMS: dict[str, list[tuple[str, str, str]]] = {
     "4": [(f"head vs {q}", "abl-nmode", g) for q, g in (
         ("none", "abl-base"), ("backbone", "nmode-backbone"), ("fpn", "nmode-fpn"))],
     "5": [(f"LWFF vs {q}", "meddet", f"fusion-{q}") for q in ("sum", "concat")],
-    "alone": [(f"head vs {q}", "alone-lite-head", f"alone-lite-{q}")
-              for q in ("none", "fpn", "backbone")],
+    "alone": [(f"head vs {q}", "alone-lite-head", f"alone-lite-{q}") for q in PLACEMENTS[1:]],
 }
 # Table III's cumulative rows and Table IV's placements: 3-teacher feature distillation
 # without LWFF (teachers summed) and without AATM is the paper's "KD" baseline.
@@ -190,7 +189,8 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
 
 
 def _where(q: str) -> str:
-    return {"none": "nowhere", "head": "in the head"}.get(q, f"in the {q.upper() if q == 'fpn' else q}")
+    return {"none": "nowhere", "head": "in the head", "fpn": "in the FPN",
+            "backbone": "in the backbone"}[q]
 
 
 # --------------------------------------------------------------------------------------------
