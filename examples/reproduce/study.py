@@ -575,9 +575,7 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
     regen("1")
 
     w("## Table II: teachers and student, accuracy and cost\n")
-    bench = next((r["bench"] for r in rows.values() if "bench" in r), None)
-    brow = {b["name"]: b for b in (bench or {}).get("models", [])
-            if b.get("runtime", "torch") == "torch"}
+    bench, brow = _bench(rows)
     w("| model | paper mAP | ours mAP50 | ours recall | FPS (ours) | params M (ours / paper) "
       "| GFLOPs (ours / paper) |")
     w("|---|---:|---:|---:|---:|---:|---:|")
@@ -706,6 +704,18 @@ def _noise_table(rows: dict[str, dict], w) -> None:
       "\n")
 
 
+def _bench(rows: dict[str, dict]) -> tuple[dict | None, dict[str, dict]]:
+    """The study's ``meddet bench`` result and its eager-PyTorch rows by model name."""
+    bench = next((r["bench"] for r in rows.values() if "bench" in r), None)
+    return bench, {b["name"]: b for b in (bench or {}).get("models", [])
+                   if b.get("runtime", "torch") == "torch"}
+
+
+def _level_stats(rs: list[dict], levels: list[str]) -> list[tuple[float, float, int]]:
+    """Mean, sample sd and count over the runs ``rs`` at each noise level."""
+    return [stats([v for r in rs for n_, v in _noise_levels(r) if n_ == n]) for n in levels]
+
+
 def _drops(rows: dict[str, dict], group: str) -> dict[int, float]:
     """Per seed of ``group``: test mAP50 (%) clean minus at the sweep's last (noisiest) level."""
     out = {}
@@ -730,8 +740,7 @@ def _noise_alone(rows: dict[str, dict], w) -> None:
     if not levels:
         return
     for q, rs in have:
-        cells = [fmt(stats([v for r in rs for n_, v in _noise_levels(r) if n_ == n]))
-                 for n in levels]
+        cells = [fmt(m) for m in _level_stats(rs, levels)]
         drop = fmt(stats(list(_drops(rows, f"alone-lite-{q}").values())))
         w(f"| {_where(q)} (`alone-lite-{q}`) | " + " | ".join(cells) + f" | {drop} |")
     v = noise_verdict(rows, "alone-lite-head", "alone-lite-none")
@@ -769,9 +778,7 @@ def _summary(rows: dict[str, dict], verdicts: dict[str, str], spread: float | No
             else:
                 word = f"beyond the spread {sp:.1f}: **{'less' if d < 0 else 'more'} accurate**"
             cost.append(f"MedDet − GFL-{t[4:].upper()} {d:+.1f} ({word})")
-    bench = next((r["bench"] for r in rows.values() if "bench" in r), None)
-    b = {x["name"]: x for x in (bench or {}).get("models", [])
-         if x.get("runtime", "torch") == "torch"}
+    bench, b = _bench(rows)
     if "meddet" in b and "gfl_r50" in b:
         cost.append(f"cost against GFL-R50: {b['meddet']['params_m'] / b['gfl_r50']['params_m']:.0%} "
                     f"of its parameters, {b['meddet']['gflops'] / b['gfl_r50']['gflops']:.0%} of "
@@ -813,7 +820,7 @@ def _noise_plot_alone(rows: dict[str, dict], path: Path) -> None:
     series = []
     for q, rs in _alone_noise(rows):
         levels = [n for n, _ in _noise_levels(rs[0])]
-        ms = [stats([v for r in rs for n_, v in _noise_levels(r) if n_ == n]) for n in levels]
+        ms = _level_stats(rs, levels)
         series.append((f"nmODE² {_where(q)} (n={ms[0][2]})",
                        [(n, m) for n, (m, _, _) in zip(levels, ms)], [sd for _, sd, _ in ms]))
     _plot(series, "meddet_lite trained alone: Rician noise at evaluation",
