@@ -583,3 +583,76 @@ def test_teacher_epochs_reach_only_the_teachers_and_win_over_extra(study, tmp_pa
     # the row's own --epochs 60 comes after --extra's --epochs 2, so the CLI takes 60
     assert train.index("2") < len(train) - train[::-1].index("60") - 1
     assert train[train.index("--out") - 2:train.index("--out")] == ["--epochs", "60"]
+
+
+def test_a_row_cut_by_the_deadline_reports_every_invocation(study, tmp_path, monkeypatch):
+    """A real subprocess cut at the deadline, then finished by a second runner: the row's
+    seconds are the sum of both invocations and its commands start with the one that began it."""
+    import sys
+    import time
+
+    monkeypatch.setattr(study, "write_report", lambda *a, **k: None)
+    row = study.Row("r-s0", "r", ["train", "--x"], group="r")
+    args = study.parse_args(["--out", str(tmp_path), "--jobs", "1"])
+    first = study.Runner(args, [row])
+    first.deadline = time.time() + 1.0  # started at once, cut a second later
+    monkeypatch.setattr(first, "steps", lambda r: [
+        [sys.executable, "-c", "import time; time.sleep(60)", "first"]])
+    first.run()
+    segs = json.loads((tmp_path / "runs" / "r-s0" / "partial.json").read_text())
+    assert len(segs) == 1 and segs[0]["command"] == "import time; time.sleep(60) first"
+    assert not first.done("r-s0") and 1.0 <= segs[0]["seconds"] < 30
+
+    second = study.Runner(args, [row])
+    test = tmp_path / "runs" / "r-s0" / "test.json"
+    code = f"import json, time; time.sleep(1.2); open({str(test)!r}, 'w').write(json.dumps({{'mAP50': 0.5}}))"
+    monkeypatch.setattr(second, "steps", lambda r: [[sys.executable, "-c", code, "second"]])
+    assert second.run() == 0
+    info = json.loads((tmp_path / "runs" / "r-s0" / "row.json").read_text())
+    assert info["test"] == {"mAP50": 0.5}
+    assert info["commands"][0] == "import time; time.sleep(60) first"
+    assert info["commands"][1].endswith("second") and len(info["commands"]) == 2
+    assert len(info["segments"]) == 2 and info["segments"][1] >= 1.2
+    assert info["seconds"] == pytest.approx(sum(info["segments"]), abs=0.11)
+
+
+def test_resumed_without_a_partial_is_unchanged(study, tmp_path):
+    info = {"seconds": 5.0, "commands": ["a"]}
+    assert study.resumed(info, tmp_path / "partial.json") is info
+
+
+def test_teacher_sets_group_rows_by_the_teachers_that_taught_them(study):
+    a = {"teacher-gfl_r50": 0.939, "teacher-gfl_r101": 0.996, "teacher-gfl_r152": 0.932}
+    b = {"teacher-gfl_r50": 0.937, "teacher-gfl_r101": 0.999, "teacher-gfl_r152": 0.992}
+    rows = {"x-s0": {"teachers": a}, "y-s0": {"teachers": b}, "z-s1": {"teachers": a},
+            "plain-s0": {}}
+    lines = study.teacher_sets(rows)
+    assert "2 set(s)" in lines[0] and "GFL-R50 / GFL-R101 / GFL-R152" in lines[0]
+    assert lines[1:] == ["  * 93.9 / 99.6 / 93.2: x-s0, z-s1", "  * 93.7 / 99.9 / 99.2: y-s0"]
+    assert study.teacher_sets({"plain-s0": {}}) == []
+
+
+def test_a_distilled_row_records_its_teachers(study, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(study, "write_report", lambda *a, **k: None)
+    t = tmp_path / "runs" / "teacher-gfl_r50"
+    t.mkdir(parents=True)
+    (t / "row.json").write_text(json.dumps({"id": "teacher-gfl_r50", "test": {"mAP50": 0.75}}))
+    row = study.Row("d-s0", "d", ["distill"], needs=("teacher-gfl_r50",), group="d")
+    runner = study.Runner(study.parse_args(["--out", str(tmp_path)]), [row])
+    test = tmp_path / "runs" / "d-s0" / "test.json"
+    code = f"import json; open({str(test)!r}, 'w').write(json.dumps({{'mAP50': 0.25}}))"
+    monkeypatch.setattr(runner, "steps", lambda r: [[sys.executable, "-c", code]])
+    assert runner.run() == 0
+    info = json.loads((tmp_path / "runs" / "d-s0" / "row.json").read_text())
+    assert info["teachers"] == {"teacher-gfl_r50": 0.75} and "segments" not in info
+
+
+def test_taught_apart(study):
+    a, b = {"teacher-gfl_r50": 0.9}, {"teacher-gfl_r50": 0.8}
+    rows = {"x-s0": {"group": "x", "teachers": a}, "y-s0": {"group": "y", "teachers": a},
+            "z-s0": {"group": "z", "teachers": b}, "p-s0": {"group": "p"}}
+    assert not study._taught_apart(rows, "x", "y")
+    assert study._taught_apart(rows, "x", "z")
+    assert not study._taught_apart(rows, "x", "p")  # a row without teachers: nothing to compare

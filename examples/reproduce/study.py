@@ -234,6 +234,20 @@ def _atomic_json(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
+def resumed(info: dict, partial: Path) -> dict:
+    """``info`` of a finished row, with the invocations a deadline cut before it (read from
+    ``partial``) folded in: seconds are summed over all of them, the commands start with the
+    one that began the row, and ``segments`` lists each invocation's seconds."""
+    if not partial.is_file():
+        return info
+    segs = json.loads(partial.read_text())
+    out = dict(info)
+    out["segments"] = [s["seconds"] for s in segs] + [info["seconds"]]
+    out["seconds"] = round(sum(out["segments"]), 1)
+    out["commands"] = [s["command"] for s in segs] + list(info["commands"])
+    return out
+
+
 class Runner:
     """Runs rows as subprocesses, ``jobs`` at a time, in dependency order."""
 
@@ -290,6 +304,23 @@ class Runner:
         self.running[rid] = (proc, time.time(), steps, log)
         print(f"[{_now()}] start  {rid}", flush=True)
 
+    def _cmds(self, steps: list[list[str]]) -> list[str]:
+        return [" ".join(s[2:]).replace(str(self.runs.parent), "OUT") for s in steps]
+
+    def stop(self, rid: str) -> None:
+        """Ends a row at the deadline and adds what it ran, and for how long, to its
+        ``partial.json``: a row finished across several invocations reports them all."""
+        proc, t0, steps, log = self.running.pop(rid)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        log.close()
+        path = self.runs / rid / "partial.json"
+        segs = json.loads(path.read_text()) if path.is_file() else []
+        segs.append({"seconds": round(time.time() - t0, 1), "command": self._cmds(steps)[0],
+                     "device": self.a.device})
+        _atomic_json(path, segs)
+        print(f"[{_now()}] STOP   {rid} (deadline; resumes next time)", flush=True)
+
     def finish(self, rid: str, rc: int) -> None:
         proc, t0, steps, log = self.running.pop(rid)
         log.close()
@@ -301,15 +332,19 @@ class Runner:
                   flush=True)
             return
         run = self.runs / rid
-        info = {"id": rid, "label": row.label, "seed": row.seed,
-                "group": row.group, "seconds": round(secs, 1),
-                "commands": [" ".join(s[2:]).replace(str(self.runs.parent), "OUT") for s in steps], "device": self.a.device,
-                "config": self.a.config}
+        info = resumed({"id": rid, "label": row.label, "seed": row.seed, "group": row.group,
+                        "seconds": round(secs, 1), "commands": self._cmds(steps),
+                        "device": self.a.device, "config": self.a.config},
+                       run / "partial.json")
         if row.kind == "bench":
             info["bench"] = json.loads((run / "bench.json").read_text())
         else:
             info["test"] = json.loads((run / "test.json").read_text())
             info["best_val_mAP50"] = _best_val(run)
+            taught = {n: self.runs / n / "row.json" for n in row.needs if n.startswith("teacher-")}
+            if taught:  # teachers are retrained on every fresh machine: say which ones taught
+                info["teachers"] = {n: json.loads(p.read_text())["test"]["mAP50"]
+                                    for n, p in taught.items()}
         _atomic_json(run / "row.json", info)
         print(f"[{_now()}] done   {rid} ({secs:.0f}s)", flush=True)
 
@@ -321,11 +356,8 @@ class Runner:
                 if rc is not None:
                     self.finish(rid, rc)
             if self.deadline and time.time() > self.deadline:
-                for rid, (proc, *_rest) in list(self.running.items()):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait()
-                    self.running.pop(rid)[3].close()
-                    print(f"[{_now()}] STOP   {rid} (deadline; resumes next time)", flush=True)
+                for rid in list(self.running):
+                    self.stop(rid)
                 break
             blocked = {r for r in pending if any(n in self.failed for n in self.rows[r].needs)}
             for r in blocked:
@@ -480,6 +512,32 @@ def _meta(out: Path, a: argparse.Namespace | None) -> dict:
     return meta
 
 
+def _taught_apart(rows: dict[str, dict], a: str, b: str) -> bool:
+    """Whether two groups' rows were distilled from different sets of teachers."""
+    sets = [{json.dumps(r["teachers"], sort_keys=True) for r in rows.values()
+             if r.get("group") == g and "teachers" in r} for g in (a, b)]
+    return all(sets) and sets[0] != sets[1]
+
+
+def teacher_sets(rows: dict[str, dict]) -> list[str]:
+    """One line per set of teachers that taught distilled rows (teachers are retrained, same
+    recipe and seed, on every fresh machine, so rows of one table may have different ones)."""
+    sets: dict[tuple, list[str]] = {}
+    for rid, r in sorted(rows.items()):
+        if "teachers" in r:
+            key = tuple(round(100 * r["teachers"].get(f"teacher-{t}", math.nan), 1)
+                        for t in TEACHERS)
+            sets.setdefault(key, []).append(rid)
+    if not sets:
+        return []
+    out = [f"* teachers: retrained on every fresh machine (same recipe and seed); "
+           f"{len(sets)} set(s) taught the distilled rows (test mAP50 of "
+           f"{' / '.join(t.replace('gfl_', 'GFL-').upper() for t in TEACHERS)}):"]
+    for key, ids in sets.items():
+        out.append(f"  * {' / '.join(f'{v:.1f}' for v in key)}: {', '.join(ids)}")
+    return out
+
+
 def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) -> str:
     from meddet.benchmark import TABLE2_PAPER
 
@@ -493,6 +551,7 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
                "alone": None}
     verdicts = {k: "; ".join(
         f"{label}: {verdict(group_metric(rows, a_), group_metric(rows, b_), spreads[k])}"
+        + (" [different teacher sets]" if _taught_apart(rows, a_, b_) else "")
         for label, a_, b_ in pairs) for k, pairs in CLAIMS.items()}
     w("# Reproduction study: Tables I–V and the noise claim on the synthetic benchmark\n")
     w("Generated by `examples/reproduce/study.py` from the run directories it trained; every "
@@ -526,7 +585,10 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
           "table's seeds ran on different devices, the mean per device.")
         w("* seeds of one row may come from different devices (the Rows table says which): "
           "same data, config, seed and code, but not the same arithmetic, so they are "
-          "independent samples of the same training recipe rather than repeats.\n")
+          "independent samples of the same training recipe rather than repeats.")
+        for line in teacher_sets(rows):
+            w(line)
+        w("")
 
     _summary(rows, verdicts, spread, w)
 
@@ -787,7 +849,9 @@ def _summary(rows: dict[str, dict], verdicts: dict[str, str], spread: float | No
     w("## The paper's claims on this benchmark, in one place\n")
     w("**reproduced**: the difference has the paper's sign and exceeds the seed-to-seed spread; "
       "**contradicted**: it exceeds the spread with the opposite sign; not resolved: it is "
-      "within the spread; not run: a row is missing. Details under each table.\n")
+      "within the spread; not run: a row is missing; [different teacher sets]: the two "
+      "sides were distilled from teachers retrained on different machines (listed above), so the "
+      "difference mixes the method with its teachers. Details under each table.\n")
     w("| claim (paper) | the paper's setting: distilled student | proxy: `meddet_lite` "
       "trained alone (CPU) |")
     w("|---|---|---|")
