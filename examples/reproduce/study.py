@@ -5,7 +5,10 @@ Every row of every table is one run directory under ``--out``: it is trained wit
 ``row.json`` holding the test metrics, the best validation mAP50 and the wall-clock cost.
 A finished row is never re-run; an interrupted one resumes from its ``last.pt``. The report
 (``--report``, default ``docs/results.md``) is rewritten from whatever rows exist, so it can be
-made at any point (``--report-only``).
+made at any point (``--report-only``). The rows behind ``docs/results.md`` (their ``row.json``,
+merged from every machine that ran them) are committed under ``docs/results/``:
+
+    python examples/reproduce/study.py --out docs/results --report docs/results.md --report-only
 
     # the study as published in docs/results.md (one GPU, 12 rows at a time)
     python examples/reproduce/study.py --config cpu-small --device cuda --jobs 12
@@ -483,7 +486,7 @@ def write_report(out: Path, report: Path, a: argparse.Namespace | None = None,
                  planned: list[str] | None = None) -> str:
     rows = load_rows(out)
     meta = _meta(out, a)
-    text = render(rows, meta, planned)
+    text = render(rows, meta, planned, source=(out, report))
     report.parent.mkdir(parents=True, exist_ok=True)
     tmp = report.with_suffix(".md.tmp")
     tmp.write_text(text)
@@ -538,7 +541,10 @@ def teacher_sets(rows: dict[str, dict]) -> list[str]:
     return out
 
 
-def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) -> str:
+def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
+           source: tuple[Path, Path] | None = None) -> str:
+    """The report. ``source``: the study folder and report path it is written from and to,
+    named in the report so that a reader can rebuild it from the rows alone."""
     from meddet.benchmark import TABLE2_PAPER
 
     L: list[str] = []
@@ -561,6 +567,12 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None) 
       "the two columns are not comparable in absolute terms, only in their ordering. What the "
       "numbers mean, what is missing and why: `docs/distillation.md`, section *Study status*."
       "\n")
+    if source:
+        out, report = source
+        w(f"Records: every row's measurements are in `{out}/runs/<row>/row.json` and the "
+          f"commands in `{out}/study.json`; `python examples/reproduce/study.py --out {out} "
+          f"--report {report} --report-only` rewrites this file and its plots from them alone."
+          "\n")
     if meta:
         calls = meta.get("invocations") or [meta]  # older study.json: one call, flat
         for c in calls:
