@@ -45,7 +45,6 @@ import contextlib
 import ctypes
 import gc
 import os
-import platform
 import re
 import statistics
 import sys
@@ -59,7 +58,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from meddet import paper
+from meddet.device import device_name, resolve_device
 from meddet.errors import MedDetError
+from meddet.geometry import check_img_size
 
 __all__ = [
     "FLOP_CONVENTION",
@@ -79,12 +81,7 @@ RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
 PROFILE_STAGES = ("backbone", "neck", "head", "nmode", "postprocess")
 
 # Paper Table II at 512 px: (parameters in M, GFLOPs).
-TABLE2_PAPER: dict[str, tuple[float, float]] = {
-    "gfl_r152": (66.51, 92.13),
-    "gfl_r101": (51.24, 71.20),
-    "gfl_r50": (32.32, 50.21),
-    "meddet": (10.42, 31.69),
-}
+TABLE2_PAPER = paper.TABLE2  # the paper's (params M, GFLOPs); kept under this name for callers
 
 
 class _RawForward(nn.Module):
@@ -134,38 +131,6 @@ def count_gflops(model: nn.Module, img_size: int) -> float:
     finally:
         model.train(was_training)
     return total / 1e9
-
-
-def resolve_device(device: str) -> torch.device:
-    """Check that ``device`` (``cpu``, ``cuda``, ``cuda:N``) exists here.
-
-    Raises:
-        MedDetError: unknown device string or CUDA not available.
-    """
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise MedDetError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MedDetError(f"--device {device} requested but CUDA is not available on this "
-                              "machine; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise MedDetError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
-                              "device(s) here")
-    elif dev.type != "cpu":
-        raise MedDetError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
-    return dev
-
-
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    with contextlib.suppress(OSError):
-        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine()
 
 
 class _CpuPeakRss:
@@ -501,8 +466,7 @@ def benchmark_models(
     unknown = [n for n in names if n not in DETECTORS]
     if unknown:
         raise MedDetError(f"unknown model {unknown[0]!r}; use one of: {', '.join(DETECTORS)}")
-    if img_size < 32 or img_size % 32:
-        raise MedDetError(f"--img-size must be a positive multiple of 32, got {img_size}")
+    check_img_size(img_size)
     if batch_size < 1:
         raise MedDetError(f"--batch-size must be >= 1, got {batch_size}")
     if iters < 1:
@@ -553,7 +517,7 @@ def benchmark_models(
         torch.set_num_threads(old_threads)
     return {
         "device": str(dev),
-        "device_name": _device_name(dev),
+        "device_name": device_name(dev),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "threads": threads if threads is not None else old_threads,

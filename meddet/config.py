@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from meddet.errors import MedDetError
+from meddet.geometry import SIZE_DIVISOR, check_img_size
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -41,7 +42,7 @@ class DataConfig(_Strict):
     """Where the data is and how images are prepared."""
 
     root: str | None = Field(None, description="dataset folder (images/ + annotations/)")
-    img_size: int = Field(256, ge=64, description="resize long side to this, pad to multiple of 32")
+    img_size: int = Field(256, ge=64, description=f"resize long side to this, pad to a multiple of {SIZE_DIVISOR}")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     augment: bool = Field(True, description="apply training augmentation")
     augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -51,8 +52,10 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_size(self) -> DataConfig:
-        if self.img_size % 32:
-            raise ValueError(f"img_size must be a multiple of 32, got {self.img_size}")
+        try:
+            check_img_size(self.img_size, what="img_size", minimum=64)
+        except MedDetError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

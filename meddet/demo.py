@@ -35,6 +35,7 @@ import torch
 
 from meddet._io import atomic_save, atomic_write_json, atomic_write_text
 from meddet.errors import MedDetError
+from meddet.geometry import check_img_size
 
 __all__ = ["PLAIN_STUDENT", "PLANS", "TEACHERS", "DemoPlan", "build_tables", "check_students",
            "default_students", "estimate_seconds", "format_tables", "run_demo"]
@@ -157,8 +158,7 @@ def _resolve_plan(plan: str | DemoPlan) -> DemoPlan:
         p = PLANS[plan]
     else:
         raise MedDetError(f"unknown demo plan {plan!r}; use one of: {', '.join(PLANS)}")
-    if p.img_size < 64 or p.img_size % 32:
-        raise MedDetError(f"demo img_size must be a multiple of 32 and >= 64, got {p.img_size}")
+    check_img_size(p.img_size, what="demo img_size", minimum=64)
     if min(p.num_train, p.num_val, p.num_test, p.batch_size, p.teacher_epochs,
            p.student_epochs, p.bench_iters) < 1:
         raise MedDetError("demo plan counts (images per split, batch size, epochs, bench "
@@ -451,13 +451,13 @@ def format_tables(result: dict[str, Any]) -> str:
 
 
 def _machine(threads: int) -> dict[str, Any]:
-    from meddet.benchmark import _device_name  # the same CPU name `meddet bench` reports
+    from meddet.device import device_name  # the same CPU name `meddet bench` reports
 
     try:
         load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
         load = "n/a"
-    return {"cpu": _device_name(torch.device("cpu")), "cores": os.cpu_count(),
+    return {"cpu": device_name(torch.device("cpu")), "cores": os.cpu_count(),
             "threads": threads, "torch": torch.__version__,
             "python": platform.python_version(), "load_start": load}
 

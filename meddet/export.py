@@ -47,6 +47,7 @@ from torch import nn
 from meddet import __version__
 from meddet._io import atomic_save, atomic_write_bytes
 from meddet.errors import MedDetError
+from meddet.geometry import check_img_size
 
 __all__ = ["EXPORT_ODE", "FORMATS", "ExportReport", "quantize_int8", "export_checkpoint", "export_model", "synthetic_image"]
 
@@ -256,8 +257,7 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise MedDetError(f"unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    if img_size < 32 or img_size % 32:
-        raise MedDetError(f"--img-size must be a positive multiple of 32, got {img_size}")
+    check_img_size(img_size)
     model = model.to("cpu").eval()
     num_levels = len(model.strides)
     level_ids = [int(np.log2(s)) for s in model.strides]  # stride 8 → P3

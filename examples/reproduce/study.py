@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from meddet import paper as _paper
+
 TEACHERS = ("gfl_r50", "gfl_r101", "gfl_r152")
 PLAIN = ("gfl_mbv2", "gfl_mbv2_1.4", "gfl_effb0", "gfl_effb1", "gfl_shufflenet",
          "gfl_shufflenetv2")
@@ -72,18 +74,7 @@ TABLES = ("1", "2", "3", "4", "5", "noise", "lite", "sweep", "alone")
 # row re-evaluated under noise. The proxy for Table IV and the noise claim when no GPU is lent.
 PLACEMENTS = ("head", "none", "fpn", "backbone")
 
-# The paper's figures (arXiv 2409.00204, mAP in %), read from the authors' project page
-# (steve-zeyu-zhang.github.io/MedDet, static/images/compare1, compare2, ablation1-3.svg).
-# Tables III and IV start from the *distilled* student without nmODE² (84.2), not from the
-# plain GFL-MobileNetV2 (80.8).
-PAPER: dict[str, float] = {
-    "gfl_mbv2": 80.8, "gfl_mbv2_1.4": 81.0, "gfl_effb0": 80.8, "gfl_effb1": 81.0,
-    "gfl_shufflenet": 75.0, "gfl_shufflenetv2": 77.8, "mgd": 84.2, "ld": 84.7, "fgd": 84.5,
-    "meddet": 85.5, "gfl_r50": 85.6, "gfl_r101": 85.8, "gfl_r152": 86.1,
-    "abl_base": 84.2, "abl_nmode": 85.0, "abl_lwff": 85.3, "abl_aatm": 85.5,
-    "nmode_none": 84.2, "nmode_backbone": 83.6, "nmode_fpn": 84.3, "nmode_head": 85.0,
-    "fusion_sum": 85.1, "fusion_concat": 85.0, "fusion_lwff": 85.5,
-}
+PAPER = _paper.MAP  # the paper's mAP (%) per group
 # Each table's comparisons: (label, the group the paper says wins, the group it beats).
 CLAIMS: dict[str, list[tuple[str, str, str]]] = {
     # "its student alone" isolates distillation: the same architecture without teachers

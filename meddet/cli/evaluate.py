@@ -161,9 +161,9 @@ def _eval_checkpoint(checkpoint: Path, data: Path, split: str, *, img_size: int 
                      con: Any) -> dict[str, Any]:
     from meddet.data import CocoDetection
     from meddet.data.noise import parse_noise_spec
+    from meddet.device import resolve_device
     from meddet.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
     from meddet.engine.defaults import require_boxes
-    from meddet.engine.distributed import resolve_device
     from meddet.engine.evaluator import evaluate_coco, predict_dataset
     from meddet.runs import new_run_dir
 

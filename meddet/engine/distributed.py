@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from meddet.device import resolve_device
 from meddet.errors import MedDetError
 
 
@@ -35,24 +36,6 @@ class DistInfo:
     def is_main(self) -> bool:
         """Whether this process writes files and prints (rank 0)."""
         return self.rank == 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N`` as a device, checking that it exists.
-
-    Raises:
-        MedDetError: CUDA was requested but is not available, or the name is not a device.
-    """
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise MedDetError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MedDetError(f"device {name!r} requested but CUDA is not available here; "
-                          "pass --device cpu")
-    if device.type not in {"cpu", "cuda"}:
-        raise MedDetError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
-    return device
 
 
 def init_distributed(device: str = "cpu") -> DistInfo:

@@ -28,7 +28,9 @@ import torch
 
 from meddet import __version__
 from meddet._io import atomic_open, atomic_write_bytes
+from meddet.device import resolve_device
 from meddet.errors import MedDetError
+from meddet.geometry import check_img_size
 from meddet.inference.overlay import render_overlay
 from meddet.inference.readers import (
     InputSource,
@@ -47,23 +49,6 @@ CSV_COLUMNS = (
 )
 
 
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N`` as a :class:`torch.device`.
-
-    Raises:
-        MedDetError: unknown device string, or CUDA requested but not available.
-    """
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise MedDetError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise MedDetError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedDetError(f"--device {device} requested but CUDA is not available; use --device cpu")
-    return dev
-
-
 class Predictor:
     """A detector ready for inference on 2-D arrays of any intensity range.
 
@@ -78,8 +63,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, class_names: Sequence[str], *, img_size: int,
                  device: str | torch.device = "cpu", score_thr: float = 0.3) -> None:
-        if img_size < 32 or img_size % 32:
-            raise MedDetError(f"--img-size must be a positive multiple of 32, got {img_size}")
+        check_img_size(img_size)
         if not 0.0 <= score_thr <= 1.0:
             raise MedDetError(f"--score-thr must be in [0, 1], got {score_thr}")
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) \

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meddet.errors import MedDetError
+from meddet.geometry import STRIDES
 from meddet.models.backbones import build_backbone
 from meddet.models.detector import (
     DEFAULT_DET_SCALE,
@@ -52,7 +53,6 @@ LITE_ARCH: dict[str, Any] = {"fpn_channels": 128, "head_channels": 128, "stacked
                              "depthwise": True}
 # Entries whose optimized inference copy runs in channels_last (see optimize_for_inference).
 PREFERS_CHANNELS_LAST = {"meddet_lite"}
-STRIDES = (8, 16, 32, 64, 128)
 REG_MAX = 16
 
 # Keys a builder accepts; a value of None keeps the zoo entry's default, so an unset
