@@ -1,4 +1,5 @@
-"""examples/reproduce/compare_noise.py: the paired noise table, on hand-written test.json files."""
+"""meddet.study.compare_runs (and examples/reproduce/compare_noise.py, which prints it): the
+paired noise table, on hand-written test.json files."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+
+from meddet.errors import MedDetError
+from meddet.study import compare_runs
 
 SCRIPT = Path(__file__).parents[1] / "examples" / "reproduce" / "compare_noise.py"
 
@@ -25,10 +29,10 @@ def _run(root: Path, name: str, clean: float, r40: float, r5: float) -> Path:
     return d
 
 
-def test_table_hand_computed(cn, tmp_path):
+def test_table_hand_computed(tmp_path):
     a = [_run(tmp_path, "a0", 0.80, 0.78, 0.60), _run(tmp_path, "a1", 0.70, 0.70, 0.60)]
     b = [_run(tmp_path, "b0", 0.60, 0.50, 0.30), _run(tmp_path, "b1", 0.80, 0.70, 0.40)]
-    lines = cn.table("with", a, "without", b).splitlines()
+    lines = compare_runs("with", a, "without", b).splitlines()
     assert lines[0] == "| group | clean | rician:40 | rician:5 | drop clean → rician:5 |"
     # with: clean 80, 70 -> 75.0 ± 7.1; r40 78, 70 -> 74.0 ± 5.7; r5 60, 60 -> 60.0 ± 0.0;
     # drops 20, 10 -> 15.0 ± 7.1
@@ -44,9 +48,11 @@ def test_table_hand_computed(cn, tmp_path):
 def test_single_pair_and_mismatch(cn, tmp_path, capsys):
     a = [_run(tmp_path, "a", 0.5, 0.4, 0.25)]
     b = [_run(tmp_path, "b", 0.5, 0.5, 0.5)]
-    assert cn.table("x", a, "y", b).splitlines()[-1] == \
+    assert compare_runs("x", a, "y", b).splitlines()[-1] == \
         "| x − y, paired | 0.0 | -10.0 | -25.0 | 25.0 |"
-    with pytest.raises(SystemExit, match="same number of runs"):
-        cn.table("x", a + b, "y", b)
+    with pytest.raises(MedDetError, match="same number of runs"):
+        compare_runs("x", a + b, "y", b)
+    with pytest.raises(MedDetError, match="not found; evaluate the run first"):
+        compare_runs("x", [tmp_path], "y", b)
     cn.main(["--a", "x", str(a[0]), "--b", "y", str(b[0])])
     assert capsys.readouterr().out.startswith("| group | clean |")

@@ -1,4 +1,4 @@
-"""examples/reproduce/study.py: the plan, the statistics, the verdicts and the report.
+"""meddet.study and `meddet study`: the plan, the statistics, the verdicts and the report.
 
 Nothing here trains: the report is rendered from hand-written ``row.json`` files in the format
 ``Runner.finish`` writes, and the CLI is only driven where it returns before any work.
@@ -8,73 +8,74 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "examples" / "reproduce" / "study.py"
+from meddet.cli import main as cli
+from meddet.errors import MedDetError
+from meddet.study import noise, records, report, runner, tables, verdicts
+from meddet.study.runner import StudyOptions
 
-
-@pytest.fixture(scope="module")
-def study(script_module):
-    return script_module
+ROOT = Path(__file__).parents[1]
 
 
 # --------------------------------------------------------------------------------------------
 # stats and verdict
 
 
-def test_stats_mean_and_sample_sd(study):
-    m, sd, n = study.stats([80.0, 82.0, 84.0])
+def test_stats_mean_and_sample_sd():
+    m, sd, n = verdicts.stats([80.0, 82.0, 84.0])
     # sample sd: deviations -2, 0, 2 -> sum of squares 8 / (3 - 1) = 4 -> 2.0 (population: 1.63)
     assert (m, n) == (82.0, 3)
     assert sd == pytest.approx(2.0)
-    m, sd, n = study.stats([1.0, 2.0])
+    m, sd, n = verdicts.stats([1.0, 2.0])
     assert (m, n) == (1.5, 2)
     assert sd == pytest.approx(math.sqrt(0.5))  # (0.25 + 0.25) / 1
 
 
-def test_stats_one_value_and_empty(study):
-    assert study.stats([71.5]) == (71.5, 0.0, 1)
-    m, sd, n = study.stats([])
+def test_stats_one_value_and_empty():
+    assert verdicts.stats([71.5]) == (71.5, 0.0, 1)
+    m, sd, n = verdicts.stats([])
     assert math.isnan(m) and math.isnan(sd) and n == 0
 
 
-def test_fmt(study):
-    assert study.fmt((82.0, 2.0, 3)) == "82.0 ± 2.0 (n=3)"
-    assert study.fmt((71.25, 0.0, 1)) == "71.2 (n=1)"
-    assert study.fmt((math.nan, math.nan, 0)) == "not run"
+def test_fmt():
+    assert verdicts.fmt((82.0, 2.0, 3)) == "82.0 ± 2.0 (n=3)"
+    assert verdicts.fmt((71.25, 0.0, 1)) == "71.2 (n=1)"
+    assert verdicts.fmt((math.nan, math.nan, 0)) == "not run"
 
 
-def test_verdict_uses_the_larger_sample_sd(study):
+def test_verdict_uses_the_larger_sample_sd():
     # d = 3; spreads 1 and 2.5 -> 2.5: reproduced
-    assert study.verdict((85.0, 1.0, 3), (82.0, 2.5, 3)) == "**reproduced** (+3.0 > spread 2.5)"
+    assert verdicts.verdict((85.0, 1.0, 3), (82.0, 2.5, 3)) == "**reproduced** (+3.0 > spread 2.5)"
     # d = -3 beyond 2.5: contradicted
-    assert study.verdict((82.0, 2.5, 3), (85.0, 1.0, 3)) == \
+    assert verdicts.verdict((82.0, 2.5, 3), (85.0, 1.0, 3)) == \
         "**contradicted** (-3.0, beyond spread 2.5)"
     # d = 2 inside 2.5 either way: not resolved
-    assert study.verdict((84.0, 1.0, 3), (82.0, 2.5, 3)) == \
+    assert verdicts.verdict((84.0, 1.0, 3), (82.0, 2.5, 3)) == \
         "not resolved (+2.0, within spread 2.5)"
-    assert study.verdict((82.0, 2.5, 3), (84.0, 1.0, 3)) == \
+    assert verdicts.verdict((82.0, 2.5, 3), (84.0, 1.0, 3)) == \
         "not resolved (-2.0, within spread 2.5)"
     # the explicit spread is ignored when both rows have their own sd
-    assert study.verdict((85.0, 1.0, 3), (82.0, 2.5, 3), spread=10.0).startswith(
+    assert verdicts.verdict((85.0, 1.0, 3), (82.0, 2.5, 3), spread=10.0).startswith(
         "**reproduced**")
 
 
-def test_verdict_single_seed_rows_use_spread(study):
+def test_verdict_single_seed_rows_use_spread():
     a, b = (85.0, 0.0, 1), (84.0, 0.0, 1)
-    assert study.verdict(a, b, spread=0.5) == "**reproduced** (+1.0 > spread 0.5)"
-    assert study.verdict(a, b, spread=1.5) == "not resolved (+1.0, within spread 1.5)"
-    assert study.verdict(b, a, spread=0.5) == "**contradicted** (-1.0, beyond spread 0.5)"
-    assert study.verdict(a, b) == "+1.0: one seed, spread unknown, not assessable"
-    assert study.verdict(a, b, spread=math.nan).endswith("not assessable")
+    assert verdicts.verdict(a, b, spread=0.5) == "**reproduced** (+1.0 > spread 0.5)"
+    assert verdicts.verdict(a, b, spread=1.5) == "not resolved (+1.0, within spread 1.5)"
+    assert verdicts.verdict(b, a, spread=0.5) == "**contradicted** (-1.0, beyond spread 0.5)"
+    assert verdicts.verdict(a, b) == "+1.0: one seed, spread unknown, not assessable"
+    assert verdicts.verdict(a, b, spread=math.nan).endswith("not assessable")
 
 
-def test_verdict_not_run(study):
-    empty = study.stats([])
-    assert study.verdict(empty, (80.0, 1.0, 3), spread=1.0) == "not run"
-    assert study.verdict((80.0, 1.0, 3), empty, spread=1.0) == "not run"
+def test_verdict_not_run():
+    empty = verdicts.stats([])
+    assert verdicts.verdict(empty, (80.0, 1.0, 3), spread=1.0) == "not run"
+    assert verdicts.verdict((80.0, 1.0, 3), empty, spread=1.0) == "not run"
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,8 +83,8 @@ def test_verdict_not_run(study):
 
 
 @pytest.fixture(scope="module")
-def full_plan(study):
-    return study.plan([0, 1, 2], set(study.TABLES))
+def full_plan():
+    return tables.plan([0, 1, 2], set(tables.TABLES))
 
 
 def test_plan_ids_unique_and_count(full_plan):
@@ -178,12 +179,12 @@ def test_plan_row_arguments(full_plan):
     assert plain == ["pretrain-teacher", "--model", "gfl_effb1", "--seed", "2"]
 
 
-def test_plan_noise_rows(study, full_plan):
+def test_plan_noise_rows(full_plan):
     noisy = {r.id for r in full_plan if r.noise}
     alone = {f"alone-lite-{q}-s{s}" for q in ("head", "none", "fpn", "backbone")
              for s in (0, 1, 2)}
     pair = {f"abl-{k}-s{s}" for k in ("base", "nmode") for s in (0, 1, 2)}
-    assert noisy == set(study.NOISE_ROWS) | alone | pair
+    assert noisy == set(tables.NOISE_ROWS) | alone | pair
     assert not {r.id: r for r in full_plan}["meddet-s1"].noise
 
 
@@ -199,21 +200,21 @@ def test_plan_priority_seed0_first(full_plan):
         assert ids.index(rid) < first_other, rid
 
 
-def test_plan_subsets(study):
-    ids = [r.id for r in study.plan([0], {"5"})]
+def test_plan_subsets():
+    ids = [r.id for r in tables.plan([0], {"5"})]
     assert ids == ["teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152", "meddet-s0",
                    "fusion-sum", "fusion-concat"]
-    ids = [r.id for r in study.plan([0, 1], {"noise"})]
+    ids = [r.id for r in tables.plan([0, 1], {"noise"})]
     assert ids == ["teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152",
                    "plain-gfl_mbv2-s0", "meddet-s0", "abl-base-s0", "abl-nmode-s0",
                    "plain-gfl_mbv2-s1", "meddet-s1", "abl-base-s1", "abl-nmode-s1"]
     # seeds[0] other than 0: the single-seed rows carry that seed
-    rows = {r.id: r for r in study.plan([3, 4], {"4"})}
+    rows = {r.id: r for r in tables.plan([3, 4], {"4"})}
     assert rows["nmode-backbone"].seed == 3 and rows["abl-base-s4"].group == "abl-base"
 
 
-def test_plan_alone_needs_no_teachers(study):
-    rows = study.plan([0, 1], {"alone"})
+def test_plan_alone_needs_no_teachers():
+    rows = tables.plan([0, 1], {"alone"})
     # no teacher rows: the table is CPU-feasible; seed-major, placements in a fixed order
     assert [r.id for r in rows] == [f"alone-lite-{q}-s{s}" for s in (0, 1)
                                     for q in ("head", "none", "fpn", "backbone")]
@@ -223,13 +224,13 @@ def test_plan_alone_needs_no_teachers(study):
                           str(r.seed)]
         assert r.needs == () and r.noise and r.group == f"alone-lite-{q}"
     # with any teacher table beside it, the teachers come first again
-    assert study.plan([0], {"alone", "5"})[0].id == "teacher-gfl_r50"
+    assert tables.plan([0], {"alone", "5"})[0].id == "teacher-gfl_r50"
 
 
-def test_resolve(study, tmp_path):
+def test_resolve(tmp_path):
     runs = tmp_path / "runs"
     argv = ["distill", "--teachers", "@teacher-gfl_r50,@teacher-gfl_r101", "--seed", "0"]
-    out = study._resolve(argv, runs)
+    out = runner.resolve_teachers(argv, runs)
     assert out == ["distill", "--teachers",
                    f"{runs / 'teacher-gfl_r50' / 'best.pt'},"
                    f"{runs / 'teacher-gfl_r101' / 'best.pt'}",
@@ -281,8 +282,8 @@ def _line(text: str, start: str) -> str:
     return hits[0]
 
 
-def test_render(study, fake_study):
-    text = study.render(study.load_rows(fake_study), {})
+def test_render(fake_study):
+    text = report.render(records.load_rows(fake_study), {})
     med = _line(text, "| **MedDet** (3 teachers) |")
     # mAP50 80/82/84 -> 82.0 ± 2.0; mAP (half) 40/41/42 -> 41.0 ± 1.0; protrusion 70/72/74;
     # 100/110/120 s -> 110 s
@@ -313,16 +314,16 @@ def test_render(study, fake_study):
     # rows section lists every row with its commands
     assert "| meddet-s1 | cpu | 110 | `meddet train meddet-s1 && meddet eval meddet-s1` |" \
         in text
-    assert "MedDet-lite (issue 9)" not in text  # no lite rows
+    assert "## MedDet-lite:" not in text  # no lite rows
     # every Table I row that ran has 3 seeds: no shortfall line; Table III never ran
     assert "Fewer than the 3 seeds" not in text
 
 
-def test_render_names_rows_short_of_seeds(study, fake_study):
+def test_render_names_rows_short_of_seeds(fake_study):
     _write_row(fake_study, "mgd-s0", "mgd", 0, _test_json(0.9))
     for s in (0, 1):
         _write_row(fake_study, f"abl-base-s{s}", "abl-base", s, _test_json(0.6))
-    text = study.render(study.load_rows(fake_study), {})
+    text = report.render(records.load_rows(fake_study), {})
     t1 = text.split("## Table I:")[1].split("\n## ")[0]
     assert _line(t1, "Fewer than the 3 seeds").startswith(
         "Fewer than the 3 seeds planned for this table, so far: MGD (GFL-MobileNetV2 student, "
@@ -339,7 +340,7 @@ def _alone(out: Path, q: str, s: int, clean: float, snr5: float) -> None:
                _test_json(clean, sweep=[(None, clean), ("rician:5", snr5)]))
 
 
-def test_render_alone_table_and_noise_claim(study, tmp_path):
+def test_render_alone_table_and_noise_claim(tmp_path):
     out = tmp_path / "study"
     # drops (points): head 10, 6, 8 -> 8.0 ± 2.0; none 1, 3, 2 -> 2.0 ± 1.0
     for s, (c, n) in enumerate(((0.80, 0.70), (0.60, 0.54), (0.70, 0.62))):
@@ -347,8 +348,8 @@ def test_render_alone_table_and_noise_claim(study, tmp_path):
     for s, (c, n) in enumerate(((0.50, 0.49), (0.55, 0.52), (0.60, 0.58))):
         _alone(out, "none", s, c, n)
     _alone(out, "fpn", 0, 0.01, 0.0)
-    rows = study.load_rows(out)
-    text = study.render(rows, {"config": "cpu-small", "teacher_epochs": 40})
+    rows = records.load_rows(out)
+    text = report.render(rows, {"config": "cpu-small", "teacher_epochs": 40})
     sec = text.split("## Table IV, CPU proxy")[1].split("\n## ")[0]
     # mAP50: head 80/60/70 -> 70.0 ± 10.0; none 50/55/60 -> 55.0 ± 5.0
     assert _line(sec, "| nmODE² in the head |").startswith(
@@ -360,24 +361,24 @@ def test_render_alone_table_and_noise_claim(study, tmp_path):
     assert "head vs fpn: **reproduced** (+69.0 > spread 10.0; one row has one seed)" in sec
     assert "head vs backbone: not run" in sec
     # its regeneration command: CPU, no teacher epochs
-    assert ("Regenerate: `python examples/reproduce/study.py --config cpu-small --tables alone "
+    assert ("Regenerate: `meddet study run --config cpu-small --tables alone "
             "--seeds 0,1,2 --device cpu --jobs 2 --threads-per-job 1`") in sec
     assert "--tables 3 --seeds 0,1,2 --device cuda --teacher-epochs 40`" in text
-    noise = text.split("## Noise robustness with and without nmODE²")[1].split("\n## ")[0]
+    sweep = text.split("## Noise robustness with and without nmODE²")[1].split("\n## ")[0]
     # head clean 70.0 ± 10.0, SNR 5 (70+54+62)/3 = 62.0 ± 8.0; drop 8.0 ± 2.0
-    assert _line(noise, "| in the head (`alone-lite-head`) |") == (
+    assert _line(sweep, "| in the head (`alone-lite-head`) |") == (
         "| in the head (`alone-lite-head`) | 70.0 ± 10.0 (n=3) | 62.0 ± 8.0 (n=3) | "
         "8.0 ± 2.0 (n=3) |")
-    assert "| in the FPN (`alone-lite-fpn`) | 1.0 (n=1) | 0.0 (n=1) | 1.0 (n=1) |" in noise
+    assert "| in the FPN (`alone-lite-fpn`) | 1.0 (n=1) | 0.0 (n=1) | 1.0 (n=1) |" in sweep
     # the claim: drop without (2.0) - drop with (8.0) = -6.0, beyond the larger sd 2.0
-    assert "difference of the mean drops): **contradicted** (-6.0, beyond spread 2.0)" in noise
-    assert "drop with − drop without: s0 +9.0, s1 +3.0, s2 +6.0." in noise
+    assert "difference of the mean drops): **contradicted** (-6.0, beyond spread 2.0)" in sweep
+    assert "drop with − drop without: s0 +9.0, s1 +3.0, s2 +6.0." in sweep
     png = tmp_path / "img" / "results_noise_alone.png"
-    study._noise_plot_alone(rows, png)
+    noise.plot_noise_alone(rows, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_summary_of_claims(study, fake_study):
+def test_summary_of_claims(fake_study):
     _write_row(fake_study, "teacher-gfl_r50", "teacher-gfl_r50", 0, _test_json(0.83))
     _write_row(fake_study, "teacher-gfl_r101", "teacher-gfl_r101", 0, _test_json(0.90))
     bench = {"device_name": "GPU", "models": [
@@ -390,7 +391,7 @@ def test_summary_of_claims(study, fake_study):
     (d / "row.json").write_text(json.dumps({"id": "bench", "label": "b", "seed": 0,
                                             "group": "bench", "seconds": 1.0,
                                             "commands": [], "bench": bench}))
-    text = study.render(study.load_rows(fake_study), {})
+    text = report.render(records.load_rows(fake_study), {})
     sec = text.split("## The paper's claims on this benchmark, in one place")[1].split(
         "\n## ")[0]
     # claim 1 carries Table I's verdicts verbatim
@@ -408,7 +409,7 @@ def test_summary_of_claims(study, fake_study):
     assert _line(sec, "| 6.").endswith("| not run | not run |")
 
 
-def test_noise_verdict(study, tmp_path):
+def test_noise_verdict(tmp_path):
     out = tmp_path / "study"
     # with nmODE²: drops 2, 4 -> 3.0 ± 1.4; without: drops 10, 12 -> 11.0 ± 1.4 (seed 1 only
     # pairs with seed 1): the paper's direction, beyond the spread
@@ -418,20 +419,20 @@ def test_noise_verdict(study, tmp_path):
     for s, (c, n) in ((1, (0.70, 0.60)), (2, (0.70, 0.58))):
         _write_row(out, f"abl-base-s{s}", "abl-base", s,
                    _test_json(c, sweep=[(None, c), ("rician:5", n)]))
-    rows = study.load_rows(out)
-    assert study.noise_verdict(rows, "abl-nmode", "abl-base") == (
+    rows = records.load_rows(out)
+    assert verdicts.noise_verdict(rows, "abl-nmode", "abl-base") == (
         "**reproduced** (+8.0 > spread 1.4); per seed, drop with − drop without: s1 -6.0")
-    assert study.noise_verdict(rows, "abl-nmode", "nope") == "not run"
+    assert verdicts.noise_verdict(rows, "abl-nmode", "nope") == "not run"
 
 
-def test_render_alone_not_run(study):
-    text = study.render({}, {})
+def test_render_alone_not_run():
+    text = report.render({}, {})
     assert "head vs none: not run" in text
     assert "## Noise robustness with and without nmODE² (`meddet_lite` trained alone, CPU " \
         "proxy)\n\nnot run" in text
 
 
-def test_wall_clock_per_device(study, tmp_path):
+def test_wall_clock_per_device(tmp_path):
     out = tmp_path / "study"
     _write_row(out, "plain-gfl_mbv2-s0", "plain-gfl_mbv2", 0, _test_json(0.5), seconds=200.0)
     _write_row(out, "plain-gfl_mbv2-s1", "plain-gfl_mbv2", 1, _test_json(0.5), seconds=3000.0)
@@ -439,162 +440,170 @@ def test_wall_clock_per_device(study, tmp_path):
     info = json.loads((out / "runs" / "plain-gfl_mbv2-s0" / "row.json").read_text())
     (out / "runs" / "plain-gfl_mbv2-s0" / "row.json").write_text(
         json.dumps({**info, "device": "cuda"}))
-    rows = study.load_rows(out)
-    assert study.group_seconds(rows, "plain-gfl_mbv2") == {"cpu": 3100.0, "cuda": 200.0}
-    assert _line(study.render(rows, {}), "| GFL mbv2 |").endswith("| 3100 s (cpu) / 200 s (cuda) |")
-    assert study._secs({}) == "—" and study._secs({"cuda": 99.6}) == "100 s"
+    rows = records.load_rows(out)
+    assert verdicts.group_seconds(rows, "plain-gfl_mbv2") == {"cpu": 3100.0, "cuda": 200.0}
+    assert _line(report.render(rows, {}), "| GFL mbv2 |").endswith("| 3100 s (cpu) / 200 s (cuda) |")
+    assert report._secs({}) == "—" and report._secs({"cuda": 99.6}) == "100 s"
 
 
-def test_verdict_marks_a_single_seed_side(study):
+def test_verdict_marks_a_single_seed_side():
     # the spread comes from the 3-seed row; the other side is one run
-    assert study.verdict((85.0, 1.0, 3), (82.0, 0.0, 1)) == \
+    assert verdicts.verdict((85.0, 1.0, 3), (82.0, 0.0, 1)) == \
         "**reproduced** (+3.0 > spread 1.0; one row has one seed)"
-    assert study.verdict((85.0, 1.0, 3), (84.5, 2.0, 3)) == "not resolved (+0.5, within spread 2.0)"
+    assert verdicts.verdict((85.0, 1.0, 3), (84.5, 2.0, 3)) == "not resolved (+0.5, within spread 2.0)"
 
 
-def test_paired_and_lite_verdict(study, fake_study):
+def test_paired_and_lite_verdict(fake_study):
     # lite seeds 0 and 2 only (seed 1 missing): 0.85 - 0.80 = +5, 0.80 - 0.84 = -4
     for s, v in ((0, 0.85), (2, 0.80)):
         _write_row(fake_study, f"lite-s{s}", "lite", s, _test_json(v))
-    rows = study.load_rows(fake_study)
-    diffs = study.paired(rows, "lite", "meddet")
+    rows = records.load_rows(fake_study)
+    diffs = verdicts.paired(rows, "lite", "meddet")
     assert list(diffs) == [0, 2]
     assert diffs[0] == pytest.approx(5.0) and diffs[2] == pytest.approx(-4.0)
-    text = study.render(rows, {})
-    sec = text.split("## MedDet-lite (issue 9)")[1].split("##")[0]
+    text = report.render(rows, {})
+    sec = text.split("## MedDet-lite: accuracy next to")[1].split("##")[0]
     # means: MedDet 82.0 ± 2.0 (n=3), lite 82.5 ± 3.5 (n=2) -> +0.5, met; spread 3.5 > 1
     assert "difference of the means +0.5 points (per seed, lite − MedDet: s0 +5.0, s2 -4.0)" in sec
     assert "**met** on the means" in sec
     assert "spread (3.5 points) is larger than the margin, so these 2 seeds cannot resolve" in sec
     # 1.5 points below with no spread: not met, no spread sentence
-    v = study.lite_verdict((80.0, 0.2, 3), (78.5, 0.4, 3), {})
+    v = verdicts.lite_verdict((80.0, 0.2, 3), (78.5, 0.4, 3), {})
     assert "difference of the means -1.5 points." in v and "**not met**" in v
     assert "cannot resolve" not in v
-    assert "**met**" in study.lite_verdict((80.0, 0.2, 3), (79.0, 0.4, 3), {})  # exactly -1
+    assert "**met**" in verdicts.lite_verdict((80.0, 0.2, 3), (79.0, 0.4, 3), {})  # exactly -1
 
 
-def test_render_empty(study):
-    text = study.render({}, {})
+def test_render_empty():
+    text = report.render({}, {})
     assert "MedDet vs GFL-MobileNetV2: not run" in text
     assert "## Noise robustness: test mAP50 against Rician SNR\n\nnot run" in text
     assert "σ / τ sweep" not in text
 
 
-def test_render_meta(study, fake_study):
+def test_render_meta(fake_study):
     meta = {"config": "cpu-small", "extra": ["--max-iters", "2"], "teacher_epochs": 60,
             "data": "d", "device": "cuda", "device_name": "H100", "cpus": 16, "torch": "2.x",
             "python": "3.11", "invocations": [
                 {"command": "study.py --jobs 12", "jobs": 12, "finished": "today"},
                 {"command": "study.py --only bench", "jobs": 1, "finished": "later",
                  "device_name": "H200"}]}
-    rows = study.load_rows(fake_study)
-    text = study.render(rows, meta, planned=[*rows, "mgd-s0", "ld-s0"])
+    rows = records.load_rows(fake_study)
+    text = report.render(rows, meta, planned=[*rows, "mgd-s0", "ld-s0"])
     assert "* command (12 rows at a time, finished today): `study.py --jobs 12`" in text
     assert ("* command (1 rows at a time, on H200, finished later): `study.py --only bench`"
             in text)
     assert "`--config cpu-small` --max-iters 2; teachers 60 epochs" in text
     assert "* machine: cuda (H100), 16 CPUs, torch 2.x, Python 3.11\n" in text
     merged = {k: v for k, v in meta.items() if k not in ("cpus", "torch", "python")}
-    assert "* machine: cuda (H100)\n" in study.render(rows, merged)
+    assert "* machine: cuda (H100)\n" in report.render(rows, merged)
     assert f"rows finished: {len(rows)} of {len(rows) + 2} planned; not run (yet): mgd-s0, ld-s0" \
         in text
 
 
-def test_write_report(study, fake_study, tmp_path):
-    report = tmp_path / "docs" / "results.md"
-    text = study.write_report(fake_study, report, None)
-    assert report.read_text() == text
+def test_write_report(fake_study, tmp_path):
+    dest = tmp_path / "docs" / "results.md"
+    text = report.write_report(fake_study, dest, None)
+    assert dest.read_text() == text
     assert "82.0 ± 2.0 (n=3)" in text
-    assert sorted(p.name for p in report.parent.iterdir()) == ["img", "results.md"]
-    png = report.parent / "img" / "results_noise.png"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["img", "results.md"]
+    png = dest.parent / "img" / "results_noise.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a = None does not write study.json
+    # writing the report does not write study.json
     assert not (fake_study / "study.json").exists()
 
 
-def test_write_report_reads_study_json_and_skips_plot_without_noise(study, tmp_path):
+def test_write_report_reads_study_json_and_skips_plot_without_noise(tmp_path):
     out = tmp_path / "study"
     _write_row(out, "meddet-s1", "meddet", 1, _test_json(0.5))
     (out / "study.json").write_text(json.dumps({"command": "from-json", "jobs": 3}))
-    report = tmp_path / "r" / "results.md"
-    text = study.write_report(out, report)
+    dest = tmp_path / "r" / "results.md"
+    text = report.write_report(out, dest)
     assert "* command (3 rows at a time, finished None): `from-json`" in text
     assert "50.0 (n=1)" in text
-    assert [p.name for p in report.parent.iterdir()] == ["results.md"]
+    assert [p.name for p in dest.parent.iterdir()] == ["results.md"]
 
 
 # --------------------------------------------------------------------------------------------
 # the CLI
 
 
-def test_cli_dry_run(study, capsys, tmp_path):
-    assert study.main(["--dry-run", "--seeds", "0", "--tables", "5",
-                       "--out", str(tmp_path / "o")]) == 0
+def test_cli_plan(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["study", "plan", "--seeds", "0", "--tables", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in lines] == [
         "teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152", "meddet-s0", "fusion-sum",
         "fusion-concat"]
     assert "needs=teacher-gfl_r50,teacher-gfl_r101,teacher-gfl_r152" in lines[4]
     assert lines[4].rstrip().endswith("--fusion sum --seed 0")
-    assert not (tmp_path / "o").exists()  # a dry run writes nothing
+    assert list(tmp_path.iterdir()) == []  # the plan writes nothing
 
 
-def test_cli_parse_args(study):
-    a = study.parse_args(["--seeds", "0,2", "--tables", "1,noise", "--out", "x"])
+def test_options_parsing():
+    a = StudyOptions(seeds=tables.parse_seeds("0,2"), tables=tables.parse_tables("1,noise"),
+                     out="x")
     assert a.seeds == [0, 2] and a.tables == {"1", "noise"} and a.data == Path("x/data")
-    assert study.parse_args([]).tables == set(study.TABLES)
+    assert a.report == Path("x/results.md")
+    assert StudyOptions().tables == set(tables.TABLES) == tables.parse_tables("all")
+    assert a.command() == ("meddet study run --out x --data x/data --config cpu-small "
+                           "--device cpu --seeds 0,2 --tables 1,noise --jobs 1 "
+                           "--threads-per-job 1")
+    b = StudyOptions(out="x", teacher_epochs=40, extra=["--max-iters", "2"], bench_iters=50)
+    assert b.command().endswith("--tables all --jobs 1 --threads-per-job 1 --teacher-epochs 40 "
+                                "--bench-iters 50 --extra '--max-iters 2'")
 
 
-def test_cli_unknown_table(study, capsys):
-    with pytest.raises(SystemExit) as e:
-        study.parse_args(["--tables", "9"])
-    assert e.value.code == 2
+def test_cli_unknown_table(capsys):
+    assert cli(["study", "plan", "--tables", "9"]) == 2
     assert "unknown table(s) ['9']" in capsys.readouterr().err
+    with pytest.raises(MedDetError, match="not a comma list of integers"):
+        tables.parse_seeds("0,x")
+    with pytest.raises(MedDetError, match="must be at least 1"):
+        StudyOptions(jobs=0)
 
 
-def test_cli_only(study, capsys, monkeypatch, tmp_path):
+def test_cli_only(capsys, monkeypatch, tmp_path):
     def no_work(*a, **k):
         raise AssertionError("--only with an unknown id must not start any work")
 
-    monkeypatch.setattr(study, "Runner", no_work)
-    monkeypatch.setattr(study.subprocess, "run", no_work)
+    monkeypatch.setattr(runner, "Runner", no_work)
+    monkeypatch.setattr(runner.subprocess, "run", no_work)
     out = tmp_path / "o"
-    # --only is checked before --dry-run and before any data generation or training
-    assert study.main(["--only", "nope", "--seeds", "0", "--tables", "5",
-                       "--out", str(out)]) == 2
+    # --only is checked before any data generation or training
+    assert cli(["study", "run", "--only", "nope", "--seeds", "0", "--tables", "5",
+                "--out", str(out)]) == 2
     assert "no such row(s) ['nope']" in capsys.readouterr().err
-    assert study.main(["--only", "meddet-s1", "--dry-run", "--seeds", "0"]) == 2
+    assert cli(["study", "plan", "--only", "meddet-s1", "--seeds", "0"]) == 2
     assert not out.exists()
-    # a known id filters the dry run
-    assert study.main(["--only", "fusion-sum,meddet-s0", "--dry-run", "--seeds", "0",
-                       "--tables", "5"]) == 0
+    # a known id filters the plan
+    assert cli(["study", "plan", "--only", "fusion-sum,meddet-s0", "--seeds", "0",
+                "--tables", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in lines] == ["meddet-s0", "fusion-sum"]
 
 
-def test_teacher_epochs_reach_only_the_teachers_and_win_over_extra(study, tmp_path):
-    rows = study.plan([0], {"5"}, teacher_epochs=60)
+def test_teacher_epochs_reach_only_the_teachers_and_win_over_extra(tmp_path):
+    rows = tables.plan([0], {"5"}, teacher_epochs=60)
     teachers = [r for r in rows if r.id.startswith("teacher-")]
     assert all(r.argv[-2:] == ["--epochs", "60"] for r in teachers)
     assert all("--epochs" not in r.argv for r in rows if not r.id.startswith("teacher-"))
-    a = study.parse_args(["--out", str(tmp_path), "--extra", "--epochs", "2"])
-    runner = study.Runner(a, rows)
-    train = runner.steps(teachers[0])[0]
+    a = StudyOptions(out=tmp_path, extra=["--epochs", "2"])
+    train = runner.Runner(a, rows).steps(teachers[0])[0]
     # the row's own --epochs 60 comes after --extra's --epochs 2, so the CLI takes 60
     assert train.index("2") < len(train) - train[::-1].index("60") - 1
     assert train[train.index("--out") - 2:train.index("--out")] == ["--epochs", "60"]
 
 
-def test_a_row_cut_by_the_deadline_reports_every_invocation(study, tmp_path, monkeypatch):
+def test_a_row_cut_by_the_deadline_reports_every_invocation(tmp_path, monkeypatch):
     """A real subprocess cut at the deadline, then finished by a second runner: the row's
     seconds are the sum of both invocations and its commands start with the one that began it."""
     import sys
     import time
 
-    monkeypatch.setattr(study, "write_report", lambda *a, **k: None)
-    row = study.Row("r-s0", "r", ["train", "--x"], group="r")
-    args = study.parse_args(["--out", str(tmp_path), "--jobs", "1"])
-    first = study.Runner(args, [row])
+    row = tables.Row("r-s0", "r", ["train", "--x"], group="r")
+    args = StudyOptions(out=tmp_path, jobs=1)
+    first = runner.Runner(args, [row])
     first.deadline = time.time() + 1.0  # started at once, cut a second later
     monkeypatch.setattr(first, "steps", lambda r: [
         [sys.executable, "-c", "import time; time.sleep(60)", "first"]])
@@ -603,7 +612,7 @@ def test_a_row_cut_by_the_deadline_reports_every_invocation(study, tmp_path, mon
     assert len(segs) == 1 and segs[0]["command"] == "import time; time.sleep(60) first"
     assert not first.done("r-s0") and 1.0 <= segs[0]["seconds"] < 30
 
-    second = study.Runner(args, [row])
+    second = runner.Runner(args, [row])
     test = tmp_path / "runs" / "r-s0" / "test.json"
     code = f"import json, time; time.sleep(1.2); open({str(test)!r}, 'w').write(json.dumps({{'mAP50': 0.5}}))"
     monkeypatch.setattr(second, "steps", lambda r: [[sys.executable, "-c", code, "second"]])
@@ -616,56 +625,127 @@ def test_a_row_cut_by_the_deadline_reports_every_invocation(study, tmp_path, mon
     assert info["seconds"] == pytest.approx(sum(info["segments"]), abs=0.11)
 
 
-def test_resumed_without_a_partial_is_unchanged(study, tmp_path):
+def test_resumed_without_a_partial_is_unchanged(tmp_path):
     info = {"seconds": 5.0, "commands": ["a"]}
-    assert study.resumed(info, tmp_path / "partial.json") is info
+    assert runner.resumed(info, tmp_path / "partial.json") is info
 
 
-def test_teacher_sets_group_rows_by_the_teachers_that_taught_them(study):
+def test_teacher_sets_group_rows_by_the_teachers_that_taught_them():
     a = {"teacher-gfl_r50": 0.939, "teacher-gfl_r101": 0.996, "teacher-gfl_r152": 0.932}
     b = {"teacher-gfl_r50": 0.937, "teacher-gfl_r101": 0.999, "teacher-gfl_r152": 0.992}
     rows = {"x-s0": {"teachers": a}, "y-s0": {"teachers": b}, "z-s1": {"teachers": a},
             "plain-s0": {}}
-    lines = study.teacher_sets(rows)
+    lines = report.teacher_sets(rows)
     assert "2 set(s)" in lines[0] and "GFL-R50 / GFL-R101 / GFL-R152" in lines[0]
     assert lines[1:] == ["  * 93.9 / 99.6 / 93.2: x-s0, z-s1", "  * 93.7 / 99.9 / 99.2: y-s0"]
-    assert study.teacher_sets({"plain-s0": {}}) == []
+    assert report.teacher_sets({"plain-s0": {}}) == []
 
 
-def test_a_distilled_row_records_its_teachers(study, tmp_path, monkeypatch):
+def test_a_distilled_row_records_its_teachers(tmp_path, monkeypatch):
     import sys
 
-    monkeypatch.setattr(study, "write_report", lambda *a, **k: None)
     t = tmp_path / "runs" / "teacher-gfl_r50"
     t.mkdir(parents=True)
     (t / "row.json").write_text(json.dumps({"id": "teacher-gfl_r50", "test": {"mAP50": 0.75}}))
-    row = study.Row("d-s0", "d", ["distill"], needs=("teacher-gfl_r50",), group="d")
-    runner = study.Runner(study.parse_args(["--out", str(tmp_path)]), [row])
+    row = tables.Row("d-s0", "d", ["distill"], needs=("teacher-gfl_r50",), group="d")
+    run = runner.Runner(StudyOptions(out=tmp_path), [row])
     test = tmp_path / "runs" / "d-s0" / "test.json"
     code = f"import json; open({str(test)!r}, 'w').write(json.dumps({{'mAP50': 0.25}}))"
-    monkeypatch.setattr(runner, "steps", lambda r: [[sys.executable, "-c", code]])
-    assert runner.run() == 0
+    monkeypatch.setattr(run, "steps", lambda r: [[sys.executable, "-c", code]])
+    assert run.run() == 0
     info = json.loads((tmp_path / "runs" / "d-s0" / "row.json").read_text())
     assert info["teachers"] == {"teacher-gfl_r50": 0.75} and "segments" not in info
 
 
-def test_taught_apart(study):
+def test_taught_apart():
     a, b = {"teacher-gfl_r50": 0.9}, {"teacher-gfl_r50": 0.8}
     rows = {"x-s0": {"group": "x", "teachers": a}, "y-s0": {"group": "y", "teachers": a},
             "z-s0": {"group": "z", "teachers": b}, "p-s0": {"group": "p"}}
-    assert not study._taught_apart(rows, "x", "y")
-    assert study._taught_apart(rows, "x", "z")
-    assert not study._taught_apart(rows, "x", "p")  # a row without teachers: nothing to compare
+    assert not verdicts.taught_apart(rows, "x", "y")
+    assert verdicts.taught_apart(rows, "x", "z")
+    assert not verdicts.taught_apart(rows, "x", "p")  # a row without teachers: nothing to compare
 
 
-def test_the_committed_report_is_rendered_from_the_committed_rows(study):
-    """docs/results.md is exactly what the script makes from docs/results/: no figure in it
-    was edited by hand, and none of the records behind it is missing."""
-    root = SCRIPT.parents[2]
-    out, report = Path("docs/results"), Path("docs/results.md")
-    a = study.parse_args(["--out", str(out), "--report", str(report), "--report-only"])
-    planned = [r.id for r in study.plan(a.seeds, a.tables, a.teacher_epochs)]
-    rows = study.load_rows(root / out)
+def test_the_committed_report_is_rendered_from_the_committed_rows():
+    """docs/results.md is exactly what `meddet study report docs/results --out
+    docs/results.md` makes from docs/results/: no figure in it was edited by hand, and none of
+    the records behind it is missing."""
+    out, dest = Path("docs/results"), Path("docs/results.md")
+    a = StudyOptions(out=out, report=dest)
+    planned = [r.id for r in tables.plan(a.seeds, a.tables, a.teacher_epochs)]
+    rows = records.load_rows(ROOT / out)
     assert len(rows) >= 58 and all("test" in r or "bench" in r for r in rows.values())
-    text = study.render(rows, study._meta(root / out, a), planned, source=(out, report))
-    assert text == (root / report).read_text()
+    text = report.render(rows, records.read_meta(ROOT / out), planned, source=(out, dest))
+    assert text == (ROOT / dest).read_text()
+
+
+def test_cli_report_rebuilds_the_committed_report(tmp_path, monkeypatch, capsys):
+    """`meddet study report docs/results --out docs/results.md`, run on a copy of the records,
+    writes exactly the committed report and its plots; a folder without rows is an error."""
+    import shutil
+
+    shutil.copytree(ROOT / "docs" / "results", tmp_path / "docs" / "results")
+    monkeypatch.chdir(tmp_path)
+    assert cli(["study", "report", "docs/results", "--out", "docs/results.md"]) == 0
+    assert (tmp_path / "docs" / "results.md").read_text() == \
+        (ROOT / "docs" / "results.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "docs" / "img").iterdir()) == [
+        "results_noise.png", "results_noise_alone.png"]
+    (tmp_path / "empty").mkdir()
+    assert cli(["study", "report", "empty"]) == 2
+    assert "holds no runs/<row>/row.json" in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "results.md").exists()
+
+
+def test_the_committed_records_describe_hardware_not_history():
+    diary = re.compile(r"session|lent (H100|H200)|issue [0-9]", re.IGNORECASE)
+    files = [ROOT / "docs" / "results.md", *sorted((ROOT / "docs" / "results").rglob("*.json"))]
+    assert len(files) > 58
+    hits = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files
+            for m in diary.finditer(p.read_text())]
+    assert hits == []
+
+
+def test_cli_help_lists_the_subcommands(capsys):
+    assert cli(["study", "--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("plan", "run", "report"):
+        assert re.search(rf"^\W*{name}\s", out, re.MULTILINE), name
+
+
+def test_run_study_runs_records_and_reports(tmp_path, monkeypatch):
+    """run_study end to end with a stand-in training command: the row is finished, the
+    invocation recorded in study.json, the report written, a second call runs nothing."""
+    import sys
+
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)  # an existing dataset: nothing is generated
+    opts = StudyOptions(out=tmp_path / "s", data=data, tables={"5"}, seeds=[0],
+                        only="teacher-gfl_r50", teacher_epochs=3)
+
+    def steps(self, row):
+        test = self.runs / row.id / "test.json"
+        return [[sys.executable, "-c",
+                 f"open({str(test)!r}, 'w').write({json.dumps(_test_json(0.6))!r})"]]
+
+    monkeypatch.setattr(runner.Runner, "steps", steps)
+    lines: list[str] = []
+    res = runner.run_study(opts, echo=lines.append)
+    assert (res.planned, res.finished, res.failed, res.stopped, res.exit_code) == (
+        ["teacher-gfl_r50"], ["teacher-gfl_r50"], [], [], 0)
+    assert [ln.split()[1:3] for ln in lines] == [["start", "teacher-gfl_r50"],
+                                                 ["done", "teacher-gfl_r50"]]
+    meta = records.read_meta(opts.out)
+    assert [c["command"] for c in meta["invocations"]] == [opts.command()]
+    assert meta["teacher_epochs"] == 3 and meta["seeds"] == [0]
+    text = (opts.out / "results.md").read_text()
+    assert "| GFL-R50 | 85.6 | 60.0 (n=1) |" in text
+    assert "rows finished: 1 of 1 planned" in text
+
+    def no_work(*a, **k):
+        raise AssertionError("a finished row must not run again")
+
+    monkeypatch.setattr(runner.subprocess, "Popen", no_work)
+    again = runner.run_study(opts, echo=lines.append)
+    assert again.finished == ["teacher-gfl_r50"] and len(lines) == 2
+    assert len(records.read_meta(opts.out)["invocations"]) == 2

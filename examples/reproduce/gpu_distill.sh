@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The distillation table (issue 5) in one lent-GPU call of under 10 minutes:
+# The distillation table on one GPU in under 10 minutes:
 #   the three teachers (TEACHER_EPOCHS, default 40: cpu-small's 20 left them weaker than the
 #   student), the two students alone, then MGD, LD, FGD, MedDet and the sigma/tau sweep at
 #   seed 0 once the teachers are done; JOBS rows share the card; everything stops at
@@ -11,7 +11,7 @@ OUT=${OUT:-/tmp/out}; DATA=${DATA:-.whl/data}; S=${S:-/tmp/study}; DEV=${DEV:-cu
 TEACHER_EPOCHS=${TEACHER_EPOCHS-40}; CONFIG=${CONFIG:-cpu-small}; DEADLINE_MIN=${DEADLINE_MIN:-8.3}; JOBS=${JOBS:-6}
 mkdir -p "$OUT" "$S"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-# ROWS/SEEDS/TABLES pick another set, e.g. issue 9's accuracy bar:
+# ROWS/SEEDS/TABLES pick another set, e.g. the MedDet-lite accuracy bar:
 #   SEEDS=0,1,2 TABLES=1,lite ROWS=meddet-s0,meddet-s1,meddet-s2,lite-s0,lite-s1,lite-s2
 SEEDS=${SEEDS:-0}; TABLES=${TABLES:-1,sweep}
 T=teacher-gfl_r50,teacher-gfl_r101,teacher-gfl_r152
@@ -19,15 +19,14 @@ DEFAULT_ROWS=$T,plain-gfl_mbv2-s0,alone-meddet-s0,mgd-s0,ld-s0,fgd-s0,meddet-s0
 DEFAULT_ROWS=$DEFAULT_ROWS,sweep-sigma0.7-tau0.2,sweep-sigma0.3-tau0.5,sweep-sigma0.8-tau0.1,sweep-sigma0.4-tau0.2
 # The teachers are always included (a fresh machine has none; finished rows are not re-run).
 ROWS=$T,${ROWS:-$DEFAULT_ROWS}
-X=${EXTRA:+--extra $EXTRA}  # --extra swallows the rest of the line: keep it last
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, meddet; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 3
 # Rows start in plan order as their needs finish (distillation waits for the teachers).
-python3 examples/reproduce/study.py --out $S --data $DATA --config $CONFIG --device $DEV \
+python3 -m meddet study run --out $S --data $DATA --config $CONFIG --device $DEV \
   --seeds $SEEDS --tables $TABLES ${TEACHER_EPOCHS:+--teacher-epochs $TEACHER_EPOCHS} --report $S/results.md \
-  --jobs $JOBS --deadline-min "$DEADLINE_MIN" --only $ROWS $X 2>&1 | tee $OUT/study.log | grep -E "done|STOP|FAIL|skip" | tail -20
+  --jobs $JOBS --deadline-min "$DEADLINE_MIN" --only $ROWS ${EXTRA:+--extra "$EXTRA"} 2>&1 | tee $OUT/study.log | grep -E "done|STOP|FAIL|skip" | tail -20
 cp $S/results.md $OUT/ 2>/dev/null
-# Only what the report and the docs read (a device call returns files of at most 16 MiB).
+# Only what the report and the docs read (no weights: the archive stays small).
 (cd $S && tar czf $OUT/study.tgz study.json logs $(find runs \( -name row.json -o -name results.csv \
   -o -name test.json -o -name config.yaml -o -name train.log -o -name bench.json \)))
 grep -E "^\| (GFL mbv2|MedDet student|MGD|LD|FGD|\*\*MedDet|GFL-R|σ)" $S/results.md | cut -c1-110

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One lent-GPU session of the reproduction study (how docs/results.md was made).
+# The reproduction study on one GPU (how the first GPU rows of docs/results.md were made).
 #   OUT=<folder that comes back>  DATA=<synthetic set>  DEADLINE_MIN=<study minutes>
 #   bash examples/reproduce/gpu_run.sh
 # 1. a 40-second CUDA smoke test of every command (stops early, with logs, if one fails);
@@ -36,11 +36,11 @@ tar czf $OUT/smoke_logs.tgz -C $SM --exclude='*.pt' --exclude=data . 2>/dev/null
 [ $fail = 0 ] || exit 4
 
 # 2. the study
-python3 examples/reproduce/study.py --out $S --data "$DATA" --config cpu-small --device $DEV \
+$M study run --out $S --data "$DATA" --config cpu-small --device $DEV \
   --jobs $JOBS --tables 1,3,4,5,noise,lite,sweep --deadline-min $DEADLINE_MIN \
-  --report $S/results.md ${EXTRA:+--extra $EXTRA} 2>&1 | tee $OUT/study.log | grep -E "FAIL|STOP|skip" | head -30
+  --report $S/results.md ${EXTRA:+--extra "$EXTRA"} 2>&1 | tee $OUT/study.log | grep -E "FAIL|STOP|skip" | head -30
 # 3. GPU FPS, alone on the card
-python3 examples/reproduce/study.py --out $S --data "$DATA" --config cpu-small --device $DEV \
+$M study run --out $S --data "$DATA" --config cpu-small --device $DEV \
   --jobs 1 --tables 2 --only bench --bench-iters ${BENCH_ITERS:-50} --deadline-min 1.5 \
   --report $S/results.md 2>&1 | tail -3
 # 4. pack

@@ -58,6 +58,7 @@ def _register() -> None:
     from meddet.cli import demo as demo_cmd
     from meddet.cli import export as export_cmd
     from meddet.cli import predict as predict_cmd
+    from meddet.cli import study as study_cmd
 
     app.add_typer(data.app, name="data")
     app.command("pretrain-teacher")(train.pretrain_teacher)
@@ -67,6 +68,7 @@ def _register() -> None:
     app.command("predict")(predict_cmd.predict)
     app.command("export")(export_cmd.export)
     app.command("demo")(demo_cmd.demo)
+    app.add_typer(study_cmd.app, name="study")
 
 
 _register()

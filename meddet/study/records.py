@@ -1,0 +1,72 @@
+"""The study's records on disk: one ``runs/<row>/row.json`` per finished row, and ``study.json``.
+
+``row.json`` (written by :class:`meddet.study.runner.Runner` when a row finishes) holds ``id``,
+``label``, ``seed``, ``group``, ``seconds``, ``commands``, ``device``, ``config`` and either
+``test`` (the ``meddet eval --json`` metrics, fractions in [0, 1], with ``per_class`` and an
+optional ``noise_sweep``) plus ``best_val_mAP50`` and, for a distilled row, ``teachers``
+(their test mAP50), or ``bench`` (the ``meddet bench --json`` result). A row finished across
+several invocations also has ``segments`` (each invocation's seconds).
+
+``study.json`` describes the machine and schedule and lists every ``meddet study run``
+invocation (``invocations``: command, rows at a time, device name, finish time). The report is
+rendered from these files alone, so they can be merged from several machines and committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from meddet._io import atomic_write_text
+from meddet.errors import MedDetError
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented, key-sorted JSON, written atomically (the records' format)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def load_rows(out: Path) -> dict[str, dict]:
+    """Every finished row under ``out/runs``, by row id (sorted by folder name)."""
+    rows = {}
+    for p in sorted((Path(out) / "runs").glob("*/row.json")):
+        try:
+            info = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise MedDetError(f"{p} is not valid JSON ({exc}); delete it to re-run the row") from exc
+        rows[info["id"]] = info
+    return rows
+
+
+def read_meta(out: Path) -> dict:
+    """``out/study.json``, or ``{}`` when the study has none yet."""
+    path = Path(out) / "study.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_invocation(out: Path, *, command: str, jobs: int, device: str, config: str,
+                      data: Path, seeds: list[int], extra: list[str],
+                      teacher_epochs: int | None) -> dict:
+    """Append one invocation to ``out/study.json`` and describe this machine there.
+
+    Returns:
+        the new ``study.json`` content.
+    """
+    import torch
+
+    meta = read_meta(out)
+    calls = meta.get("invocations", [])
+    name = (torch.cuda.get_device_name(0) if device.startswith("cuda")
+            else platform.processor() or platform.machine())
+    calls.append({"command": command, "jobs": jobs, "device_name": name,
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="minutes")})
+    meta = {"config": config, "data": str(data), "device": device, "device_name": name,
+            "cpus": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "seeds": seeds, "extra": extra,
+            "teacher_epochs": teacher_epochs, "invocations": calls}
+    write_json(Path(out) / "study.json", meta)
+    return meta

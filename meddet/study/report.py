@@ -1,0 +1,360 @@
+"""The study's Markdown report, rendered from its records alone.
+
+:func:`render` turns the rows (``runs/<row>/row.json``) and ``study.json`` into the report: a
+summary of the paper's claims with their verdicts, then Tables I–V, the noise sections, the
+MedDet-lite bar, the σ/τ sweep and every row with its commands. It is a pure function of the
+records, so a committed report can be checked to be exactly their rebuild.
+:func:`write_report` writes it and its two noise plots (``img/`` beside the report).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from meddet import paper
+from meddet._io import atomic_write_text
+from meddet.study.noise import plot_noise, plot_noise_alone, write_noise_alone, write_noise_table
+from meddet.study.records import load_rows, read_meta
+from meddet.study.tables import CLAIMS, DEFAULT_SIGMA_TAU, KD, PLACEMENTS, PLAIN, TEACHERS, where
+from meddet.study.verdicts import (
+    fmt,
+    group_metric,
+    group_seconds,
+    lite_verdict,
+    noise_verdict,
+    paired,
+    taught_apart,
+    verdict,
+)
+
+
+def write_report(out: Path, report: Path, planned: list[str] | None = None) -> str:
+    """Render the report of the study folder ``out`` into ``report`` (and its plots).
+
+    Args:
+        out: the study folder (``runs/<row>/row.json``, ``study.json``).
+        report: the Markdown file to write; the plots go to ``report.parent / "img"``.
+        planned: row ids the report counts as planned (``None``: no such line).
+
+    Returns:
+        the report's text.
+    """
+    out, report = Path(out), Path(report)
+    rows = load_rows(out)
+    text = render(rows, read_meta(out), planned, source=(out, report))
+    atomic_write_text(report, text)
+    plot_noise(rows, report.parent / "img" / "results_noise.png")
+    plot_noise_alone(rows, report.parent / "img" / "results_noise_alone.png")
+    return text
+
+
+def teacher_sets(rows: dict[str, dict]) -> list[str]:
+    """One line per set of teachers that taught distilled rows (teachers are retrained, same
+    recipe and seed, on every fresh machine, so rows of one table may have different ones)."""
+    sets: dict[tuple, list[str]] = {}
+    for rid, r in sorted(rows.items()):
+        if "teachers" in r:
+            key = tuple(round(100 * r["teachers"].get(f"teacher-{t}", math.nan), 1)
+                        for t in TEACHERS)
+            sets.setdefault(key, []).append(rid)
+    if not sets:
+        return []
+    out = [f"* teachers: retrained on every fresh machine (same recipe and seed); "
+           f"{len(sets)} set(s) taught the distilled rows (test mAP50 of "
+           f"{' / '.join(t.replace('gfl_', 'GFL-').upper() for t in TEACHERS)}):"]
+    for key, ids in sets.items():
+        out.append(f"  * {' / '.join(f'{v:.1f}' for v in key)}: {', '.join(ids)}")
+    return out
+
+
+def _bench(rows: dict[str, dict]) -> tuple[dict | None, dict[str, dict]]:
+    """The study's ``meddet bench`` result and its eager-PyTorch rows by model name."""
+    bench = next((r["bench"] for r in rows.values() if "bench" in r), None)
+    return bench, {b["name"]: b for b in (bench or {}).get("models", [])
+                   if b.get("runtime", "torch") == "torch"}
+
+
+def _secs(by_device: dict[str, float]) -> str:
+    if len(by_device) == 1:
+        return f"{next(iter(by_device.values())):.0f} s"
+    return " / ".join(f"{v:.0f} s ({d})" for d, v in by_device.items()) or "—"
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: float | None, nd: int) -> str:
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def _summary(rows: dict[str, dict], verdicts: dict[str, str], spread: float | None,
+             w) -> None:
+    """The six claims, each with the verdicts of the tables below, in one place."""
+    med = group_metric(rows, "meddet")
+    cost = []
+    for t in TEACHERS:
+        m = group_metric(rows, f"teacher-{t}")
+        if med[2] and m[2]:
+            sp = max([x[1] for x in (med, m) if x[2] > 1], default=spread)
+            d = med[0] - m[0]
+            if sp is None:
+                word = "one seed each, spread unknown"
+            elif abs(d) <= sp:
+                word = f"within the spread {sp:.1f}: as accurate, as far as these seeds tell"
+            else:
+                word = f"beyond the spread {sp:.1f}: **{'less' if d < 0 else 'more'} accurate**"
+            cost.append(f"MedDet − GFL-{t[4:].upper()} {d:+.1f} ({word})")
+    bench, b = _bench(rows)
+    if "meddet" in b and "gfl_r50" in b:
+        cost.append(f"cost against GFL-R50: {b['meddet']['params_m'] / b['gfl_r50']['params_m']:.0%} "
+                    f"of its parameters, {b['meddet']['gflops'] / b['gfl_r50']['gflops']:.0%} of "
+                    f"its GFLOPs, {b['meddet']['fps'] / b['gfl_r50']['fps']:.2f}× its FPS on "
+                    f"{bench.get('device_name')} (on a CPU: `docs/performance.md`)")
+    w("## The paper's claims on this benchmark, in one place\n")
+    w("**reproduced**: the difference has the paper's sign and exceeds the seed-to-seed spread; "
+      "**contradicted**: it exceeds the spread with the opposite sign; not resolved: it is "
+      "within the spread; not run: a row is missing; [different teacher sets]: the two "
+      "sides were distilled from teachers retrained on different machines (listed above), so the "
+      "difference mixes the method with its teachers. Details under each table.\n")
+    w("| claim (paper) | the paper's setting: distilled student | proxy: `meddet_lite` "
+      "trained alone (CPU) |")
+    w("|---|---|---|")
+    w(f"| 1. MedDet beats the plain student and MGD, LD, FGD (Table I) | {verdicts['1']} | — |")
+    w(f"| 2. MedDet about as accurate as its teachers at a fraction of the cost (Table II) | "
+      f"{'; '.join(cost) or 'not run'} | — |")
+    w(f"| 3. nmODE², LWFF and AATM each add accuracy (Table III) | {verdicts['3']} | — |")
+    w(f"| 4. nmODE² helps in the head, not in the backbone or FPN (Table IV) | {verdicts['4']} "
+      f"| {verdicts['alone']} |")
+    w(f"| 5. LWFF beats sum and concatenation (Table V) | {verdicts['5']} | — |")
+    w("| 6. nmODE² makes the detector more robust to MRI noise (clean → lowest SNR, with vs "
+      f"without) | {noise_verdict(rows, 'abl-nmode', 'abl-base')} | "
+      f"{noise_verdict(rows, 'alone-lite-head', 'alone-lite-none')} |")
+    w("")
+
+
+def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
+            source: tuple[Path, Path] | None, w) -> None:
+    """The title, what the figures are, where the records are, and how the rows were run."""
+    w("# Reproduction study: Tables I–V and the noise claim on the synthetic benchmark\n")
+    w("Generated by `meddet study` from the run directories it trained; every "
+      "figure below is a measurement. Ours: **test mAP50 in %** on the synthetic CDH test "
+      "split (pycocotools), mean ± sample standard deviation over seeds (n = seeds). The "
+      "paper's figures are on the private CDH-1848 set and are shown for orientation only: "
+      "the two columns are not comparable in absolute terms, only in their ordering. What the "
+      "numbers mean, what is missing and why: `docs/distillation.md`, section *Study status*."
+      "\n")
+    if source:
+        out, report = source
+        w(f"Records: every row's measurements are in `{out}/runs/<row>/row.json` and the "
+          f"commands in `{out}/study.json`; `meddet study report {out} --out {report}` "
+          "rewrites this file and its plots from them alone.\n")
+    if not meta:
+        return
+    calls = meta.get("invocations") or [meta]  # a study.json of one call: flat
+    for c in calls:
+        on = f"on {c['device_name']}, " if c.get("device_name") else ""
+        w(f"* command ({c.get('jobs')} rows at a time, {on}finished {c.get('finished')}): "
+          f"`{c.get('command', '?')}`")
+    te = meta.get("teacher_epochs")
+    w(f"* schedule: `--config {meta.get('config')}` {' '.join(meta.get('extra') or [])}"
+      f"{f'; teachers {te} epochs' if te else ''}; data `{meta.get('data')}`")
+    # a study merged from several machines describes them in device_name alone
+    facts = [f"{v} {k}" if k == "CPUs" else f"{k} {v}" for k, v in (
+        ("CPUs", meta.get("cpus")), ("torch", meta.get("torch")),
+        ("Python", meta.get("python"))) if v is not None]
+    w(f"* machine: {meta.get('device')} ({meta.get('device_name')})"
+      + "".join(f", {f}" for f in facts))
+    if planned:
+        missing = [r for r in planned if r not in rows]
+        w(f"* rows finished: {len(planned) - len(missing)} of {len(planned)} planned"
+          + (f"; not run (yet): {', '.join(missing)}" if missing else ""))
+    w("* wall-clock per row: training + test evaluation of one run, measured with the "
+      "rows of one command sharing the machine (so it overstates a run alone); where a "
+      "table's seeds ran on different devices, the mean per device.")
+    w("* seeds of one row may come from different devices (the Rows table says which): "
+      "same data, config, seed and code, but not the same arithmetic, so they are "
+      "independent samples of the same training recipe rather than repeats.")
+    for line in teacher_sets(rows):
+        w(line)
+    w("")
+
+
+def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
+           source: tuple[Path, Path] | None = None) -> str:
+    """The report's Markdown.
+
+    Args:
+        rows: the finished rows by id (:func:`~meddet.study.records.load_rows`).
+        meta: ``study.json`` (``{}``: no command or machine lines).
+        planned: row ids counted as planned (``None``: no "rows finished" line).
+        source: the study folder and report path it is written from and to, named in the
+            report so that a reader can rebuild it from the rows alone.
+    """
+    L: list[str] = []
+    w = L.append
+    med = group_metric(rows, "meddet")
+    spread = med[1] if med[2] > 1 else None
+    nm = group_metric(rows, "abl-nmode")
+    # the spread a single-seed row is judged by: its own table's multi-seed row
+    spreads = {"1": spread, "3": spread, "4": nm[1] if nm[2] > 1 else spread, "5": spread,
+               "alone": None}
+    verdicts = {k: "; ".join(
+        f"{label}: {verdict(group_metric(rows, a_), group_metric(rows, b_), spreads[k])}"
+        + (" [different teacher sets]" if taught_apart(rows, a_, b_) else "")
+        for label, a_, b_ in pairs) for k, pairs in CLAIMS.items()}
+    _header(rows, meta, planned, source, w)
+    _summary(rows, verdicts, spread, w)
+
+    def table(title: str, items: list[tuple[str, str, float | None]], note: str = "",
+              min_seeds: int = 0) -> None:
+        """``min_seeds``: the seeds planned for this table; rows that ran but have fewer
+        are named under the table."""
+        w(f"## {title}\n")
+        if note:
+            w(note + "\n")
+        w("| row | paper mAP | ours mAP50 | ours mAP (0.5:0.95) | protrusion AP50 | "
+          "wall-clock per run |")
+        w("|---|---:|---:|---:|---:|---:|")
+        for label, group, paper_map in items:
+            w(f"| {label} | {paper_map or '—'} | {fmt(group_metric(rows, group))} | "
+              f"{fmt(group_metric(rows, group, 'mAP'))} | "
+              f"{fmt(group_metric(rows, group, 'mAP50', 'protrusion'))} | "
+              f"{_secs(group_seconds(rows, group))} |")
+        w("")
+        short = [(label.strip("*"), n) for label, group, _ in items
+                 if 0 < (n := group_metric(rows, group)[2]) < min_seeds]
+        if short:
+            w(f"Fewer than the {min_seeds} seeds planned for this table, so far: "
+              + ", ".join(f"{label} (n={n})" for label, n in short)
+              + "; their other seeds are among the rows not run yet (above), and a verdict "
+              "involving them says so.\n")
+
+    def claims(key: str) -> None:
+        w(f"Claims: {verdicts[key]}.\n")
+
+    def regen(tables: str, device: str = "cuda", extra: str = "") -> None:
+        """The command that (re)runs the rows of ``tables``."""
+        te = meta.get("teacher_epochs") if tables != "alone" else None
+        w(f"Regenerate: `meddet study run --config "
+          f"{meta.get('config') or 'cpu-small'} --tables {tables} --seeds 0,1,2 --device "
+          f"{device}{f' --teacher-epochs {te}' if te else ''}{extra}` (finished rows are kept; "
+          "`meddet study report` rewrites this file from them alone).\n")
+
+    p = paper.MAP.get
+    table("Table I: lightweight detectors and distillation methods",
+          [*[(f"GFL {m[4:]}", f"plain-{m}", p(m)) for m in PLAIN],
+           ("MedDet student alone (nmODE² head, no teachers)", "alone-meddet", None),
+           *[(k.upper() + " (GFL-MobileNetV2 student, best teacher)", k, p(k)) for k in KD],
+           ("**MedDet** (3 teachers)", "meddet", p("meddet"))], min_seeds=3)
+    claims("1")
+    regen("1")
+
+    _table2(rows, w)
+    regen("2")
+
+    table("Table III: ablation (cumulative, all distilled from the three teachers)",
+          [("KD baseline: teachers summed, no AATM, no nmODE²", "abl-base", p("abl_base")),
+           ("+ nmODE² (head)", "abl-nmode", p("abl_nmode")),
+           ("+ nmODE² + LWFF", "abl-lwff", p("abl_lwff")),
+           ("+ nmODE² + LWFF + AATM (MedDet)", "meddet", p("abl_aatm"))],
+          "The paper's Table III starts from the distilled student without nmODE² (84.2), not "
+          "from the plain GFL-MobileNetV2 (80.8); ours does the same.", min_seeds=3)
+    claims("3")
+    regen("3")
+    table("Table IV: nmODE² placement (on the KD baseline of Table III)",
+          [("no nmODE²", "abl-base", p("nmode_none")),
+           ("nmODE² in the backbone", "nmode-backbone", p("nmode_backbone")),
+           ("nmODE² in the FPN", "nmode-fpn", p("nmode_fpn")),
+           ("nmODE² in the head", "abl-nmode", p("nmode_head"))],
+          "The backbone and FPN rows have one seed; a difference counts only if it is larger "
+          "than the head row's seed-to-seed spread.")
+    claims("4")
+    regen("4")
+    table("Table V: fusion of the three teachers (full MedDet)",
+          [("sum", "fusion-sum", p("fusion_sum")), ("concat", "fusion-concat", p("fusion_concat")),
+           ("LWFF", "meddet", p("fusion_lwff"))],
+          "Single seed except LWFF (= MedDet).")
+    claims("5")
+    regen("5")
+
+    write_noise_table(rows, w)
+    regen("noise")
+
+    table("Table IV, CPU proxy: nmODE² placement in `meddet_lite` trained alone (no teachers)",
+          [(f"nmODE² {where(q)}", f"alone-lite-{q}", p(f"nmode_{q}")) for q in PLACEMENTS],
+          "No teachers, so this answers a narrower question than Table IV: where nmODE² helps "
+          "the small student trained on its own. The paper's column is its Table IV (distilled "
+          "student), for orientation. Each row also ran the noise sweep (next section).")
+    claims("alone")
+    regen("alone", "cpu", " --jobs 2 --threads-per-job 1")
+    write_noise_alone(rows, w)
+
+    lite = group_metric(rows, "lite")
+    if lite[2]:
+        w("## MedDet-lite: accuracy next to the paper-architecture student\n")
+        w(lite_verdict(med, lite, paired(rows, "lite", "meddet")))
+
+    _sweep(rows, spread, w)
+
+    w("## Rows\n")
+    w("| row | device | seconds | command |")
+    w("|---|---|---:|---|")
+    for r in sorted(rows.values(), key=lambda r: r["id"]):
+        w(f"| {r['id']} | {r.get('device', '?')} | {r['seconds']:.0f} | "
+          f"`{' && '.join(r['commands'])}` |")
+    w("")
+    return "\n".join(L)
+
+
+def _table2(rows: dict[str, dict], w) -> None:
+    """Table II: the teachers' and students' accuracy beside their measured cost."""
+    p = paper.MAP.get
+    w("## Table II: teachers and student, accuracy and cost\n")
+    bench, brow = _bench(rows)
+    w("| model | paper mAP | ours mAP50 | ours recall | FPS (ours) | params M (ours / paper) "
+      "| GFLOPs (ours / paper) |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    for label, group, name in [*[(f"GFL-{t[4:].upper()}", f"teacher-{t}", t) for t in TEACHERS],
+                               ("MedDet", "meddet", "meddet"),
+                               ("MedDet-lite (ours)", "lite", "meddet_lite")]:
+        b = brow.get(name, {})
+        pp = paper.TABLE2.get(name, (None, None))
+        w(f"| {label} | {p(name) or '—'} | {fmt(group_metric(rows, group))} | "
+          f"{fmt(group_metric(rows, group, 'recall'))} | {_num(b.get('fps'), 2)} | "
+          f"{_num(b.get('params_m'), 2)} / {pp[0] or '—'} | "
+          f"{_num(b.get('gflops'), 2)} / {pp[1] or '—'} |")
+    if bench:
+        ref = brow.get("gfl_r50", {}).get("fps")
+        ratios = ", ".join(f"{n} {b['fps'] / ref:.2f}×" for n, b in brow.items()
+                           if ref and n != "gfl_r50")
+        fps = paper.FPS
+        w(f"\nCost columns: `meddet bench` in the same study run on {bench.get('device_name')}, "
+          f"{bench.get('img_size')} px, batch {bench.get('batch_size')}, "
+          f"{bench.get('threads')} threads (FPS relative to GFL-R50: {ratios}). The paper "
+          f"measured {fps['meddet']} vs {fps['gfl_r50']} FPS "
+          f"({fps['meddet'] / fps['gfl_r50']:.1f}×) on its GPU.\n")
+    w("")
+
+
+def _sweep(rows: dict[str, dict], spread: float | None, w) -> None:
+    """The σ/τ sweep, best validation mAP50 first; the default σ, τ is the MedDet row of the
+    sweep rows' seed."""
+    sweep = [r for r in rows.values() if r["group"].startswith("sweep-")]
+    if not sweep:
+        return
+    sweep += [r for r in rows.values() if r["group"] == "meddet"
+              and r["seed"] == sweep[0]["seed"]]
+    w(f"## σ / τ sweep (eq. 14), seed {sweep[0]['seed']}\n")
+    if spread is not None:
+        w(f"One seed per row: a difference counts only if it is larger than the MedDet "
+          f"rows' seed-to-seed spread at the default σ, τ ({spread:.1f} points).\n")
+    w("| σ | τ | 1 − σ − τ | best val mAP50 | test mAP50 |")
+    w("|---:|---:|---:|---:|---:|")
+    for r in sorted(sweep, key=lambda r: -(r.get("best_val_mAP50") or 0)):
+        sig, tau = (DEFAULT_SIGMA_TAU if r["group"] == "meddet" else
+                    (float(r["group"].split("-")[1][5:]), float(r["group"].split("-")[2][3:])))
+        w(f"| {sig} | {tau} | {1 - sig - tau:.1f} | {_pct(r.get('best_val_mAP50'))} | "
+          f"{100 * r['test']['mAP50']:.1f} |")
+    w("")

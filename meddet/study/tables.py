@@ -1,0 +1,206 @@
+"""The study's tables and the rows that fill them: what each row trains, and in which order.
+
+A row is one run directory: a ``meddet`` training command, then a test evaluation. Rows that
+differ only by seed share a *group*, the unit the report averages over. Row ids:
+
+* ``teacher-gfl_r{50,101,152}``: ``meddet pretrain-teacher`` (Table II; the distillation
+  teachers of every other row).
+* ``plain-<zoo name>-sS``: Table I's plain detectors. ``alone-meddet-sS``: the MedDet student
+  (nmODE² in the head) trained without teachers, the baseline of the MedDet row.
+* ``mgd|ld|fgd-sS``: the KD baselines, GFL-MobileNetV2 student, the teacher with the best val
+  mAP50 (``meddet distill --method ...``).
+* ``meddet-sS``: MedDet (nmODE² head, LWFF, AATM). Table III's cumulative rows, all distilled
+  from the three teachers: ``abl-base-sS`` (teachers summed, no AATM, no nmODE²: the paper's
+  "KD" baseline), ``abl-nmode-sS`` (+ nmODE²), ``abl-lwff-sS`` (+ LWFF), then ``meddet-sS``.
+* ``nmode-{backbone,fpn}``: the KD baseline with nmODE² elsewhere (Table IV; ``none`` and
+  ``head`` are ``abl-base-s0`` and ``abl-nmode-s0``). ``fusion-{sum,concat}``: Table V
+  (``lwff`` is ``meddet-s0``).
+* ``lite-sS``: MedDet distillation into ``meddet_lite``, the CPU student.
+* ``sweep-sigmaA-tauB``: the σ/τ sweep behind the distillation defaults.
+* ``bench``: ``meddet bench`` of the teachers and both students (Table II's cost columns).
+* ``alone-lite-{head,none,fpn,backbone}-sS`` (table ``alone``, no teachers, CPU-feasible):
+  ``meddet_lite`` trained alone with nmODE² in that place (``none``: nowhere), each with the
+  noise sweep: a proxy for Table IV and the noise claim that a 2-core CPU can run.
+
+``S`` is the seed; teachers and single-seed rows use the first seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meddet.errors import MedDetError
+
+TEACHERS = ("gfl_r50", "gfl_r101", "gfl_r152")
+PLAIN = ("gfl_mbv2", "gfl_mbv2_1.4", "gfl_effb0", "gfl_effb1", "gfl_shufflenet",
+         "gfl_shufflenetv2")
+KD = ("mgd", "ld", "fgd")
+NOISE_SPEC = "rician:40,20,10,5"
+NOISE_ROWS = ("teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152", "plain-gfl_mbv2-s0",
+              "abl-base-s0", "abl-nmode-s0", "meddet-s0")
+SWEEP = ((0.5, 0.3), (0.7, 0.2), (0.3, 0.5), (0.8, 0.1), (0.4, 0.2))
+DEFAULT_SIGMA_TAU = (0.5, 0.3)
+TABLES = ("1", "2", "3", "4", "5", "noise", "lite", "sweep", "alone")
+# Table "alone" (CPU-feasible, no teachers): meddet_lite trained alone with nmODE² here, each
+# row re-evaluated under noise. The proxy for Table IV and the noise claim without a GPU.
+PLACEMENTS = ("head", "none", "fpn", "backbone")
+DEFAULT_SEEDS = "0,1,2"
+
+# Each table's comparisons: (label, the group the paper says wins, the group it beats).
+CLAIMS: dict[str, list[tuple[str, str, str]]] = {
+    # "its student alone" isolates distillation: the same architecture without teachers
+    "1": [(f"MedDet vs {name}", "meddet", g) for name, g in (
+        ("GFL-MobileNetV2", "plain-gfl_mbv2"), ("its student alone", "alone-meddet"),
+        ("MGD", "mgd"), ("LD", "ld"), ("FGD", "fgd"))],
+    "3": [("nmODE² adds", "abl-nmode", "abl-base"), ("LWFF adds", "abl-lwff", "abl-nmode"),
+          ("AATM adds", "meddet", "abl-lwff")],
+    "4": [(f"head vs {q}", "abl-nmode", g) for q, g in (
+        ("none", "abl-base"), ("backbone", "nmode-backbone"), ("fpn", "nmode-fpn"))],
+    "5": [(f"LWFF vs {q}", "meddet", f"fusion-{q}") for q in ("sum", "concat")],
+    "alone": [(f"head vs {q}", "alone-lite-head", f"alone-lite-{q}") for q in PLACEMENTS[1:]],
+}
+# Table III's cumulative rows and Table IV's placements: 3-teacher feature distillation
+# without LWFF (teachers summed) and without AATM is the paper's "KD" baseline.
+KD_BASE = ("--fusion", "sum", "--no-aatm")
+
+
+@dataclass
+class Row:
+    """One run: a training command, then a test evaluation."""
+
+    id: str
+    label: str
+    argv: list[str]                     # meddet CLI arguments, without --out/--device
+    seed: int = 0
+    needs: tuple[str, ...] = ()
+    checkpoint: str = "best.pt"         # evaluated on the test split
+    noise: bool = False
+    group: str = ""                     # rows that differ only by seed share a group
+    kind: str = "train"                 # train | bench
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; the first seed is also the single-seed rows' seed."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise MedDetError(f"--seeds {text!r} is not a comma list of integers; use e.g. "
+                          "0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise MedDetError(f"--seeds {text!r} repeats a seed; list each seed once")
+    return seeds
+
+
+def parse_tables(text: str) -> set[str]:
+    """``"1,noise"`` -> ``{"1", "noise"}``; ``"all"`` -> every table of :data:`TABLES`."""
+    if text == "all":
+        return set(TABLES)
+    tables = set(text.split(","))
+    unknown = tables - set(TABLES)
+    if unknown:
+        raise MedDetError(f"unknown table(s) {sorted(unknown)}; use {','.join(TABLES)} or all")
+    return tables
+
+
+def select(rows: list[Row], only: str | None) -> list[Row]:
+    """The rows whose ids are in the comma list ``only`` (all rows when ``None``), in plan
+    order. Their dependencies must be finished already: they are not added."""
+    if not only:
+        return rows
+    keep = set(only.split(","))
+    unknown = keep - {r.id for r in rows}
+    if unknown:
+        raise MedDetError(f"--only: no such row(s) {sorted(unknown)} in this plan; "
+                          "`meddet study plan` lists the rows of a --tables/--seeds selection")
+    return [r for r in rows if r.id in keep]
+
+
+def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) -> list[Row]:
+    """The rows ``tables`` need, most important first.
+
+    Teachers come first, then seed ``seeds[0]`` of every table, the single-seed rows, then the
+    other seeds, so that a deadline cuts the least important tail.
+
+    Args:
+        seeds: training seeds; the first one is also the single-seed rows' seed.
+        tables: a subset of :data:`TABLES`.
+        teacher_epochs: train the teachers this many epochs (``None``: the config's).
+
+    Returns:
+        the rows, ids unique, in the order they should start.
+    """
+    rows: dict[str, Row] = {}
+    teachers = ",".join(f"@teacher-{t}" for t in TEACHERS)
+    need_t = tuple(f"teacher-{t}" for t in TEACHERS)
+    t = tables
+
+    def add(rid: str, label: str, argv: list[str], seed: int = 0, **kw) -> None:
+        kw.setdefault("group", rid.rsplit("-s", 1)[0] if f"-s{seed}" in rid else rid)
+        kw.setdefault("noise", rid in NOISE_ROWS)
+        rows.setdefault(rid, Row(rid, label, argv, seed=seed, **kw))
+
+    def distill(rid, label, seed, *flags, student="meddet", method="meddet", **kw):
+        add(rid, label, ["distill", "--teachers", teachers, "--student", student, "--method",
+                         method, *flags, "--seed", str(seed)], seed, needs=need_t,
+            checkpoint="student.pt", **kw)
+
+    longer = ["--epochs", str(teacher_epochs)] if teacher_epochs else []
+    for m in TEACHERS if t - {"alone"} else ():  # every other table needs the teachers
+        # last.pt every 4 epochs: a ResNet teacher's full state is up to ~800 MB (R152 with
+        # AdamW; 2.0 s to write on a 2-core VM) and the R152 GPU run spent ~4 s per epoch
+        # outside training, most of it this write. best.pt is still written at every best.
+        add(f"teacher-{m}", f"GFL-{m[4:].upper()} (teacher)",
+            ["pretrain-teacher", "--model", m, "--seed", "0", "--checkpoint-every", "4",
+             *longer])
+
+    def per_seed(s: int) -> None:
+        for m in PLAIN if "1" in t else ("gfl_mbv2",) if t & {"noise"} else ():
+            add(f"plain-{m}-s{s}", f"GFL {m[4:]}",
+                ["pretrain-teacher", "--model", m, "--seed", str(s)], s)
+        if "1" in t:
+            # The MedDet student architecture (nmODE² head) trained without teachers.
+            add(f"alone-meddet-s{s}", "MedDet student alone",
+                ["pretrain-teacher", "--model", "meddet", "--seed", str(s)], s)
+            for k in KD:
+                distill(f"{k}-s{s}", k.upper(), s, student="gfl_mbv2", method=k)
+        if t & {"1", "2", "3", "4", "5", "lite", "noise", "sweep"}:
+            distill(f"meddet-s{s}", "MedDet", s)
+        if t & {"3", "4", "noise"}:
+            # every seed of this pair is swept: it is claim 6's distilled with/without pair
+            distill(f"abl-base-s{s}", "KD baseline (sum, no AATM, no nmODE²)", s, *KD_BASE,
+                    "--nmode", "none", noise=True)
+            distill(f"abl-nmode-s{s}", "+ nmODE² (head)", s, *KD_BASE, noise=True)
+        if "3" in t:
+            distill(f"abl-lwff-s{s}", "+ nmODE² + LWFF", s, "--no-aatm")
+        if "lite" in t:
+            distill(f"lite-s{s}", "MedDet-lite", s, student="meddet_lite")
+        if "alone" in t:
+            for q in PLACEMENTS:
+                add(f"alone-lite-{q}-s{s}", f"meddet_lite alone, nmODE² {where(q)}",
+                    ["pretrain-teacher", "--model", "meddet_lite", "--nmode", q, "--seed",
+                     str(s)], s, noise=True)
+
+    per_seed(seeds[0])
+    s0 = seeds[0]
+    if "4" in t:
+        for q in ("backbone", "fpn"):
+            distill(f"nmode-{q}", f"KD baseline + nmODE² in {q}", s0, *KD_BASE, "--nmode", q)
+    if "5" in t:
+        for f in ("sum", "concat"):
+            distill(f"fusion-{f}", f"MedDet, fusion {f}", s0, "--fusion", f)
+    if "sweep" in t:
+        for sig, tau in SWEEP:
+            if (sig, tau) != DEFAULT_SIGMA_TAU:
+                distill(f"sweep-sigma{sig}-tau{tau}", f"σ={sig}, τ={tau}", s0, "--sigma",
+                        str(sig), "--tau", str(tau))
+    if "2" in t:
+        add("bench", "meddet bench", [], kind="bench")
+    for s in seeds[1:]:
+        per_seed(s)
+    return list(rows.values())
+
+
+def where(placement: str) -> str:
+    """Where nmODE² sits, in words: ``"head"`` -> ``"in the head"``."""
+    return {"none": "nowhere", "head": "in the head", "fpn": "in the FPN",
+            "backbone": "in the backbone"}[placement]
