@@ -143,7 +143,7 @@ def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
       "split (pycocotools), mean ± sample standard deviation over seeds (n = seeds). The "
       "paper's figures are on the private CDH-1848 set and are shown for orientation only: "
       "the two columns are not comparable in absolute terms, only in their ordering. What the "
-      "numbers mean, what is missing and why: `docs/distillation.md`, section *Study status*."
+      "numbers mean, what is missing and why: `docs/distillation.md`, section *Measured on the synthetic benchmark*."
       "\n")
     if source:
         out, report = source
