@@ -11,13 +11,13 @@ Prints parameters and the median / min latency per image.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from meddet.benchmark import count_params, time_rounds, timing_stats
+from meddet.benchmark.measure import torch_call
 from meddet.models import optimize_for_inference
-from meddet.models.zoo import LITE_ARCH, PAPER_ARCH, _build_gfl
+from meddet.models.zoo import LITE_ARCH, PAPER_ARCH, build_gfl
 
 VARIANTS = {
     "256/256 x4 dense (meddet)": PAPER_ARCH,
@@ -38,26 +38,19 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     x = torch.randn(1, 3, a.img_size, a.img_size)
-    models = {}
+    cpu = torch.device("cpu")
+    calls, params = [], []
     for name, arch in VARIANTS.items():
-        m = _build_gfl(2, name=name, backbone_name="mobilenet_v2", default_nmode="head",
-                       arch=arch).eval()
-        models[name] = (optimize_for_inference(m, channels_last=False),
-                        sum(p.numel() for p in m.parameters()) / 1e6)
-    times: dict[str, list[float]] = {n: [] for n in models}
-    with torch.inference_mode():
-        for m, _ in models.values():
-            m(x)
-            m(x)
-        for _ in range(a.rounds):
-            for n, (m, _) in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[n].append(1000 * (time.perf_counter() - t0))
+        m = build_gfl(2, name=name, backbone_name="mobilenet_v2", default_nmode="head",
+                      arch=arch).eval()
+        params.append(count_params(m) / 1e6)
+        calls.append(torch_call(optimize_for_inference(m, channels_last=False), x, cpu))
+    times = time_rounds(calls, warmup=2, iters=a.rounds)
     print(f"{a.img_size} px, {a.threads} threads, {a.rounds} rounds")
-    for n, (_, params) in models.items():
-        print(f"{n:30s} {params:6.2f} M  median {statistics.median(times[n]):6.0f} ms  "
-              f"min {min(times[n]):6.0f} ms")
+    for name, p, t in zip(VARIANTS, params, times):
+        s = timing_stats(t)
+        print(f"{name:30s} {p:6.2f} M  median {s['latency_ms_median']:6.0f} ms  "
+              f"min {s['latency_ms_min']:6.0f} ms")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def _child(solver: str, mode: str, shape: list[int], threads: int, iters: int,
            clock_name: str) -> dict:
     import torch
 
-    from meddet.benchmark import _CpuPeakRss
+    from meddet.benchmark import PeakRss
     from meddet.models.nmode import NmODE2
 
     torch.set_num_threads(threads)
@@ -46,7 +46,7 @@ def _child(solver: str, mode: str, shape: list[int], threads: int, iters: int,
                 m(x)
 
     step()  # warm-up (allocator, lazy imports)
-    mem = _CpuPeakRss()
+    mem = PeakRss()
     mem.start()
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
     times = []

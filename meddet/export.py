@@ -49,7 +49,8 @@ from meddet._io import atomic_save, atomic_write_bytes
 from meddet.errors import MedDetError
 from meddet.geometry import check_img_size
 
-__all__ = ["EXPORT_ODE", "FORMATS", "ExportReport", "quantize_int8", "export_checkpoint", "export_model", "synthetic_image"]
+__all__ = ["EXPORT_ODE", "FORMATS", "ExportReport", "quantize_int8", "export_checkpoint",
+           "export_model", "synthetic_batch", "synthetic_image"]
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_ODE = ("table", "unrolled")  # how nmODE² enters the graph (see _graph_nmode)
@@ -269,7 +270,7 @@ def export_model(
                           outputs=names["cls"] + names["reg"])
     # Two different images when the batch is dynamic, so the check also covers batch > 1.
     batch = 2 if dynamic_batch else 1
-    images, metas = _synthetic_batch(img_size, batch)
+    images, metas = synthetic_batch(img_size, batch)
 
     wrapper = _RawOutputs(model).eval()
     with _graph_nmode(model, ode), torch.no_grad(), warnings.catch_warnings():
@@ -287,7 +288,17 @@ def export_model(
     return report
 
 
-def _synthetic_batch(img_size: int, batch: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+def synthetic_batch(img_size: int, batch: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """``batch`` preprocessed :func:`synthetic_image` inputs for checks and calibration.
+
+    Args:
+        img_size: network input side in pixels.
+        batch: number of images (image ``i`` uses seed ``i``).
+
+    Returns:
+        ``(images, metas)``: ``float32 [batch, 3, img_size, img_size]`` network inputs and,
+        per image, ``{"scale", "orig_size": (h, w)}`` to map boxes back to the original.
+    """
     from meddet.data import preprocess
 
     tensors, metas = [], []

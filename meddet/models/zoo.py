@@ -41,7 +41,9 @@ from meddet.models.fpn import FPN
 from meddet.models.gfl_head import GFLHead
 from meddet.models.postprocess import GFLPostProcess
 
-__all__ = ["DETECTORS", "OVERRIDES", "build_detector"]
+__all__ = [
+    "DETECTORS", "LITE_ARCH", "OVERRIDES", "PAPER_ARCH", "build_detector", "build_gfl",
+]
 
 FPN_CHANNELS = 256
 # Neck and head as mmdetection's GFL (and the paper) size them, for teachers and students alike.
@@ -63,7 +65,7 @@ OVERRIDES = (
 )
 
 
-def _build_gfl(
+def build_gfl(
     num_classes: int = 2,
     *,
     name: str,
@@ -72,6 +74,26 @@ def _build_gfl(
     arch: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> GFLDetector:
+    """Build a GFL detector from a backbone name and a neck/head size (what every entry does).
+
+    For detectors outside :data:`DETECTORS`, e.g. a student with another neck or head size.
+
+    Args:
+        num_classes: foreground classes.
+        name: the detector's ``name`` (zoo entries in :data:`PREFERS_CHANNELS_LAST` also get
+            ``prefers_channels_last``).
+        backbone_name: a name :func:`meddet.models.backbones.build_backbone` accepts.
+        default_nmode: nmODE² placement unless ``overrides`` sets ``nmode``.
+        arch: any of :data:`PAPER_ARCH`'s keys (``fpn_channels``, ``head_channels``,
+            ``stacked_convs``, ``depthwise``); missing keys keep the paper's size.
+        **overrides: as for :func:`build_detector`.
+
+    Returns:
+        A :class:`~meddet.models.detector.GFLDetector` in training mode.
+
+    Raises:
+        MedDetError: unknown option or arch key, invalid placement or eq. 12 weights.
+    """
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise MedDetError(
@@ -80,6 +102,10 @@ def _build_gfl(
         )
     if not isinstance(num_classes, int) or num_classes < 1:
         raise MedDetError(f"num_classes must be a positive integer, got {num_classes!r}")
+    bad_arch = sorted(set(arch or {}) - set(PAPER_ARCH))
+    if bad_arch:
+        raise MedDetError(f"unknown arch key(s) {', '.join(map(repr, bad_arch))} for detector "
+                          f"{name!r}; valid: {', '.join(PAPER_ARCH)}")
     opt = {k: v for k, v in overrides.items() if v is not None}
     nmode = opt.get("nmode", default_nmode)
     if nmode not in NMODE_PLACEMENTS:
@@ -123,7 +149,7 @@ def _build_gfl(
 
 def _entry(name: str, backbone_name: str, default_nmode: str,
            **arch: Any) -> Callable[..., GFLDetector]:
-    return functools.partial(_build_gfl, name=name, backbone_name=backbone_name,
+    return functools.partial(build_gfl, name=name, backbone_name=backbone_name,
                              default_nmode=default_nmode, arch=arch)
 
 
