@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from meddet.errors import MedDetError
+from meddet.models._dist import shared_normaliser
 from meddet.models.assigner import ATSSAssigner
 from meddet.models.box_ops import (
     aligned_iou,
@@ -367,7 +368,10 @@ class GFLDetector(nn.Module):
         and divided by the number of positives (at least 1); GIoU and DFL are weighted per
         positive by its detached max class score and divided by the sum of those weights
         (at least 1, which damps the box losses while scores are still near the prior). DFL is
-        also averaged over the four sides. Images without objects contribute QFL only.
+        also averaged over the four sides. Images without objects contribute QFL only. Under
+        ``torch.distributed`` both normalisers are taken over all ranks' images (divided by
+        the world size), so the ranks' mean loss and DDP's averaged gradients equal those of one
+        process on the whole batch.
 
         Args:
             cls_scores: per level ``[B, C, H_l, W_l]`` logits.
@@ -402,7 +406,9 @@ class GFLDetector(nn.Module):
         quality = torch.where(pos, aligned_iou(pred_boxes.detach(), tgt_boxes), 0.0)  # [B, A]
         # With no positive the weights are all 0 and both terms are exactly 0, with the
         # regression branch still in the graph (zero gradient).
-        weight_sum = weight.sum().clamp(min=1.0)
+        # Under torchrun the normalisers are the whole job's (see shared_normaliser), so N
+        # processes with b images each train like one process with N·b images.
+        weight_sum = shared_normaliser(weight.sum())
         loss_giou = weighted_sum(giou_loss(pred_boxes, tgt_boxes), weight, weight_sum)
         tgt_dist = bbox2distance(pts, tgt_boxes, float(self.reg_max), eps=self.dfl_eps)
         dfl = distribution_focal_loss(reg_flat.reshape(-1, self.reg_max + 1),
@@ -412,7 +418,7 @@ class GFLDetector(nn.Module):
 
         qfl = quality_focal_loss(cls_flat.reshape(batch * num_loc, -1), asg.labels.reshape(-1),
                                  quality.reshape(-1), beta=self.qfl_beta)
-        loss_qfl = weighted_sum(qfl, None, num_pos.clamp(min=1.0))
+        loss_qfl = weighted_sum(qfl, None, shared_normaliser(num_pos))
         total = self.det_scale * (
             self.lambda_qfl * loss_qfl
             + self.mu_dfl * loss_dfl
