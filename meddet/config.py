@@ -84,7 +84,8 @@ class TrainConfig(_Strict):
 
     epochs: int = Field(12, ge=1)
     optimizer: Literal["sgd", "adamw"] = Field(
-        "sgd", description="sgd: the paper's SGD + momentum; adamw: faster from-scratch CPU runs"
+        "sgd", description="sgd: SGD + momentum as in mmdetection's GFL schedule (the paper "
+        "gives no optimiser settings); adamw: faster from-scratch CPU runs"
     )
     batch_size: int = Field(4, ge=1)
     lr: float = Field(0.01, gt=0, description="SGD learning rate for base_batch_size images")

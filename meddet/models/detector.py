@@ -46,7 +46,9 @@ NMODE_PLACEMENTS = ("head", "fpn", "backbone", "none")
 DEFAULT_LAMBDA_QFL = 1 / 3.25
 DEFAULT_MU_DFL = 0.25 / 3.25
 # Eq. 12's weights sum to 1, mmdetection's (1 + 0.25 + 2) to 3.25; multiplying by 3.25 gives the
-# same total (and gradient scale) as mmdetection's GFL so the paper's SGD lr of 0.01 applies.
+# same total (and gradient scale) as mmdetection's GFL, so mmdetection's GFL schedule (SGD
+# lr 0.01 for batch 16), which we train with because the paper gives no optimiser settings,
+# applies unchanged.
 DEFAULT_DET_SCALE = 3.25
 
 
@@ -127,7 +129,8 @@ class GFLDetector(nn.Module):
         mu_dfl: μ of eq. 12; the GIoU weight is ``1 - λ - μ``. The defaults ``λ = 1/3.25`` and
             ``μ = 0.25/3.25`` reproduce GFL's weighting QFL : DFL : GIoU = 1 : 0.25 : 2.
         det_scale: factor on eq. 12's total. The default 3.25 makes the total equal to
-            mmdetection's GFL loss (1·QFL + 0.25·DFL + 2·GIoU), so the paper's SGD lr of 0.01
+            mmdetection's GFL loss (1·QFL + 0.25·DFL + 2·GIoU), so mmdetection's GFL schedule
+            (SGD lr 0.01 for batch 16; our choice, the paper states no optimiser settings)
             applies unchanged; use 1.0 for eq. 12 exactly as printed.
         anchor_scale: ATSS anchor side in strides (GFL: 8).
         center_offset: location centre offset in cells (0 matches mmdetection's GFL).

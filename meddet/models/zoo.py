@@ -44,10 +44,11 @@ from meddet.models.postprocess import GFLPostProcess
 __all__ = ["DETECTORS", "OVERRIDES", "build_detector"]
 
 FPN_CHANNELS = 256
-# Neck and head as mmdetection's GFL (and the paper) size them, for teachers and students alike.
+# Neck and head as mmdetection's GFL sizes them, for teachers and students alike (the paper
+# builds on GFL; with this size the parameter counts match its Table II, docs/table2.md).
 PAPER_ARCH: dict[str, Any] = {"fpn_channels": FPN_CHANNELS, "head_channels": FPN_CHANNELS,
                               "stacked_convs": 4, "depthwise": False}
-# The CPU student (issue 9): 128-channel neck and head, depthwise-separable tower convs. At
+# The CPU student: 128-channel neck and head, depthwise-separable tower convs. At
 # 512 px the paper-sized head is ~70 % of the student's latency; this one is ~a tenth of it.
 LITE_ARCH: dict[str, Any] = {"fpn_channels": 128, "head_channels": 128, "stacked_convs": 4,
                              "depthwise": True}
