@@ -74,6 +74,9 @@ class ModelConfig(_Strict):
     score_thr: float = Field(0.05, ge=0, le=1, description="post-process score threshold")
     nms_iou: float = Field(0.6, gt=0, le=1, description="class-wise NMS IoU threshold")
     max_per_img: int = Field(100, ge=1, description="detections kept per image")
+    min_box_size: float = Field(
+        0.0, ge=0, description="drop detections this wide or tall or less (original pixels)"
+    )
 
 
 class TrainConfig(_Strict):
@@ -81,7 +84,8 @@ class TrainConfig(_Strict):
 
     epochs: int = Field(12, ge=1)
     optimizer: Literal["sgd", "adamw"] = Field(
-        "sgd", description="sgd: the paper's SGD + momentum; adamw: faster from-scratch CPU runs"
+        "sgd", description="sgd: SGD + momentum as in mmdetection's GFL schedule (the paper "
+        "gives no optimiser settings); adamw: faster from-scratch CPU runs"
     )
     batch_size: int = Field(4, ge=1)
     lr: float = Field(0.01, gt=0, description="SGD learning rate for base_batch_size images")

@@ -14,8 +14,9 @@
    distilled student on test images, ground truth in white).
 
 The image size and the schedule are reduced (:data:`PLANS`): the numbers show that the
-pipeline runs and how the models compare in cost, not the paper's accuracy, which needs the
-``paper`` config (512 px, 12 epochs) on a GPU and the private CDH-1848 data.
+pipeline runs and how the models compare in cost, not the paper's accuracy; full-scale
+training is the ``paper`` config (512 px, mmdetection's 12-epoch GFL schedule) on a GPU with
+the private CDH-1848 data.
 """
 
 from __future__ import annotations
@@ -412,7 +413,8 @@ def format_tables(result: dict[str, Any]) -> str:
         f"epoch(s), students {p['student_epochs']} epoch(s) of batch {p['batch_size']}"
         + (f", capped at {p['max_iters']} iteration(s) per model" if p["max_iters"] else "")
         + ". These numbers demonstrate the pipeline; they are **not comparable** with the "
-        "paper's CDH-1848 results (512 px, 12 epochs, `--config paper` on a GPU).",
+        "paper's CDH-1848 results (full-scale training: `--config paper`, 512 px, 12 epochs, "
+        "on a GPU).",
         "",
         f"## Table I: detection on the synthetic test split ({p['num_test']} images)",
         "",
@@ -660,8 +662,8 @@ def run_demo(
         "notes": [
             ("reduced image size and schedule: a demonstration of the pipeline; the numbers "
              "are not comparable with the paper's CDH-1848 results"),
-            ("the paper's schedule: meddet pretrain-teacher / distill --config paper (512 px, "
-             "12 epochs) on a GPU"),
+            ("full-scale training: meddet pretrain-teacher / distill --config paper (512 px, "
+             "mmdetection's 12-epoch GFL schedule) on a GPU"),
             ("FPS: random-weight models, batch 1, forward + post-processing; GFLOPs and "
              f"parameters at {PAPER_IMG_SIZE} px"),
         ],

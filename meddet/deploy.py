@@ -9,8 +9,9 @@ step for step the same as ``meddet.models.postprocess.GFLPostProcess``:
    ``nms_pre`` of them (highest first);
 2. decode the integral of the softmax distribution times the level's stride into ``xyxy``
    boxes around the location centres, clipped to the network input;
-3. class-wise greedy NMS at ``nms_iou`` over all levels, keep the ``max_per_img`` best;
-4. divide by the resize ``scale`` and clip to the original image.
+3. divide by the resize ``scale`` and clip to the original image (which removes the letterbox
+   padding), then drop boxes no wider or taller than ``min_box_size``;
+4. class-wise greedy NMS at ``nms_iou`` over all levels, keep the ``max_per_img`` best.
 
 :func:`preprocess` reproduces ``meddet.data.preprocess`` (percentile clip, Pillow's bilinear
 resize, pad, ImageNet standardisation) in numpy, so a deployment needs ``numpy`` and
@@ -217,6 +218,7 @@ def postprocess(
     nms_pre: int = 1000,
     nms_iou: float = 0.6,
     max_per_img: int = 100,
+    min_box_size: float = 0.0,
     center_offset: float = 0.0,
     anchor_scale: float = 8.0,
     metas: Sequence[dict[str, Any]] | None = None,
@@ -233,10 +235,12 @@ def postprocess(
         nms_pre: candidates kept per level before NMS.
         nms_iou: class-wise NMS IoU threshold.
         max_per_img: detections kept per image.
+        min_box_size: boxes whose width or height is at most this are dropped before NMS, in
+            the units of the returned boxes (original pixels with a ``scale``).
         center_offset: location centre offset in cells (the model's ``center_offset``).
         anchor_scale: anchor side in strides (only used to reproduce the centres bit-exactly).
         metas: optional per image ``{"scale": float, "orig_size": (h, w)}``; boxes are divided
-            by ``scale`` and clipped to ``orig_size``.
+            by ``scale`` and clipped to ``orig_size`` before NMS.
 
     Returns:
         Per image ``{"boxes": float32 [K, 4] xyxy, "scores": float32 [K], "labels": int64
@@ -269,10 +273,12 @@ def postprocess(
         boxes = np.concatenate(boxes_all).reshape(-1, 4)
         scores = np.concatenate(scores_all).astype(np.float32)
         labels = np.concatenate(labels_all)
-        keep = batched_nms(boxes, scores, labels, nms_iou)[:max_per_img]
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         if metas is not None:
             boxes = _to_original(boxes, metas[b])
+        size_ok = ((boxes[:, 2:] - boxes[:, :2]) > np.float32(min_box_size)).all(axis=1)
+        boxes, scores, labels = boxes[size_ok], scores[size_ok], labels[size_ok]
+        keep = batched_nms(boxes, scores, labels, nms_iou)[:max_per_img]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         results.append({"boxes": boxes, "scores": scores, "labels": labels})
     return results
 
@@ -298,14 +304,14 @@ class OnnxDetector:
         path: ``.onnx`` file written by ``meddet export``.
         providers: onnxruntime execution providers (default: CPU).
         **overrides: post-process settings that replace the exported ones: ``score_thr``,
-            ``nms_iou``, ``nms_pre``, ``max_per_img``.
+            ``nms_iou``, ``nms_pre``, ``max_per_img``, ``min_box_size``.
 
     Attributes:
         meta: the JSON description stored in the model (class names, image size, strides,
             post-process settings, output names).
     """
 
-    _OVERRIDABLE = ("score_thr", "nms_iou", "nms_pre", "max_per_img")
+    _OVERRIDABLE = ("score_thr", "nms_iou", "nms_pre", "max_per_img", "min_box_size")
 
     def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | None = None,
                  **overrides: Any) -> None:
@@ -349,6 +355,8 @@ class OnnxDetector:
             reg_max=int(self.meta["reg_max"]), score_thr=float(pp["score_thr"]),
             nms_pre=int(pp["nms_pre"]), nms_iou=float(pp["nms_iou"]),
             max_per_img=int(pp["max_per_img"]),
+            # Older exports have no min_box_size: use the default.
+            min_box_size=float(pp.get("min_box_size", 0.0)),
             center_offset=float(self.meta["center_offset"]),
             anchor_scale=float(self.meta["anchor_scale"]), metas=metas)
 

@@ -193,7 +193,8 @@ def _describe(model: nn.Module, class_names: Sequence[str], img_size: int,
         "center_offset": float(model.center_offset),
         "anchor_scale": float(model.anchor_scale),
         "postprocess": {"score_thr": float(pp.score_thr), "nms_pre": int(pp.nms_pre),
-                        "nms_iou": float(pp.nms_iou), "max_per_img": int(pp.max_per_img)},
+                        "nms_iou": float(pp.nms_iou), "max_per_img": int(pp.max_per_img),
+                        "min_box_size": float(pp.min_box_size)},
         "preprocess": {"clip_percentiles": [0.5, 99.5], "mean": [0.485, 0.456, 0.406],
                        "std": [0.229, 0.224, 0.225], "resize": "long side to img_size, "
                        "bilinear; pad bottom/right with 0 before standardisation"},
@@ -384,7 +385,8 @@ def _self_check(model: nn.Module, path: Path, fmt: str, images: torch.Tensor,
         np_det = deploy.postprocess(
             cls_e, reg_e, strides=desc["strides"], img_shape=img_shape, reg_max=desc["reg_max"],
             score_thr=thr, nms_pre=int(base.nms_pre), nms_iou=float(base.nms_iou),
-            max_per_img=int(base.max_per_img), center_offset=desc["center_offset"],
+            max_per_img=int(base.max_per_img), min_box_size=float(base.min_box_size),
+            center_offset=desc["center_offset"],
             anchor_scale=desc["anchor_scale"], metas=metas)
         report.detections.append(_compare_detections(torch_det, np_det, thr))
     report.checked = True

@@ -55,8 +55,9 @@ def test_nms_hand_computed():
     assert deploy.batched_nms(boxes[:0], scores[:0], labels[:0], 0.6).tolist() == []
 
 
-def test_numpy_postprocess_matches_torch():
-    model = small_model()
+@pytest.mark.parametrize("min_box_size", [0.0, 6.0])
+def test_numpy_postprocess_matches_torch(min_box_size):
+    model = small_model(min_box_size=min_box_size)
     torch.manual_seed(1)
     size = 128  # raw outputs only: no forward pass, so a larger input costs nothing
     sizes = [(size // s, size // s) for s in model.strides]
@@ -66,9 +67,11 @@ def test_numpy_postprocess_matches_torch():
     ref = model.postprocess(cls, reg, (size, size), metas)
     got = deploy.postprocess([c.numpy() for c in cls], [r.numpy() for r in reg],
                              strides=model.strides, img_shape=(size, size),
-                             center_offset=model.center_offset,
+                             min_box_size=min_box_size, center_offset=model.center_offset,
                              anchor_scale=model.anchor_scale, metas=metas)
     for r, g in zip(ref, got):
+        size = np.minimum(g["boxes"][:, 2] - g["boxes"][:, 0], g["boxes"][:, 3] - g["boxes"][:, 1])
+        assert (size > min_box_size).all()
         assert len(g["boxes"]) == len(r["boxes"]) > 0
         np.testing.assert_array_equal(g["labels"], r["labels"].numpy())
         np.testing.assert_allclose(g["scores"], r["scores"].numpy(), atol=1e-6)
@@ -126,6 +129,11 @@ def test_export_onnx_cli_passes_its_check_and_runs_without_torch_postprocess(
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)
     assert proc.returncode == 0, proc.stderr
+
+    # The post-process settings travel with the model and can be overridden.
+    assert meta["postprocess"] == {"score_thr": 0.05, "nms_pre": 1000, "nms_iou": 0.6,
+                                   "max_per_img": 100, "min_box_size": 0.0}
+    assert deploy.OnnxDetector(out, min_box_size=2.0).meta["postprocess"]["min_box_size"] == 2.0
 
     # Dynamic batch: two images in one run.
     sess = deploy.OnnxDetector(out)

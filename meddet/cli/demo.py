@@ -57,7 +57,7 @@ def demo(
               f"students {plan.student_epochs} epoch(s) of batch {plan.batch_size}"
               + (f" (at most {plan.max_iters} iteration(s) each)" if plan.max_iters else "")
               + ". A pipeline demonstration: the numbers are not comparable with the paper's "
-              "(CDH-1848, 512 px, 12 epochs: `--config paper` on a GPU).")
+              "(CDH-1848; full-scale training is `--config paper`, 512 px, on a GPU).")
     result = run_demo(run_dir, plan=plan, seed=seed, students=names, console=con)
 
     t1 = Table(title="Table I: detection on the synthetic test split", box=box.SIMPLE_HEAD)

@@ -28,9 +28,12 @@ def _init_mean_reduce(conv: nn.Conv2d, num_teachers: int, channels: int) -> None
 
 
 class ChannelAlpha(nn.Module):
-    """``α(F) = sigmoid(Conv1x1(GAP(F)))``: per-channel weights (eqs. 7-8).
+    """``α(F) = sigmoid(Conv1x1(GAP(F)))``: per-channel weights.
 
-    The conv starts at zero so every α starts at 0.5 (a uniform weighting).
+    Eqs. 7-8 compute the weights from the pooled features with a 1x1 conv; the sigmoid is our
+    addition, which keeps every weight in (0, 1), so a teacher's channel can be damped but
+    never amplified without bound or flipped in sign. The conv starts at zero so every α starts
+    at 0.5 (a uniform weighting).
 
     Args:
         channels: ``C``.
@@ -51,8 +54,8 @@ class LWFF(nn.Module):
     """Learnable weighted feature fusion (eqs. 7-11).
 
     ``F'_Ti = α(F_Ti) * F_Ti``; ``F = Conv1x1(concat(F'_T1, ..., F'_Tn))`` back to ``C``
-    channels. The paper writes one α module applied to every teacher (the default);
-    ``per_teacher_alpha=True`` gives each teacher its own.
+    channels. By default one α module is shared by all teachers; ``per_teacher_alpha=True``
+    gives each teacher its own.
 
     Args:
         channels: ``C`` of the aligned features and of the output.

@@ -34,7 +34,7 @@ from meddet.errors import MedDetError
 
 #: ``ModelConfig`` fields that are ``build_detector`` overrides.
 MODEL_OVERRIDE_FIELDS = ("nmode", "pretrained", "score_thr", "nms_iou", "max_per_img",
-                         "lambda_qfl", "mu_dfl")
+                         "min_box_size", "lambda_qfl", "mu_dfl")
 
 
 def require_split(root: str | Path | None, split: str) -> Path:

@@ -93,7 +93,8 @@ def build_optimizer(params, *, lr: float, momentum: float, weight_decay: float,
                     kind: str = "sgd") -> torch.optim.Optimizer:
     """The optimiser over ``params`` (a module's trainable parameters, or an iterable of them).
 
-    ``sgd`` is the paper's (mmdetection's) SGD with momentum, weight decay on every parameter.
+    ``sgd`` is mmdetection's GFL optimiser, SGD with momentum and weight decay on every
+    parameter (our choice: the paper gives no optimiser settings).
     ``adamw`` (betas 0.9/0.999, decoupled weight decay) converges far faster when training from
     scratch on a CPU budget, which is why the ``cpu-small`` config uses it.
     """

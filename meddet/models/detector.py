@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from meddet.errors import MedDetError
+from meddet.models._dist import shared_normaliser
 from meddet.models.assigner import ATSSAssigner
 from meddet.models.box_ops import (
     aligned_iou,
@@ -45,7 +46,9 @@ NMODE_PLACEMENTS = ("head", "fpn", "backbone", "none")
 DEFAULT_LAMBDA_QFL = 1 / 3.25
 DEFAULT_MU_DFL = 0.25 / 3.25
 # Eq. 12's weights sum to 1, mmdetection's (1 + 0.25 + 2) to 3.25; multiplying by 3.25 gives the
-# same total (and gradient scale) as mmdetection's GFL so the paper's SGD lr of 0.01 applies.
+# same total (and gradient scale) as mmdetection's GFL, so mmdetection's GFL schedule (SGD
+# lr 0.01 for batch 16), which we train with because the paper gives no optimiser settings,
+# applies unchanged.
 DEFAULT_DET_SCALE = 3.25
 
 
@@ -126,7 +129,8 @@ class GFLDetector(nn.Module):
         mu_dfl: μ of eq. 12; the GIoU weight is ``1 - λ - μ``. The defaults ``λ = 1/3.25`` and
             ``μ = 0.25/3.25`` reproduce GFL's weighting QFL : DFL : GIoU = 1 : 0.25 : 2.
         det_scale: factor on eq. 12's total. The default 3.25 makes the total equal to
-            mmdetection's GFL loss (1·QFL + 0.25·DFL + 2·GIoU), so the paper's SGD lr of 0.01
+            mmdetection's GFL loss (1·QFL + 0.25·DFL + 2·GIoU), so mmdetection's GFL schedule
+            (SGD lr 0.01 for batch 16; our choice, the paper states no optimiser settings)
             applies unchanged; use 1.0 for eq. 12 exactly as printed.
         anchor_scale: ATSS anchor side in strides (GFL: 8).
         center_offset: location centre offset in cells (0 matches mmdetection's GFL).
@@ -367,7 +371,10 @@ class GFLDetector(nn.Module):
         and divided by the number of positives (at least 1); GIoU and DFL are weighted per
         positive by its detached max class score and divided by the sum of those weights
         (at least 1, which damps the box losses while scores are still near the prior). DFL is
-        also averaged over the four sides. Images without objects contribute QFL only.
+        also averaged over the four sides. Images without objects contribute QFL only. Under
+        ``torch.distributed`` both normalisers are taken over all ranks' images (divided by
+        the world size), so the ranks' mean loss and DDP's averaged gradients equal those of one
+        process on the whole batch.
 
         Args:
             cls_scores: per level ``[B, C, H_l, W_l]`` logits.
@@ -402,7 +409,9 @@ class GFLDetector(nn.Module):
         quality = torch.where(pos, aligned_iou(pred_boxes.detach(), tgt_boxes), 0.0)  # [B, A]
         # With no positive the weights are all 0 and both terms are exactly 0, with the
         # regression branch still in the graph (zero gradient).
-        weight_sum = weight.sum().clamp(min=1.0)
+        # Under torchrun the normalisers are the whole job's (see shared_normaliser), so N
+        # processes with b images each train like one process with N·b images.
+        weight_sum = shared_normaliser(weight.sum())
         loss_giou = weighted_sum(giou_loss(pred_boxes, tgt_boxes), weight, weight_sum)
         tgt_dist = bbox2distance(pts, tgt_boxes, float(self.reg_max), eps=self.dfl_eps)
         dfl = distribution_focal_loss(reg_flat.reshape(-1, self.reg_max + 1),
@@ -412,7 +421,7 @@ class GFLDetector(nn.Module):
 
         qfl = quality_focal_loss(cls_flat.reshape(batch * num_loc, -1), asg.labels.reshape(-1),
                                  quality.reshape(-1), beta=self.qfl_beta)
-        loss_qfl = weighted_sum(qfl, None, num_pos.clamp(min=1.0))
+        loss_qfl = weighted_sum(qfl, None, shared_normaliser(num_pos))
         total = self.det_scale * (
             self.lambda_qfl * loss_qfl
             + self.mu_dfl * loss_dfl

@@ -63,7 +63,8 @@ class GFLHead(nn.Module):
         reg_max: largest distance bin; the regression has ``4 * (reg_max + 1)`` channels.
         norm_groups: GroupNorm groups.
         nmode: insert one :class:`~meddet.models.nmode.NmODE2` per branch between the last
-            tower block and ``gfl_cls`` / ``gfl_reg`` (the paper's default placement).
+            tower block and ``gfl_cls`` / ``gfl_reg`` (placement ``head``: the paper puts
+            nmODE² in the classification and regression branches).
         nmode_kwargs: keyword arguments for each ``NmODE2``.
         depthwise: depthwise-separable tower convs (3x3 per channel, then 1x1) instead of
             dense 3x3 convs; used by the ``meddet_lite`` student.

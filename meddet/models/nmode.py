@@ -493,7 +493,8 @@ class NmODE2(_NmODEBase):
     parameters: γ = f(x, w) is the output of the upstream layers.
 
     Args:
-        T: end time of the integration (paper: 1).
+        T: end time of the integration. The paper states none; the default 1 is our choice,
+            the ODE's natural time unit (the decay term -y has rate 1).
         method: a torchdiffeq method name (``rk4`` = torchdiffeq's 3/8-rule RK4).
         step_size: step of the fixed-grid methods (default 0.25, i.e. 4 steps); ignored by
             adaptive methods such as ``dopri5``.

@@ -1,4 +1,4 @@
-"""From raw GFL outputs to detections: threshold, top-k, decode, clip, class-wise NMS, rescale."""
+"""From raw GFL outputs to detections: threshold, top-k, decode, clip, rescale, class-wise NMS."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ class GFLPostProcess:
 
     Per level, every (location, class) pair whose sigmoid score exceeds ``score_thr`` is a
     candidate; the best ``nms_pre`` of them are decoded (integral of the distribution times the
-    stride, clipped to the input). All levels then go through class-wise NMS at ``nms_iou`` and
-    the ``max_per_img`` best survive. Boxes are finally mapped to original pixels.
+    stride, clipped to the input). With per-image metadata the boxes are then mapped to original
+    pixels and clipped to the original image, i.e. to the unpadded part of a letterboxed input,
+    and boxes no wider or taller than ``min_box_size`` are dropped (a prediction inside the
+    padding ends with zero height or width). All levels then go through class-wise NMS at
+    ``nms_iou`` and the ``max_per_img`` best survive.
 
     Args:
         reg_max: largest distance bin of the head.
@@ -28,6 +31,9 @@ class GFLPostProcess:
         nms_pre: candidates kept per level before NMS.
         nms_iou: IoU above which NMS suppresses a box of the same class.
         max_per_img: detections kept per image.
+        min_box_size: boxes whose width or height is at most this are dropped before NMS; in
+            the units of the returned boxes (original pixels when a ``scale`` is given). The
+            default 0 drops only empty boxes.
     """
 
     def __init__(
@@ -38,12 +44,14 @@ class GFLPostProcess:
         nms_pre: int = 1000,
         nms_iou: float = 0.6,
         max_per_img: int = 100,
+        min_box_size: float = 0.0,
     ) -> None:
         self.reg_max = reg_max
         self.score_thr = score_thr
         self.nms_pre = nms_pre
         self.nms_iou = nms_iou
         self.max_per_img = max_per_img
+        self.min_box_size = min_box_size
 
     @torch.no_grad()
     def __call__(
@@ -64,7 +72,7 @@ class GFLPostProcess:
             strides: stride per level.
             img_shape: ``(H, W)`` of the network input; decoded boxes are clipped to it.
             metas: optional per-image dicts; ``"scale"`` (input px per original px) divides the
-                boxes and ``"orig_size"`` ``(h, w)`` clips them afterwards. Missing keys leave
+                boxes and ``"orig_size"`` ``(h, w)`` clips them, before NMS. Missing keys leave
                 boxes in input pixels.
 
         Returns:
@@ -89,11 +97,15 @@ class GFLPostProcess:
             boxes = torch.cat(boxes_all)
             scores = torch.cat(scores_all)
             labels = torch.cat(labels_all)
+            # Map back before NMS, as mmdetection clips to the unpadded image before it: the
+            # clip to the original size is what removes the letterbox padding.
+            if metas is not None:
+                boxes = _to_original(boxes, metas[b])
+            size_ok = ((boxes[:, 2:] - boxes[:, :2]) > self.min_box_size).all(dim=1)
+            boxes, scores, labels = boxes[size_ok], scores[size_ok], labels[size_ok]
             keep = batched_nms(boxes.float(), scores.float(), labels, self.nms_iou)
             keep = keep[: self.max_per_img]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            if metas is not None:
-                boxes = _to_original(boxes, metas[b])
             results.append({"boxes": boxes, "scores": scores, "labels": labels})
         return results
 

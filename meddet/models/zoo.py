@@ -46,10 +46,11 @@ __all__ = [
 ]
 
 FPN_CHANNELS = 256
-# Neck and head as mmdetection's GFL (and the paper) size them, for teachers and students alike.
+# Neck and head as mmdetection's GFL sizes them, for teachers and students alike (the paper
+# builds on GFL; with this size the parameter counts match its Table II, docs/table2.md).
 PAPER_ARCH: dict[str, Any] = {"fpn_channels": FPN_CHANNELS, "head_channels": FPN_CHANNELS,
                               "stacked_convs": 4, "depthwise": False}
-# The CPU student (issue 9): 128-channel neck and head, depthwise-separable tower convs. At
+# The CPU student: 128-channel neck and head, depthwise-separable tower convs. At
 # 512 px the paper-sized head is ~70 % of the student's latency; this one is ~a tenth of it.
 LITE_ARCH: dict[str, Any] = {"fpn_channels": 128, "head_channels": 128, "stacked_convs": 4,
                              "depthwise": True}
@@ -60,8 +61,8 @@ REG_MAX = 16
 # Keys a builder accepts; a value of None keeps the zoo entry's default, so an unset
 # ``ModelConfig`` field can be passed straight through.
 OVERRIDES = (
-    "nmode", "pretrained", "score_thr", "nms_iou", "max_per_img", "lambda_qfl", "mu_dfl",
-    "nmode_kwargs", "frozen_stages", "norm_eval", "det_scale",
+    "nmode", "pretrained", "score_thr", "nms_iou", "max_per_img", "min_box_size", "lambda_qfl",
+    "mu_dfl", "nmode_kwargs", "frozen_stages", "norm_eval", "det_scale",
 )
 
 
@@ -138,7 +139,8 @@ def build_gfl(
                    nmode=nmode == "head", nmode_kwargs=nmode_kwargs)
     post = GFLPostProcess(reg_max=REG_MAX, score_thr=float(opt.get("score_thr", 0.05)),
                           nms_iou=float(opt.get("nms_iou", 0.6)),
-                          max_per_img=int(opt.get("max_per_img", 100)))
+                          max_per_img=int(opt.get("max_per_img", 100)),
+                          min_box_size=float(opt.get("min_box_size", 0.0)))
     model = GFLDetector(name=name, num_classes=num_classes, backbone=backbone, neck=neck,
                         head=head, nmode=nmode, strides=STRIDES, postprocessor=post,
                         lambda_qfl=lambda_qfl, mu_dfl=mu_dfl,
@@ -177,8 +179,10 @@ def build_detector(name: str, num_classes: int = 2, **overrides: Any) -> GFLDete
         **overrides: any of :data:`OVERRIDES`; ``None`` keeps the entry's default.
             ``nmode`` (``head``/``fpn``/``backbone``/``none``), ``pretrained`` (None,
             ``"imagenet"`` from the local torch cache, or a state-dict file), ``score_thr``,
-            ``nms_iou``, ``max_per_img``, ``lambda_qfl`` / ``mu_dfl`` (eq. 12; defaults
-            1/3.25 and 0.25/3.25 give GFL's 1 : 0.25 : 2), ``det_scale`` (default 3.25),
+            ``nms_iou``, ``max_per_img``, ``min_box_size`` (post-process settings, see
+            :class:`~meddet.models.postprocess.GFLPostProcess`), ``lambda_qfl`` / ``mu_dfl``
+            (eq. 12; defaults 1/3.25 and 0.25/3.25 give GFL's 1 : 0.25 : 2), ``det_scale``
+            (default 3.25),
             ``nmode_kwargs`` (dict for each head ``NmODE2``), ``frozen_stages``, ``norm_eval``
             (defaults: 1 and True with ``pretrained`` weights, as mmdetection fine-tunes;
             -1 and False without, i.e. training from scratch).
