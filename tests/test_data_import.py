@@ -354,3 +354,18 @@ def test_masks_import_exact_boxes_min_area_and_class_map(tmp_path):
     assert {r: d["count"] for r, d in summary.dropped().items()} == {
         "missing_image": 1, "missing_annotation": 1, "small": 2}
     assert CocoDetection(out, "val", img_size=64).class_names == ["disc", "body"]
+
+
+def test_masks_in_one_folder_for_split_image_folders(tmp_path):
+    src = tmp_path / "seg"
+    _png(src / "images" / "train" / "a.png", 6, 4)
+    _png(src / "images" / "test" / "b.png", 6, 4)
+    m = np.zeros((4, 6), np.uint8)
+    m[1:3, 2:5] = 3
+    (src / "masks").mkdir()
+    Image.fromarray(m).save(src / "masks" / "a.png")
+    Image.fromarray(m).save(src / "masks" / "b.png")
+    summary = import_dataset(src, tmp_path / "out", format="masks", connectivity=4)
+    assert summary.problems == [] and summary.classes == ["3"]
+    assert _boxes(tmp_path / "out", "test") == {"b.png": [("3", [2.0, 1.0, 3.0, 2.0])]}
+    assert summary.splits["train"]["images"] == 1

@@ -9,7 +9,9 @@ belong to the same component), 4-connected on request.
 Layouts: ``images/`` beside ``masks/`` (or ``labels/``), each optionally with
 ``{train,val,test}/`` sub-folders; ``{train,val,test}/images/`` beside ``.../masks/``; or VOC's
 ``JPEGImages/`` beside ``SegmentationClass/``. The mask of ``images/a.jpg`` is ``masks/a.png``
-(or ``.npy``, ``.tif``, ``.tiff``, ``.bmp``, also with a ``_mask`` suffix: ``a_mask.png``).
+(or ``.npy``, ``.tif``, ``.tiff``, ``.bmp``, also with a ``_mask`` suffix: ``a_mask.png``);
+with split sub-folders of ``images/``, the masks may sit in matching sub-folders or all in
+``masks/`` itself.
 """
 
 from __future__ import annotations
@@ -183,10 +185,11 @@ def read_masks(src: Path, options: ReadOptions) -> Source:
                 boxes.append(RawBox(str(value), tuple(float(v) for v in xyxy), where))
             items.append(SourceItem(key=rel(image, src), image=image, split=split, boxes=boxes,
                                     size=(arr.shape[1], arr.shape[0]), where=where))
+    for mask_dir in dict.fromkeys(m for _, _, m in groups):
         for mask in sorted(p for p in mask_dir.iterdir() if p.is_file()
                            and p.suffix.lower() in MASK_SUFFIXES and p not in used):
             problems.append(Problem("missing_image", rel(mask, src), "mask without an image "
-                                    f"{mask.stem.removesuffix('_mask')}.* in {rel(img_dir, src)}"))
+                                    f"named {mask.stem.removesuffix('_mask')}.*"))
     return Source(items=items, classes=[str(v) for v in sorted(values)], problems=problems,
                   has_splits=any(split is not None for split, _, _ in groups))
 
@@ -195,11 +198,10 @@ def _groups(src: Path) -> list[tuple[str | None, Path, Path]]:
     for img_name, mask_name in _LAYOUTS:
         img_parent, mask_parent = src / img_name, src / mask_name
         if img_parent.is_dir() and mask_parent.is_dir():
-            folders = split_folders(img_parent)
-            if folders:
-                return [(s, f, mask_parent / f.name) for s, f in folders.items()
-                        if (mask_parent / f.name).is_dir()] or _missing(src)
-            return [(None, img_parent, mask_parent)]
+            # Masks may sit in matching split folders or all in one folder.
+            return [(s, f, mask_parent / f.name if (mask_parent / f.name).is_dir()
+                     else mask_parent) for s, f in split_folders(img_parent).items()] \
+                or [(None, img_parent, mask_parent)]
     groups = []
     for split, folder in split_folders(src).items():
         for img_name, mask_name in _LAYOUTS[:2]:
