@@ -14,6 +14,14 @@ from meddet.errors import MedDetError
 
 app = typer.Typer(help="Synthesise, import and inspect datasets.", no_args_is_help=True)
 
+# Arguments of the commands that write a dataset.
+OutDir = Annotated[Path, typer.Argument(help="Output folder (new, empty, or an old dataset with "
+                                        "--overwrite).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset in "
+                                         "OUT.")]
+JsonOut = Annotated[str | None, typer.Option("--json", help="Also write the summary as JSON to "
+                                             "this file ('-' for stdout).")]
+
 
 def _parse_range(value: str) -> tuple[float, float]:
     parts = [p.strip() for p in value.split(",")]
@@ -27,8 +35,7 @@ def _parse_range(value: str) -> tuple[float, float]:
 
 @app.command("synth")
 def synth(
-    out: Annotated[Path, typer.Argument(help="Output folder (new, empty, or an old dataset "
-                                        "with --overwrite).")],
+    out: OutDir,
     num_train: Annotated[int, typer.Option("--num-train", help="Training images.")] = 200,
     num_val: Annotated[int, typer.Option("--num-val", help="Validation images.")] = 50,
     num_test: Annotated[int, typer.Option("--num-test", help="Test images.")] = 50,
@@ -42,10 +49,8 @@ def synth(
                                                    "that a disc has a protrusion.")] = 0.3,
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="PNG bits per pixel: 8 or "
                                            "16.")] = 8,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset "
-                                            "in OUT.")] = False,
-    json_out: Annotated[str | None, typer.Option("--json", help="Also write the summary as "
-                                                 "JSON to this file ('-' for stdout).")] = None,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
 ) -> None:
     """Generate the synthetic sagittal-T2 cervical-spine dataset (COCO layout)."""
     from meddet.data import generate_dataset
@@ -97,8 +102,7 @@ def preview(
 def import_(
     src: Annotated[Path, typer.Argument(help="Source dataset: a folder (a COCO JSON file also "
                                         "works).")],
-    out: Annotated[Path, typer.Argument(help="Output folder (new, empty, or an old dataset "
-                                        "with --overwrite).")],
+    out: OutDir,
     fmt: Annotated[str | None, typer.Option("--format", help="voc, yolo, coco or masks "
                                             "(default: detected from the files).")] = None,
     images: Annotated[Path | None, typer.Option("--images", help="COCO: the folder file_name "
@@ -120,10 +124,8 @@ def import_(
                                               "pixels connect) or 4.")] = 8,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on the first bad image, box "
                                          "or class instead of dropping and counting it.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset "
-                                            "in OUT.")] = False,
-    json_out: Annotated[str | None, typer.Option("--json", help="Also write the summary as "
-                                                 "JSON to this file ('-' for stdout).")] = None,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
 ) -> None:
     """Convert a Pascal VOC, YOLO, COCO or segmentation-mask dataset to the meddet layout."""
     from rich.progress import Progress

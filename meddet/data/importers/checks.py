@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from meddet.data.importers._common import RawBox, ReadOptions
+from meddet.data.generate import check_out_folder
+from meddet.data.importers._records import RawBox, ReadOptions
 from meddet.errors import MedDetError
 
 # What ``overwrite`` may replace: a previous dataset (synthetic or imported), nothing else.
-_DATASET_ENTRIES = {"images", "annotations", "import_summary.json"}
+_IMPORTED_ENTRIES = {"images", "annotations", "import_summary.json"}
 
 
 def parse_class_map(value: str | None) -> dict[str, str]:
@@ -110,18 +111,7 @@ def _check_out(src: Path, out: Path, overwrite: bool) -> None:
     if s == o or s.is_relative_to(o) or o.is_relative_to(s):
         raise MedDetError(f"output {out} and source {src} overlap; write the dataset to a "
                           "folder outside the source")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise MedDetError(f"output {out} exists and is not a folder; choose another path")
-    entries = sorted(p.name for p in out.iterdir())
-    if entries and not overwrite:
-        raise MedDetError(f"output folder {out} is not empty; pass --overwrite to replace it or "
-                          "choose a new folder")
-    foreign = [e for e in entries if e not in _DATASET_ENTRIES]
-    if foreign:
-        raise MedDetError(f"refusing to overwrite {out}: it holds {foreign[0]!r}, which is not "
-                          "part of a meddet dataset; choose an empty or new folder")
+    check_out_folder(out, overwrite=overwrite, allowed=_IMPORTED_ENTRIES)
 
 
 def detect_format(src: Path) -> str:

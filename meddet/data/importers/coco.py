@@ -21,15 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from meddet.data.importers._common import (
-    SPLIT_ALIASES,
-    Problem,
-    RawBox,
-    ReadOptions,
-    Source,
-    SourceItem,
-    rel,
-)
+from meddet.data.importers._paths import SPLIT_ALIASES, rel
+from meddet.data.importers._records import Problem, RawBox, ReadOptions, Source, SourceItem
 from meddet.errors import MedDetError
 
 

@@ -24,7 +24,7 @@ from meddet import __version__
 from meddet._io import atomic_write_json
 from meddet.data.coco import BOX_TOLERANCE
 from meddet.data.generate import SPLITS, _fresh_dir, _swap_into_place
-from meddet.data.importers._common import REASONS, Problem, ReadOptions, Source, SourceItem
+from meddet.data.importers._records import REASONS, Problem, ReadOptions, Source, SourceItem
 from meddet.data.importers.checks import (
     check_box,
     check_options,

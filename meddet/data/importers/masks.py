@@ -20,17 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from meddet.data.importers._common import (
-    Problem,
-    RawBox,
-    ReadOptions,
-    Source,
-    SourceItem,
-    find_with_suffix,
-    list_images,
-    rel,
-    split_folders,
-)
+from meddet.data.importers._paths import find_with_suffix, list_images, rel, split_folders
+from meddet.data.importers._records import Problem, RawBox, ReadOptions, Source, SourceItem
 from meddet.errors import MedDetError
 
 MASK_SUFFIXES = (".png", ".npy", ".tif", ".tiff", ".bmp")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from meddet.data.importers._common import REASONS, Problem
+from meddet.data.importers._records import REASONS, Problem
 
 
 @dataclass

@@ -11,17 +11,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from meddet.data.importers._common import (
-    IMAGE_SUFFIXES,
-    SPLIT_ALIASES,
-    Problem,
-    RawBox,
-    ReadOptions,
-    Source,
-    SourceItem,
-    find_with_suffix,
-    rel,
-)
+from meddet.data.importers._paths import IMAGE_SUFFIXES, SPLIT_ALIASES, find_with_suffix, rel
+from meddet.data.importers._records import Problem, RawBox, ReadOptions, Source, SourceItem
 from meddet.errors import MedDetError
 
 

@@ -24,17 +24,8 @@ from typing import Any
 
 import yaml
 
-from meddet.data.importers._common import (
-    SPLIT_ALIASES,
-    Problem,
-    RawBox,
-    ReadOptions,
-    Source,
-    SourceItem,
-    list_images,
-    rel,
-    split_folders,
-)
+from meddet.data.importers._paths import SPLIT_ALIASES, list_images, rel, split_folders
+from meddet.data.importers._records import Problem, RawBox, ReadOptions, Source, SourceItem
 from meddet.errors import MedDetError
 
 _YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
