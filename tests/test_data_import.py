@@ -369,3 +369,38 @@ def test_masks_in_one_folder_for_split_image_folders(tmp_path):
     assert summary.problems == [] and summary.classes == ["3"]
     assert _boxes(tmp_path / "out", "test") == {"b.png": [("3", [2.0, 1.0, 3.0, 2.0])]}
     assert summary.splits["train"]["images"] == 1
+
+
+def test_yolo_split_layouts(tmp_path):
+    # data.yaml naming the image folders (Ultralytics), relative to its `path` entry.
+    a = tmp_path / "a"
+    _png(a / "ds" / "images" / "tr" / "x.png", 10, 10)
+    _png(a / "ds" / "images" / "va" / "y.png", 10, 10)
+    (a / "ds" / "labels" / "tr").mkdir(parents=True)
+    (a / "ds" / "labels" / "tr" / "x.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (a / "data.yaml").write_text("path: ds\ntrain: images/tr\nval: images/va\nnames: {0: c}\n")
+    summary = import_dataset(a, tmp_path / "out_a")
+    assert {s: v["images"] for s, v in summary.splits.items()} == {"train": 1, "val": 1}
+    assert _boxes(tmp_path / "out_a", "train") == {"x.png": [("c", [4.0, 4.0, 2.0, 2.0])]}
+    # Roboflow's export: {train,valid}/images + labels.
+    b = tmp_path / "b"
+    _png(b / "valid" / "images" / "z.jpg", 10, 10)
+    (b / "valid" / "labels").mkdir(parents=True)
+    (b / "valid" / "labels" / "z.txt").write_text("0 0.5 0.5 1 1\n")
+    (b / "data.yaml").write_text("names: [c]\n")
+    summary = import_dataset(b, tmp_path / "out_b")
+    assert _boxes(tmp_path / "out_b", "val") == {"z.jpg": [("c", [0.0, 0.0, 10.0, 10.0])]}
+
+
+def test_coco_ms_coco_layout_finds_split_files_and_image_folders(tmp_path):
+    src = tmp_path / "coco"
+    _png(src / "val2017" / "v.png", 8, 6)
+    (src / "annotations").mkdir(parents=True)
+    for name in ("instances_val2017.json", "person_keypoints_val2017.json"):
+        (src / "annotations" / name).write_text(json.dumps({
+            "images": [{"id": 1, "file_name": "v.png", "width": 8, "height": 6}],
+            "categories": [{"id": 1, "name": "n"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]}]}))
+    summary = import_dataset(src, tmp_path / "out")
+    assert summary.format == "coco" and list(summary.splits) == ["val"]
+    assert summary.boxes == 1 and summary.problems == []

@@ -117,7 +117,7 @@ def import_dataset(
     checked: list[tuple[SourceItem, tuple[int, int], str, list]] = []
     total = 2 * len(items)
     for done, item in enumerate(items, 1):
-        result = _check_item(item, names, mapping, problems, src)
+        result = _check_item(item, names, mapping, problems)
         if result is not None:
             checked.append((item, *result))
         if progress is not None:
@@ -185,7 +185,7 @@ def _resolve_classes(source: Source, classes: Sequence[str] | None, class_map: M
 
 
 def _check_item(item: SourceItem, names: list[str], mapping: dict[str, str],
-                problems: list[Problem], src: Path):
+                problems: list[Problem]):
     """``(size, image format, boxes)`` of a usable item (boxes as ``(cat_id, xyxy, crowd)``),
     or None with the reason appended to ``problems``."""
     lost = len(item.boxes)
