@@ -1,4 +1,5 @@
-"""`meddet data synth` and `meddet data preview` through the CLI entry point."""
+"""`meddet data synth`, `meddet data preview` and `meddet data import` (help; the import
+itself is tested in test_data_import.py) through the CLI entry point."""
 
 from __future__ import annotations
 
@@ -85,3 +86,12 @@ def test_preview_bad_input_exits_2(tmp_path, capsys):
     assert main(["data", "preview", str(tmp_path), "--n", "0", "--out", str(tmp_path / "g.png")]) == 2
     assert "--n" in _one_error_line(capsys)
     assert not (tmp_path / "g.png").exists()
+
+
+def test_data_import_is_listed_with_its_formats(capsys):
+    assert main(["data", "--help"]) == 0
+    assert "import" in capsys.readouterr().out
+    assert main(["data", "import", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--format", "--classes", "--class-map", "--split", "--strict", "--min-area"):
+        assert flag in text

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -27,6 +29,10 @@ from meddet.inference.readers import (
 )
 
 PYDICOM_DATA = Path(pydicom.data.__file__).parent / "test_files"
+# Real data beside the repository (``../shared/data``); MEDDET_SHARED_DATA points elsewhere.
+SHARED = Path(os.environ.get("MEDDET_SHARED_DATA",
+                             Path(__file__).resolve().parents[2] / "shared" / "data"))
+REAL_MRI = SHARED / "real-mri"
 CLASS_NAMES = ["protrusion", "non-protrusion"]
 IMG_SIZE = 64
 
@@ -174,6 +180,81 @@ def test_nifti_sagittal_slices_in_canonical_orientation(tmp_path):
     np.testing.assert_allclose(items[k].array, canon[k].T[::-1, ::-1])
     assert items[k].spacing == (3.0, 2.0)
     assert output_stem(other) == "pir"
+
+
+def _t2_like_volume(tmp_path: Path) -> Path:
+    """The real sagittal T2 volume when available, else a synthetic stand-in stored the same
+    way (axes P, S, R: sagittal planes along the last stored axis)."""
+    real = REAL_MRI / "sct_t2_cervical.nii.gz"
+    if real.is_file():
+        return real
+    data = np.random.default_rng(0).integers(0, 1000, (30, 27, 26)).astype(np.int16)
+    affine = np.array([[0, 0, 1.0, -13], [-1.0, 0, 0, 15], [0, 1.0, 0, -9], [0, 0, 0, 1]])
+    path = tmp_path / "t2_like.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def test_nifti_sagittal_slices_are_upright_in_the_stored_axis_order(tmp_path):
+    path = _t2_like_volume(tmp_path)
+    img = nib.load(path)
+    assert nib.aff2axcodes(img.affine) == ("P", "S", "R")
+    vol = np.asarray(img.dataobj, dtype=np.float32)
+    (mid,) = read_all(path, "mid")
+    # Worked out by hand from the stored axes (P, S, R): sagittal plane k is vol[:, :, k]
+    # (counted from the patient's left); rows run from superior to inferior (stored S axis
+    # reversed), columns from anterior to posterior (stored P axis as is).
+    k = vol.shape[2] // 2
+    assert mid.index == k
+    np.testing.assert_array_equal(mid.array, vol[:, ::-1, k].T)
+
+
+def test_nifti_real_t1_stored_ras_is_upright():
+    path = REAL_MRI / "sct_t1w_cervical.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"the real T1 volume is not at {path}")
+    img = nib.load(path)
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    vol = np.asarray(img.dataobj, dtype=np.float32)
+    (mid,) = read_all(path, "mid")
+    # Stored R, A, S: plane k is vol[k] ([A, S]); superior to the top, anterior to the left.
+    np.testing.assert_array_equal(mid.array, vol[vol.shape[0] // 2].T[::-1, ::-1])
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
+def test_nifti_reoriented_copies_give_identical_sagittal_slices(tmp_path, perm):
+    from nibabel.orientations import apply_orientation, inv_ornt_aff
+
+    path = _t2_like_volume(tmp_path)
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    reference = read_all(path)
+    assert len(reference) == data.shape[int(np.argmax(np.abs(img.affine[0, :3])))]
+    for flips in itertools.product((1, -1), repeat=3):
+        # Store the same voxels with their axes permuted and flipped; the affine follows, so
+        # every voxel keeps its place in the patient.
+        ornt = np.array([[p, f] for p, f in zip(perm, flips)], dtype=float)
+        moved = apply_orientation(data, ornt)
+        affine = img.affine @ inv_ornt_aff(ornt, data.shape)
+        other = tmp_path / "moved.nii.gz"
+        nib.save(nib.Nifti1Image(moved, affine), other)
+        got = read_all(other)
+        assert len(got) == len(reference)
+        for a, b in zip(reference, got):
+            np.testing.assert_array_equal(a.array, b.array)
+            assert a.spacing == b.spacing
+
+
+def test_nifti_oblique_affine_uses_the_closest_axes(tmp_path):
+    path = _t2_like_volume(tmp_path)
+    img = nib.load(path)
+    angle = np.deg2rad(20)  # a tilted acquisition: 20 degrees about the left-right axis
+    rot = np.eye(4)
+    rot[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    other = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), rot @ img.affine), other)
+    (a,), (b,) = read_all(path, "mid"), read_all(other, "mid")
+    np.testing.assert_array_equal(a.array, b.array)
 
 
 def test_nifti_4d_uses_the_first_volume():

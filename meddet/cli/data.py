@@ -1,4 +1,5 @@
-"""`meddet data synth` and `meddet data preview`: make and look at datasets."""
+"""`meddet data synth`, `meddet data import` and `meddet data preview`: make, convert and look
+at datasets."""
 
 from __future__ import annotations
 
@@ -8,10 +9,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from meddet.cli._common import console, emit_json
+from meddet.cli._common import console, emit_json, human_console, parse_csv_list
 from meddet.errors import MedDetError
 
-app = typer.Typer(help="Synthesise and inspect datasets.", no_args_is_help=True)
+app = typer.Typer(help="Synthesise, import and inspect datasets.", no_args_is_help=True)
+
+# Arguments of the commands that write a dataset.
+OutDir = Annotated[Path, typer.Argument(help="Output folder (new, empty, or an old dataset with "
+                                        "--overwrite).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset in "
+                                         "OUT.")]
+JsonOut = Annotated[str | None, typer.Option("--json", help="Also write the summary as JSON to "
+                                             "this file ('-' for stdout).")]
 
 
 def _parse_range(value: str) -> tuple[float, float]:
@@ -26,8 +35,7 @@ def _parse_range(value: str) -> tuple[float, float]:
 
 @app.command("synth")
 def synth(
-    out: Annotated[Path, typer.Argument(help="Output folder (new, empty, or an old dataset "
-                                        "with --overwrite).")],
+    out: OutDir,
     num_train: Annotated[int, typer.Option("--num-train", help="Training images.")] = 200,
     num_val: Annotated[int, typer.Option("--num-val", help="Validation images.")] = 50,
     num_test: Annotated[int, typer.Option("--num-test", help="Test images.")] = 50,
@@ -41,10 +49,8 @@ def synth(
                                                    "that a disc has a protrusion.")] = 0.3,
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="PNG bits per pixel: 8 or "
                                            "16.")] = 8,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset "
-                                            "in OUT.")] = False,
-    json_out: Annotated[str | None, typer.Option("--json", help="Also write the summary as "
-                                                 "JSON to this file ('-' for stdout).")] = None,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
 ) -> None:
     """Generate the synthetic sagittal-T2 cervical-spine dataset (COCO layout)."""
     from meddet.data import generate_dataset
@@ -90,3 +96,85 @@ def preview(
     info = make_preview(dataset, out, split=split, n=n)
     counts = ", ".join(f"{k} {v}" for k, v in info["classes"].items())
     console.print(f"wrote {info['out']}: {info['images']} images, {info['boxes']} boxes ({counts})")
+
+
+@app.command("import")
+def import_(
+    src: Annotated[Path, typer.Argument(help="Source dataset: a folder (a COCO JSON file also "
+                                        "works).")],
+    out: OutDir,
+    fmt: Annotated[str | None, typer.Option("--format", help="voc, yolo, coco or masks "
+                                            "(default: detected from the files).")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="COCO: the folder file_name "
+                                                "is relative to.")] = None,
+    classes: Annotated[str | None, typer.Option("--classes", help="Classes to keep, in "
+                                                "category-id order, e.g. RBC,WBC (after "
+                                                "--class-map); others are dropped and "
+                                                "counted.")] = None,
+    class_map: Annotated[str | None, typer.Option("--class-map", help="Rename or merge classes: "
+                                                  "OLD:NEW,... (masks: label values, e.g. "
+                                                  "1:disc,2:vertebra).")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Random split TRAIN,VAL,TEST "
+                                              "fractions, e.g. 0.7,0.15,0.15 (default: the "
+                                              "source's splits).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random --split.")] = 0,
+    min_area: Annotated[int, typer.Option("--min-area", help="Masks: smallest connected "
+                                          "component kept, in pixels.")] = 1,
+    connectivity: Annotated[int, typer.Option("--connectivity", help="Masks: 8 (diagonal "
+                                              "pixels connect) or 4.")] = 8,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on the first bad image, box "
+                                         "or class instead of dropping and counting it.")] = False,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Convert a Pascal VOC, YOLO, COCO or segmentation-mask dataset to the meddet layout."""
+    from rich.progress import Progress
+
+    from meddet.data.importers import import_dataset, parse_class_map, parse_split
+
+    args = {"format": fmt, "images": images,
+            "classes": parse_csv_list(classes, "--classes") or None,
+            "class_map": parse_class_map(class_map), "split": parse_split(split), "seed": seed,
+            "min_area": min_area, "connectivity": connectivity, "strict": strict,
+            "overwrite": overwrite}
+    shown = human_console(json_out)
+    with Progress(console=shown, transient=True) as bar:
+        task = bar.add_task("importing", total=None)
+        summary = import_dataset(src, out, **args, progress=lambda done, total: bar.update(
+            task, completed=done, total=total))
+    _print_import(summary, shown)
+    emit_json(summary.to_dict(), json_out)
+
+
+def _print_import(summary, shown) -> None:
+    from rich.markup import escape
+
+    splits = list(summary.splits)
+    table = Table(title=f"{summary.format} import, splits {summary.split_rule}",
+                  title_justify="left")
+    table.add_column("class")
+    for col in [*splits, "total"]:
+        table.add_column(col, justify="right")
+    table.add_row("images", *(str(summary.splits[s]["images"]) for s in splits),
+                  str(summary.images), end_section=True)
+    for name in summary.classes:
+        counts = [summary.splits[s]["per_class"][name] for s in splits]
+        table.add_row(escape(name), *map(str, counts), str(sum(counts)))
+    table.add_row("boxes", *(str(summary.splits[s]["boxes"]) for s in splits),
+                  str(summary.boxes), style="bold")
+    shown.print(table)
+    dropped = summary.dropped()
+    if dropped:
+        why = Table(title="dropped or changed", title_justify="left")
+        for col, justify in (("reason", "left"), ("count", "right"), ("boxes lost", "right"),
+                             ("first", "left")):
+            why.add_column(col, justify=justify, overflow="fold")
+        for row in dropped.values():
+            why.add_row(row["what"], str(row["count"]), str(row["boxes"]), escape(row["first"]))
+        shown.print(why)
+    read = ", ".join(f"{escape(k)} {v}" for k, v in summary.boxes_read_per_class.items())
+    shown.print(f"{summary.boxes_read} boxes read ({read}), {summary.boxes} written to "
+                f"{escape(summary.out)}; {summary.copied} images copied, {summary.converted} "
+                "re-encoded as PNG; details in import_summary.json")
+    if any(row["defect"] for row in dropped.values()):
+        shown.print("the input has defects (listed above); --strict makes them an error")

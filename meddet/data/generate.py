@@ -168,19 +168,30 @@ def validate_args(
         raise MedDetError(f"--protrusion-rate must be in [0, 1], got {protrusion_rate!r}")
     if bit_depth not in (8, 16):
         raise MedDetError(f"--bit-depth must be 8 or 16, got {bit_depth!r}")
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise MedDetError(f"output {out} exists and is not a folder; choose another path")
-        entries = sorted(p.name for p in out.iterdir())
-        if entries and not overwrite:
-            raise MedDetError(f"output folder {out} is not empty; pass --overwrite to replace it "
-                              "or choose a new folder")
-        foreign = [e for e in entries if e not in _DATASET_ENTRIES]
-        if foreign:
-            raise MedDetError(f"refusing to overwrite {out}: it holds {foreign[0]!r}, which is not "
-                              "part of a meddet dataset; choose an empty or new folder")
+    check_out_folder(Path(out), overwrite=overwrite)
     return counts
+
+
+def check_out_folder(out: Path, *, overwrite: bool,
+                     allowed: frozenset[str] | set[str] = frozenset(_DATASET_ENTRIES)) -> None:
+    """Fail unless ``out`` is absent, an empty folder, or (with ``overwrite``) a folder that
+    holds only ``allowed`` entries (a previous dataset).
+
+    Raises:
+        MedDetError: saying which of these ``out`` is not.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MedDetError(f"output {out} exists and is not a folder; choose another path")
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and not overwrite:
+        raise MedDetError(f"output folder {out} is not empty; pass --overwrite to replace it "
+                          "or choose a new folder")
+    foreign = [e for e in entries if e not in allowed]
+    if foreign:
+        raise MedDetError(f"refusing to overwrite {out}: it holds {foreign[0]!r}, which is not "
+                          "part of a meddet dataset; choose an empty or new folder")
 
 
 def generate_dataset(

@@ -543,9 +543,13 @@ def _dicom_spacing(ds) -> tuple[float, float] | None:
 def _read_nifti(path: Path, slices: SliceSpec) -> Iterator[Slice | Skip]:
     """Sagittal slices of a NIfTI volume in the closest canonical (RAS+) orientation.
 
-    Slice ``k`` is the k-th sagittal plane counted from the patient's left. Each slice is shown
-    the radiological way for sagittal images: superior at the top, anterior on the left. The
-    row / column spacing are the voxel sizes along superior / anterior.
+    The stored axis order does not matter: the affine (nibabel's choice: the sform when set,
+    else the qform) says which voxel axis runs closest to the patient's left-right, front-back
+    and foot-head directions (``io_orientation``; an oblique volume takes the nearest axes, no
+    resampling). Sagittal planes are perpendicular to the left-right axis, and slice ``k`` is
+    the k-th plane counted from the patient's left. Each slice is shown the radiological way
+    for sagittal images: superior at the top, anterior on the left. The row / column spacing
+    are the voxel sizes along superior / anterior.
     """
     import nibabel as nib
     from nibabel.orientations import io_orientation
