@@ -35,6 +35,7 @@ from meddet.engine.evaluator import (
     run_cocoeval,
     summarize_cocoeval,
 )
+from meddet.engine.onnx_model import OnnxModel, load_onnx_model
 from meddet.engine.plots import plot_confusion_matrix, plot_noise_sweep, plot_pr_curves
 from meddet.errors import MedDetError
 
@@ -161,52 +162,6 @@ def _level_str(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
-class OnnxModel(torch.nn.Module):
-    """An exported model (:class:`meddet.deploy.OnnxDetector`) behind the detector's eval API.
-
-    ``forward(images [B,3,H,W], targets)`` returns, per image, ``{"boxes": [K,4] xyxy in
-    original pixels (when ``targets`` carry ``scale`` and ``orig_size``), "scores": [K],
-    "labels": [K]}`` like :class:`~meddet.models.GFLDetector` in eval mode, so
-    :func:`~meddet.engine.evaluator.predict_dataset` runs it unchanged.
-    """
-
-    def __init__(self, detector: Any) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor, targets: Any = None) -> list[dict[str, torch.Tensor]]:
-        metas = None
-        if targets is not None:
-            metas = [{"scale": float(t["scale"]),
-                      "orig_size": tuple(int(v) for v in t["orig_size"])} for t in targets]
-        x = images.cpu().numpy()
-        # One image per run: an export without --dynamic-batch takes batch 1 only.
-        dets = [self.detector.detect(x[i:i + 1], metas[i:i + 1] if metas else None)[0]
-                for i in range(x.shape[0])]
-        return [{"boxes": torch.from_numpy(d["boxes"]).float(),
-                 "scores": torch.from_numpy(d["scores"]).float(),
-                 "labels": torch.from_numpy(d["labels"]).long()} for d in dets]
-
-
-def _load_onnx(path: Path, score_thr: float) -> tuple[OnnxModel, dict[str, Any]]:
-    if not path.is_file():
-        raise MedDetError(f"model {path} does not exist")
-    need_ort = "evaluating an .onnx model needs onnxruntime: pip install 'meddet[onnx]'"
-    try:
-        from meddet.deploy import OnnxDetector
-
-        det = OnnxDetector(path, score_thr=score_thr)
-    except ImportError as exc:
-        raise MedDetError(need_ort) from exc
-    except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
-        raise MedDetError(f"cannot load {path} as a meddet ONNX model: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                          ) from exc
-    meta = {"img_size": det.img_size, "class_names": det.class_names,
-            "model_name": f"{det.meta.get('model_name', '?')} (onnx)"}
-    return OnnxModel(det), meta
-
-
 def load_eval_model(path: str | os.PathLike, device: torch.device,
                     *, score_thr: float) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A checkpoint or an ``.onnx`` export, ready for :func:`predict_dataset`.
@@ -229,7 +184,7 @@ def load_eval_model(path: str | os.PathLike, device: torch.device,
         if device.type != "cpu":
             raise MedDetError("an .onnx model is evaluated with onnxruntime on the CPU; use "
                               "--device cpu")
-        return _load_onnx(Path(path), score_thr)
+        return load_onnx_model(Path(path), score_thr=score_thr)
     return build_model_from_checkpoint(load_checkpoint(path), device, score_thr=score_thr)
 
 
@@ -243,7 +198,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, *, device: torch.device
     gathered list would give every rank the same numbers.
 
     Args:
-        model: a detector (or :class:`OnnxModel`).
+        model: a detector (or an :class:`~meddet.engine.onnx_model.OnnxModel`).
         dataset: a :class:`~meddet.data.CocoDetection` (``train=False``).
         device, batch_size, workers, score_thr, channels_last: as in
             :func:`~meddet.engine.evaluator.predict_dataset`.
