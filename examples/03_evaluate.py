@@ -2,7 +2,8 @@
 
     python examples/03_evaluate.py [--out DIR] [--checkpoint DIR/students/meddet/student.pt]
 
-Prints the paper's metrics (mAP, mAP50, recall) overall and per class.
+Prints the paper's metrics (mAP, mAP50, recall) overall and per class. `meddet eval` runs
+the same function and also writes metrics.json, predictions.json and the plots.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from pathlib import Path
 
 import torch
 
-from meddet.data import CocoDetection
-from meddet.data.noise import parse_noise_spec
-from meddet.engine import build_model_from_checkpoint, evaluate_coco, predict_dataset
+from meddet.engine import evaluate_checkpoint
 
 
 def main() -> None:
@@ -29,15 +28,13 @@ def main() -> None:
 
     out = Path(args.out)
     ckpt = Path(args.checkpoint or out / "students" / "meddet" / "student.pt")
-    model, meta = build_model_from_checkpoint(ckpt, "cpu")
     for noise in (None, args.noise):
-        ds = CocoDetection(out / "data", "test", img_size=meta["img_size"],
-                           corrupt=parse_noise_spec(noise) if noise else None, seed=0)
-        results = predict_dataset(model, ds, batch_size=4)   # COCO results list
-        m = evaluate_coco(ds.coco, results, ds.class_names, ds.cat_ids)
-        print(f"{meta['model_name']} on {len(ds)} test images ({noise or 'clean'}): mAP {m['mAP']:.4f} mAP50 {m['mAP50']:.4f} "
-              f"recall {m['recall']:.4f}")
-        for name, c in m["per_class"].items():
+        res = evaluate_checkpoint(ckpt, data=out / "data", split="test", noise=noise,
+                                  batch_size=4)
+        m = res.metrics
+        print(f"{res.model_name} on {m['num_images']} test images ({noise or 'clean'}): "
+              f"mAP {m['mAP']:.4f} mAP50 {m['mAP50']:.4f} recall {m['recall']:.4f}")
+        for name, c in res.per_class.items():
             print(f"  {name:15s} AP50 {c['mAP50']:.4f} recall {c['recall']:.4f} "
                   f"({c['num_gt']} boxes)")
 

@@ -93,3 +93,26 @@ def test_tables_from_a_result():
     md = format_tables(result)
     assert "| MedDet (distilled student) | 0.250 | 0.500 | 0.750 |" in md
     assert "| GFL ResNet50 (teacher) | 0.250 | 0.750 | 12.0 | 10.00 | 31.70 | 32.32 | 50.21 |" in md
+
+
+def test_curves_draw_one_loss_and_one_map50_line_per_model(monkeypatch, tmp_path):
+    import meddet.engine.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    history = {"gfl_r50": [{"epoch": 1, "loss": 2.0, "loss_qfl": 1.0, "mAP50": 0.1},
+                           {"epoch": 2, "loss": 1.0, "loss_qfl": 0.5, "mAP50": 0.3}],
+               "meddet": [{"epoch": 1, "loss": 3.0, "mAP50": None},
+                          {"epoch": 2, "loss": 1.5, "mAP50": 0.2}]}
+    plots.plot_training_curves(history, tmp_path / "curves.png")
+    plots.plot_training_curves(history["gfl_r50"], tmp_path / "one.png")
+    (ax_l, ax_m), (one_l, one_m) = (f.axes for f in figures)
+    assert [ln.get_label() for ln in ax_l.lines] == ["gfl_r50", "meddet"]
+    assert [list(ln.get_ydata()) for ln in ax_l.lines] == [[2.0, 1.0], [3.0, 1.5]]
+    # Epochs without a validation are left out rather than drawn as zero.
+    assert [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax_m.lines] == [
+        ([1, 2], [0.1, 0.3]), ([2], [0.2])]
+    assert ax_m.get_ylabel() == "val mAP50"
+    # One run keeps every loss term and every metric it has.
+    assert [ln.get_label() for ln in one_l.lines] == ["loss", "loss_qfl"]
+    assert [ln.get_label() for ln in one_m.lines] == ["val mAP50"]

@@ -3,6 +3,7 @@
 - :class:`Trainer` runs the step; :mod:`meddet.engine.hooks` holds everything around it.
 - :mod:`meddet.engine.checkpoint` is the only code that writes or reads checkpoints.
 - :mod:`meddet.engine.evaluator` runs inference and pycocotools' COCOeval.
+- :mod:`meddet.engine.evaluate` is ``meddet eval`` as one call: :func:`evaluate_checkpoint`.
 - :mod:`meddet.engine.defaults` turns a config into a trainer (``meddet pretrain-teacher``).
 - :mod:`meddet.engine.distributed` wraps torchrun / DDP so single-process code needs no branches.
 """
@@ -13,15 +14,25 @@ from meddet.engine.checkpoint import (
     make_meta,
     save_checkpoint,
 )
+from meddet.engine.evaluate import (
+    EvalResult,
+    evaluate_checkpoint,
+    evaluate_model,
+    evaluate_predictions,
+)
 from meddet.engine.evaluator import evaluate_coco, predict_dataset
 from meddet.engine.trainer import HookBase, NonFiniteLossError, Trainer
 
 __all__ = [
+    "EvalResult",
     "HookBase",
     "NonFiniteLossError",
     "Trainer",
     "build_model_from_checkpoint",
+    "evaluate_checkpoint",
     "evaluate_coco",
+    "evaluate_model",
+    "evaluate_predictions",
     "load_checkpoint",
     "make_meta",
     "predict_dataset",

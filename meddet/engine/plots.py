@@ -37,35 +37,44 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and v is not None else math.nan
 
 
-def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+def plot_training_curves(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
+                         path: str | os.PathLike) -> None:
     """Losses (left) and validation metrics (right) against the epoch.
 
     Args:
-        history: ``results.csv`` rows: ``epoch``, ``loss*`` terms, ``mAP``, ``mAP50``,
-            ``recall`` (missing/None where not evaluated).
+        history: ``results.csv`` rows of one run: ``epoch``, ``loss*`` terms, ``mAP``, ``mAP50``,
+            ``recall`` (missing/None where not evaluated). Or ``{label: rows}`` of several runs
+            on one figure: each run then draws only its total ``loss`` and its val ``mAP50``,
+            labelled with its name (every term of every run would be unreadable).
         path: the PNG to write.
     """
+    several = isinstance(history, Mapping)
+    runs = dict(history) if several else {"": history}
+    every_row = [r for rows in runs.values() for r in rows]
     fig, (ax_l, ax_m) = _figure(1, 2, figsize=(10, 4))
-    epochs = [int(r["epoch"]) for r in history]
-    loss_keys = sorted({k for r in history for k in r if k.startswith("loss")},
-                       key=lambda k: (k != "loss", k))
-    for k in loss_keys:
-        ax_l.plot(epochs, [_num(r.get(k)) for r in history], marker="o", label=k)
+    for label, rows in runs.items():
+        epochs = [int(r["epoch"]) for r in rows]
+        loss_keys = ["loss"] if several else sorted(
+            {k for r in rows for k in r if k.startswith("loss")}, key=lambda k: (k != "loss", k))
+        for k in loss_keys:
+            ax_l.plot(epochs, [_num(r.get(k)) for r in rows], marker="o", label=label or k)
+        for k in ("mAP50",) if several else ("mAP", "mAP50", "recall"):
+            xs = [e for e, r in zip(epochs, rows) if not math.isnan(_num(r.get(k)))]
+            ys = [_num(r.get(k)) for r in rows if not math.isnan(_num(r.get(k)))]
+            if xs:
+                ax_m.plot(xs, ys, marker="o", label=label or f"val {k}")
     ax_l.set_xlabel("epoch")
     ax_l.set_ylabel("training loss (epoch mean)")
-    ax_l.set_yscale("log" if all(_num(r.get("loss")) > 0 for r in history) and history else "linear")
-    if loss_keys:
+    ax_l.set_yscale("log" if all(_num(r.get("loss")) > 0 for r in every_row) and every_row
+                    else "linear")
+    if ax_l.lines:
         ax_l.legend(fontsize=8)
-    for k in ("mAP", "mAP50", "recall"):
-        xs = [e for e, r in zip(epochs, history) if not math.isnan(_num(r.get(k)))]
-        ys = [_num(r.get(k)) for r in history if not math.isnan(_num(r.get(k)))]
-        if xs:
-            ax_m.plot(xs, ys, marker="o", label=f"val {k}")
     ax_m.set_xlabel("epoch")
-    ax_m.set_ylabel("validation metric")
+    ax_m.set_ylabel("val mAP50" if several else "validation metric")
     ax_m.set_ylim(0, 1)
     if ax_m.lines:
         ax_m.legend(fontsize=8)
+    epochs = sorted({int(r["epoch"]) for r in every_row})
     for ax in (ax_l, ax_m):
         ax.grid(alpha=0.3)
         if epochs:

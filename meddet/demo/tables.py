@@ -1,0 +1,108 @@
+"""The demo's Tables I and II: rows from a demo result (:func:`build_tables`) and the Markdown
+of ``results.md`` (:func:`format_tables`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from meddet import paper
+from meddet.demo.plan import PAPER_IMG_SIZE, PLAIN_STUDENT, TEACHERS
+
+DISPLAY_NAMES = {
+    "gfl_r50": "GFL ResNet50 (teacher)",
+    "gfl_r101": "GFL ResNet101 (teacher)",
+    "gfl_r152": "GFL ResNet152 (teacher)",
+    "gfl_mbv2": "GFL MobileNetV2 (plain student)",
+    "meddet": "MedDet (distilled student)",
+    "meddet_lite": "MedDet-Lite (distilled student)",
+}
+
+
+def _num(v: Any, spec: str = ".3f") -> str:
+    if v is None or (isinstance(v, float) and (math.isnan(v) or v < 0)):
+        return "-"
+    return format(v, spec)
+
+
+def build_tables(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Rows of Table I (accuracy) and Table II (accuracy and cost) from a demo result.
+
+    Args:
+        result: at least ``students`` and ``models`` (``{name: {"test": metrics, "bench":
+            row}}``) of a :func:`~meddet.demo.run_demo` result.
+
+    Returns:
+        ``{"table1": [{"model", "name", "mAP", "mAP50", "recall"}], "table2": [{"model",
+        "name", "mAP", "recall", "fps", "params_m", "gflops", "paper_params_m",
+        "paper_gflops"}]}``; models absent from ``result`` are left out.
+    """
+    models = result["models"]
+    students = result["students"]
+    t1_names = [PLAIN_STUDENT, *TEACHERS, *students]
+    table1 = [{"model": n, "name": DISPLAY_NAMES.get(n, n),
+               **{k: models[n]["test"][k] for k in ("mAP", "mAP50", "recall")}}
+              for n in t1_names if n in models]
+    table2 = []
+    for n in [*TEACHERS, *students]:
+        if n not in models:
+            continue
+        b = models[n]["bench"]
+        reported = paper.TABLE2.get(n)
+        table2.append({"model": n, "name": DISPLAY_NAMES.get(n, n),
+                       "mAP": models[n]["test"]["mAP"], "recall": models[n]["test"]["recall"],
+                       "fps": b["fps"], "params_m": b["params_m"], "gflops": b["gflops_512"],
+                       "paper_params_m": reported[0] if reported else None,
+                       "paper_gflops": reported[1] if reported else None})
+    return {"table1": table1, "table2": table2}
+
+
+def format_tables(result: dict[str, Any]) -> str:
+    """Both tables as Markdown (what ``results.md`` holds, and what the CLI prints)."""
+    p = result["plan"]
+    t = build_tables(result)
+    lines = [
+        "# MedDet demo results",
+        "",
+        f"Reduced scale: synthetic CDH-MRI ({p['num_train']} train / {p['num_val']} val / "
+        f"{p['num_test']} test images) at {p['img_size']} px; teachers {p['teacher_epochs']} "
+        f"epoch(s), students {p['student_epochs']} epoch(s) of batch {p['batch_size']}"
+        + (f", capped at {p['max_iters']} iteration(s) per model" if p["max_iters"] else "")
+        + ". These numbers demonstrate the pipeline; they are **not comparable** with the "
+        "paper's CDH-1848 results (full-scale training: `--config paper`, 512 px, 12 epochs, "
+        "on a GPU).",
+        "",
+        f"## Table I: detection on the synthetic test split ({p['num_test']} images)",
+        "",
+        "| model | mAP | mAP50 | recall |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in t["table1"]:
+        lines.append(f"| {r['name']} | {_num(r['mAP'])} | {_num(r['mAP50'])} | "
+                     f"{_num(r['recall'])} |")
+    bench = result["bench"]
+    lines += [
+        "",
+        (f"## Table II: accuracy and cost (FPS at {p['img_size']} px on {bench['device']}, "
+         f"{bench['threads']} threads, batch 1, random weights; parameters and GFLOPs at "
+         f"{PAPER_IMG_SIZE} px like the paper)"),
+        "",
+        "| model | mAP | recall | FPS | params (M) | GFLOPs | paper params (M) | paper GFLOPs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in t["table2"]:
+        lines.append(f"| {r['name']} | {_num(r['mAP'])} | {_num(r['recall'])} | "
+                     f"{_num(r['fps'], '.1f')} | {_num(r['params_m'], '.2f')} | "
+                     f"{_num(r['gflops'], '.2f')} | {_num(r['paper_params_m'], '.2f')} | "
+                     f"{_num(r['paper_gflops'], '.2f')} |")
+    lines += [
+        "",
+        f"GFLOPs: {bench['flops']}, backbone + FPN + head. FPS: forward + post-processing.",
+        "",
+        "Time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items())
+        + f"; total {result['elapsed_s']:.0f} s on {result['machine']['cpu']} "
+        f"({result['machine']['threads']} torch threads, load average "
+        f"{result['machine']['load_start']} at the start).",
+        "",
+    ]
+    return "\n".join(lines)
