@@ -226,7 +226,10 @@ def test_losses_and_gradients_are_pinned(case, tiny_dataset, tiny_teachers):
 
 
 def test_pinned_table_covers_every_case():
+    from meddet.distill.methods import METHODS
+
     assert set(PINNED) == set(CASES)
+    assert {method for method, _ in CASES.values()} == set(METHODS)  # every method is pinned
     # The recorded gradients are real and reach what each method trains: its student-side
     # modules (MGD's generator, FGD's GcBlock, AATM's G), and D with AFA and the fusion only
     # under AATM; LD and ``none`` have no parameters of their own.
