@@ -11,7 +11,7 @@ Precedence, lowest to highest: schema defaults < config file < CLI flags.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +20,10 @@ from meddet.errors import MedDetError
 from meddet.geometry import SIZE_DIVISOR, check_img_size
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+#: Where a detector may place the nmODE² block (``model.nmode``, ``--nmode``).
+NmodePlacement = Literal["head", "fpn", "backbone", "none"]
+NMODE_PLACEMENTS: tuple[str, ...] = get_args(NmodePlacement)
 
 
 class _Strict(BaseModel):
@@ -63,7 +67,7 @@ class ModelConfig(_Strict):
     """Which detector to build; see ``meddet.models.DETECTORS`` for the names."""
 
     name: str = Field("gfl_mbv2", description="zoo name, e.g. gfl_r50, gfl_mbv2, meddet")
-    nmode: Literal["head", "fpn", "backbone", "none"] | None = Field(
+    nmode: NmodePlacement | None = Field(
         None, description="nmODE² placement; None keeps the zoo entry's default"
     )
     pretrained: str | None = Field(
@@ -117,7 +121,8 @@ class TrainConfig(_Strict):
 class DistillConfig(_Strict):
     """Multi-teacher adversarial distillation (paper Sec. III-B..E) and KD baselines."""
 
-    method: Literal["meddet", "mgd", "ld", "fgd", "none"] = "meddet"
+    # Checked against the methods table when a run is built: the schema does not repeat it.
+    method: str = Field("meddet", description="a name in meddet.distill.methods.METHODS")
     student: str = Field("meddet", description="zoo name of the student")
     fusion: Literal["lwff", "sum", "concat"] = "lwff"
     per_teacher_alpha: bool = Field(False, description="one LWFF α module per teacher")

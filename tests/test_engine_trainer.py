@@ -258,3 +258,75 @@ def test_rng_state_roundtrip():
     restore_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all() and a[2] == b[2]
+
+
+def test_mid_epoch_checkpoint_leaves_the_iteration_counter_alone(tmp_path, monkeypatch):
+    # A checkpoint written in after_step says "resume after this iteration" without the hook
+    # touching trainer.iter: hooks after it (and the save itself) see the running index.
+    import meddet.engine.hooks as hooks_mod
+
+    seen = []
+    real_save = hooks_mod.save_checkpoint
+
+    def spy(path, state):
+        seen.append((state["iter"], state["trainer"]["iter"], state["epoch"], t.iter))
+        return real_save(path, state)
+
+    class After(HookBase):
+        def after_step(self):
+            seen.append(("after", self.trainer.iter))
+
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", spy)
+    t = make_trainer(tmp_path, max_iters=2, every_iters=1, every_epochs=5, hooks=[After()])
+    t.train()
+    # iteration 0: saved as "1 done" while the counter still reads 0; iteration 1 is the last
+    # one, written by the epoch end (counter already 2).
+    assert seen == [(1, 1, 0, 0), ("after", 0), ("after", 1), (2, 2, 0, 2)]
+
+
+def test_hook_state_is_saved_under_the_declared_key(tmp_path):
+    class Counter(HookBase):
+        state_key = "my-counter"
+
+        def __init__(self):
+            self.n = 0
+
+        def after_step(self):
+            self.n += 1
+
+        def state_dict(self):
+            return {"n": self.n}
+
+        def load_state_dict(self, state):
+            self.n = state["n"]
+
+    class Plain(HookBase):
+        def state_dict(self):
+            return {"x": 1}
+
+    t = make_trainer(tmp_path, max_iters=3, hooks=[Counter(), Plain(), Plain()])
+    t.train()
+    hooks = load_checkpoint(tmp_path / "last.pt")["trainer"]["hooks"]
+    # declared keys, and the class name (numbered when repeated) for hooks that declare none;
+    # CheckpointHook keeps the key checkpoints have always had.
+    assert hooks["my-counter"] == {"n": 3} and hooks["Plain"] == hooks["Plain#2"] == {"x": 1}
+    assert CheckpointHook.state_key == "CheckpointHook" and "CheckpointHook" in hooks
+    again = Counter()
+    resumed = make_trainer(tmp_path, max_iters=3, hooks=[again])
+    resumed.load_state_dict(load_checkpoint(tmp_path / "last.pt"))
+    assert again.n == 3
+
+
+def test_recorded_best_reads_the_checkpoint_hook_state_then_the_metrics_row():
+    from meddet.engine.hooks import recorded_best
+
+    state = {"trainer": {"hooks": {"CheckpointHook": {"best": 0.7, "metric": "mAP50"}}},
+             "metrics": {"mAP50": 0.5, "mAP": 0.2}}
+    assert recorded_best(state) == 0.7
+    assert recorded_best(state, "mAP") == 0.2  # the hook tracked mAP50, not mAP
+    assert recorded_best({"metrics": {"mAP50": 0.5}}) == 0.5
+    never = {"trainer": {"hooks": {"CheckpointHook": {"best": None}}}, "metrics": {}}
+    assert recorded_best(never) is None
+    assert recorded_best({"metrics": {"mAP50": float("nan")}}) is None
+    assert recorded_best({"metrics": {"mAP50": "n/a"}}) is None
+    assert recorded_best({}) is None

@@ -13,29 +13,13 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from meddet.cli import _options as opt
 from meddet.cli._common import emit_json, human_console, parse_csv_list
 from meddet.config import Config, load_config, load_run_config
 from meddet.errors import MedDetError
 
 COMMAND = "distill"
 RUNS_ROOT = Path("runs")
-
-
-def _overrides(**f: Any) -> dict[str, Any]:
-    """CLI flags as a nested config dict (unset flags are None and change nothing)."""
-    return {
-        "model": {"nmode": f["nmode"]},
-        "data": {"root": f["data"], "img_size": f["img_size"], "workers": f["workers"]},
-        "train": {"epochs": f["epochs"], "batch_size": f["batch_size"], "lr": f["lr"],
-                  "max_iters": f["max_iters"], "device": f["device"], "seed": f["seed"],
-                  "eval_every": f["eval_every"],
-                  "checkpoint_every": f.get("checkpoint_every"),
-                  "checkpoint_every_iters": f.get("checkpoint_every_iters")},
-        "distill": {"method": f["method"], "student": f["student"], "fusion": f["fusion"],
-                    "aatm": f["aatm"], "sigma": f["sigma"], "tau": f["tau"],
-                    "per_teacher_alpha": f["per_teacher_alpha"],
-                    "teacher_img_size": f["teacher_img_size"]},
-    }
 
 
 def _resume_config(ckpt_path: Path, flags: dict[str, Any]) -> Config:
@@ -47,45 +31,39 @@ def distill(
     teachers: str | None = typer.Option(
         None, "--teachers", help="Teacher checkpoints from `meddet pretrain-teacher`, "
         "comma-separated (the paper: GFL R50, R101, R152)."),
-    data: Path | None = typer.Option(None, "--data", help="Dataset folder."),
+    data: Path | None = opt.data_option(),
     student: str | None = typer.Option(None, "--student", help="Zoo name of the student "
                                           "(default meddet)."),
-    method: str | None = typer.Option(None, "--method", help="meddet | mgd | ld | fgd | none."),
+    method: str | None = typer.Option(
+        None, "--method", help="meddet (AFA + LWFF + AATM; default), a Table I baseline "
+        "(mgd, ld, fgd) or none (the student alone)."),
     fusion: str | None = typer.Option(None, "--fusion", help="lwff | sum | concat (Table V)."),
     no_aatm: bool = typer.Option(False, "--no-aatm", help="Drop the adversarial auxiliary teacher "
                                  "module (Table IV)."),
     per_teacher_alpha: bool | None = typer.Option(
         None, "--per-teacher-alpha/--shared-alpha", help="LWFF: one α module per teacher."),
-    nmode: str | None = typer.Option(None, "--nmode", help="Student nmODE² placement: head | "
-                                        "fpn | backbone | none (Table III)."),
+    nmode: str | None = opt.nmode_option("Student nmODE² placement", "; Table III"),
     sigma: float | None = typer.Option(None, "--sigma", help="σ of eq. 14 (detection weight)."),
     tau: float | None = typer.Option(None, "--tau", help="τ of eq. 14 (distillation weight)."),
     teacher_img_size: int | None = typer.Option(
         None, "--teacher-img-size", help="Run the teachers at this size (meddet method)."),
-    config: str | None = typer.Option(None, "--config", help="Built-in config (paper, "
-                                         "cpu-small, default) or a YAML file."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs."),
-    max_iters: int | None = typer.Option(None, "--max-iters", min=1,
-                                            help="Stop after this many iterations."),
-    img_size: int | None = typer.Option(None, "--img-size", help="Input size (multiple of 32)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per step."),
-    lr: float | None = typer.Option(None, "--lr", help="SGD lr for train.base_batch_size images."),
-    workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
-    eval_every: int | None = typer.Option(None, "--eval-every", min=1,
-                                             help="Evaluate on val every N epochs."),
-    checkpoint_every: int | None = typer.Option(
-        None, "--checkpoint-every", min=1, help="Write last.pt every N epochs (and after the "
-        "last); best.pt is written at every new best."),
-    checkpoint_every_iters: int | None = typer.Option(
-        None, "--checkpoint-every-iters", min=1, help="Also write last.pt every N iterations "
-        "besides the epoch-end writes."),
+    config: str | None = opt.config_option(),
+    epochs: int | None = opt.epochs_option(),
+    max_iters: int | None = opt.max_iters_option(),
+    img_size: int | None = opt.img_size_option(),
+    batch_size: int | None = opt.batch_size_option(),
+    lr: float | None = opt.lr_option(),
+    workers: int | None = opt.workers_option(),
+    eval_every: int | None = opt.eval_every_option(),
+    checkpoint_every: int | None = opt.checkpoint_every_option(),
+    checkpoint_every_iters: int | None = opt.checkpoint_every_iters_option(),
     resume: str | None = typer.Option(None, "--resume", metavar="RUN_DIR|CKPT",
                                          help="Continue a distillation run (its teachers "
                                          "are read from the checkpoint unless given)."),
     out: Path | None = typer.Option(None, "--out", help="Run directory "
                                        "(default runs/distill/<method>*)."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for weights and data order."),
+    device: str | None = opt.device_option(),
+    seed: int | None = opt.seed_option(),
     json_dest: str | None = typer.Option(None, "--json", metavar="PATH|-",
                                             help="Write the summary as JSON ('-' = stdout)."),
 ) -> None:
@@ -94,19 +72,20 @@ def distill(
     Writes config.yaml, results.csv, last.pt / best.pt (full state for --resume), student.pt
     (plain student for `meddet eval` / `bench` / `predict`), curves.png and train.log.
     """
+    from meddet.distill.methods import get_method
     from meddet.distill.trainer import distill as run_distill
     from meddet.engine.defaults import resolve_resume
     from meddet.runs import discard_if_failed, new_run_dir, write_run_config
 
     con = human_console(json_dest)
-    flags = _overrides(nmode=nmode, data=str(data) if data is not None else None,
-                       img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
-                       lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
-                       checkpoint_every=checkpoint_every,
-                       checkpoint_every_iters=checkpoint_every_iters,
-                       method=method, student=student, fusion=fusion,
-                       aatm=False if no_aatm else None, sigma=sigma, tau=tau,
-                       per_teacher_alpha=per_teacher_alpha, teacher_img_size=teacher_img_size)
+    flags = {"model": {"nmode": nmode}, **opt.training_overrides(
+        data=data, img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
+        lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
+        checkpoint_every=checkpoint_every, checkpoint_every_iters=checkpoint_every_iters),
+        "distill": {"method": method, "student": student, "fusion": fusion,
+                    "aatm": False if no_aatm else None, "sigma": sigma, "tau": tau,
+                    "per_teacher_alpha": per_teacher_alpha,
+                    "teacher_img_size": teacher_img_size}}
     teacher_list = parse_csv_list(teachers, "--teachers")
     ckpt_path = None
     if resume is not None:
@@ -120,6 +99,7 @@ def distill(
         run_dir = None
     if cfg.data.root is None:
         raise MedDetError("no dataset given; pass --data DATASET_DIR")
+    get_method(cfg.distill.method)  # an unknown method fails before a run directory is made
     doc = cfg.model_dump(mode="json")
     guard: Any = contextlib.nullcontext()
     if run_dir is None:

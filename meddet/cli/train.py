@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from meddet.cli import _options as opt
 from meddet.cli._common import console, parse_csv_list
 from meddet.config import Config, load_config, load_run_config
 from meddet.errors import MedDetError
@@ -37,19 +38,6 @@ def normalize_resume_argv(args: list[str]) -> list[str]:
     return out
 
 
-def _overrides(**flags: Any) -> dict[str, Any]:
-    """CLI flags as a nested config dict (unset flags are None and change nothing)."""
-    return {
-        "model": {"name": flags["model"], "nmode": flags.get("nmode")},
-        "data": {"root": flags["data"], "img_size": flags["img_size"], "workers": flags["workers"]},
-        "train": {"epochs": flags["epochs"], "batch_size": flags["batch_size"], "lr": flags["lr"],
-                  "max_iters": flags["max_iters"], "device": flags["device"], "seed": flags["seed"],
-                  "eval_every": flags.get("eval_every"),
-                  "checkpoint_every": flags.get("checkpoint_every"),
-                  "checkpoint_every_iters": flags.get("checkpoint_every_iters")},
-    }
-
-
 def _latest_run(root: Path) -> Path:
     runs = [p for p in (root / COMMAND).glob("*") if (p / "last.pt").is_file()]
     if not runs:
@@ -68,36 +56,25 @@ def pretrain_teacher(
     model: str | None = typer.Option(
         None, "--model", help="Zoo name, or a comma-separated list (gfl_r50,gfl_r101,gfl_r152) "
         "for one run each."),
-    data: Path | None = typer.Option(None, "--data", help="Dataset folder (layout of "
-                                        "`meddet data synth`)."),
-    config: str | None = typer.Option(None, "--config", help="Built-in config (paper, "
-                                         "cpu-small, default) or a YAML file."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
-                                             help="Images per step and process."),
-    lr: float | None = typer.Option(None, "--lr", help="SGD lr for train.base_batch_size "
-                                       "images (scaled linearly with the total batch)."),
-    img_size: int | None = typer.Option(None, "--img-size", help="Input size (multiple of 32)."),
-    workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
-    max_iters: int | None = typer.Option(None, "--max-iters", min=1,
-                                            help="Stop after this many iterations in total."),
-    eval_every: int | None = typer.Option(None, "--eval-every", min=1,
-                                             help="Evaluate on val every N epochs."),
-    checkpoint_every: int | None = typer.Option(
-        None, "--checkpoint-every", min=1, help="Write last.pt every N epochs (and after the "
-        "last); best.pt is written at every new best. Saves time with large models."),
-    checkpoint_every_iters: int | None = typer.Option(
-        None, "--checkpoint-every-iters", min=1, help="Also write last.pt every N iterations "
-        "besides the epoch-end writes, so a crash in a long epoch loses little."),
+    data: Path | None = opt.data_option(),
+    config: str | None = opt.config_option(),
+    epochs: int | None = opt.epochs_option(),
+    batch_size: int | None = opt.batch_size_option(),
+    lr: float | None = opt.lr_option(),
+    img_size: int | None = opt.img_size_option(),
+    workers: int | None = opt.workers_option(),
+    max_iters: int | None = opt.max_iters_option(),
+    eval_every: int | None = opt.eval_every_option(),
+    checkpoint_every: int | None = opt.checkpoint_every_option(),
+    checkpoint_every_iters: int | None = opt.checkpoint_every_iters_option(),
     resume: str | None = typer.Option(
         None, "--resume", metavar="RUN_DIR|CKPT|last",
         help="Continue a run: its directory, a checkpoint, or 'last' (--out, else the newest run)."),
     out: Path | None = typer.Option(None, "--out", help="Run directory (with several models: "
                                        "OUT/<model>). Default runs/pretrain-teacher/<model>."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for weights and data order."),
-    nmode: str | None = typer.Option(None, "--nmode", help="nmODE² placement: head | fpn | "
-                                     "backbone | none (default: the zoo entry's; ablations)."),
+    device: str | None = opt.device_option(),
+    seed: int | None = opt.seed_option(),
+    nmode: str | None = opt.nmode_option(note="; ablations"),
 ) -> None:
     """Train detectors from the zoo: the paper's teachers, Table I's baselines, the plain student.
 
@@ -110,11 +87,10 @@ def pretrain_teacher(
     from meddet.engine.defaults import pretrain, require_split, resolve_resume
     from meddet.runs import discard_if_failed, new_run_dir, write_run_config
 
-    flags = _overrides(model=model, data=str(data) if data is not None else None,
-                       img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
-                       lr=lr, max_iters=max_iters, device=device, seed=seed,
-                       eval_every=eval_every, checkpoint_every=checkpoint_every,
-                       checkpoint_every_iters=checkpoint_every_iters, nmode=nmode)
+    flags = {"model": {"name": model, "nmode": nmode}, **opt.training_overrides(
+        data=data, img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
+        lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
+        checkpoint_every=checkpoint_every, checkpoint_every_iters=checkpoint_every_iters)}
     models = parse_csv_list(model, "--model")
     jobs: list[tuple[Config, Path | None, Path | None]] = []  # (config, run dir, checkpoint)
     if resume is not None:

@@ -1,8 +1,10 @@
 """Distillation: MedDet's AFA, LWFF and AATM (arXiv:2409.00204) and the MGD / FGD / LD
 baselines of its Table I.
 
-The modules work on per-level lists of FPN tensors; the training loop that feeds them lives
-in :mod:`meddet.distill.trainer`.
+The modules work on per-level lists of FPN tensors. :mod:`meddet.distill.methods` wraps each
+method (MedDet, MGD, LD, FGD, none) in one interface and looks it up by name in one table;
+:mod:`meddet.distill.step` is the training step that feeds any of them, and
+:mod:`meddet.distill.trainer` assembles a run with the engine.
 """
 
 from meddet.distill.aatm import Discriminator, Generator, discriminator_loss, generator_loss

@@ -1,10 +1,13 @@
 """Training and evaluation engine: a minimal loop with hooks, checkpoints, COCO metrics.
 
-- :class:`Trainer` runs the step; :mod:`meddet.engine.hooks` holds everything around it.
+- :class:`Trainer` runs the step; :mod:`meddet.engine.hooks` holds everything around it;
+  :mod:`meddet.engine.events` is what the two share (the hook interface, the logged scalars).
 - :mod:`meddet.engine.checkpoint` is the only code that writes or reads checkpoints.
 - :mod:`meddet.engine.evaluator` runs inference and pycocotools' COCOeval.
 - :mod:`meddet.engine.evaluate` is ``meddet eval`` as one call: :func:`evaluate_checkpoint`.
-- :mod:`meddet.engine.defaults` turns a config into a trainer (``meddet pretrain-teacher``).
+- :mod:`meddet.engine.defaults` turns a config into a trainer: ``assemble_trainer`` builds
+  every training run (``meddet pretrain-teacher`` and ``meddet distill``), ``run_training``
+  runs it and returns the summary.
 - :mod:`meddet.engine.distributed` wraps torchrun / DDP so single-process code needs no branches.
 """
 

@@ -1,9 +1,12 @@
 """Turn a :class:`~meddet.config.Config` into a ready trainer: data, model, optimiser, hooks.
 
 This is the one place where config values become constructor arguments for the engine
-(the trainer and hooks take plain values). :func:`pretrain` is what ``meddet pretrain-teacher``
-runs; the distillation trainer reuses :func:`build_train_loader`, :func:`build_eval_fn`,
-:func:`default_hooks` and :func:`prepare_model` around its own step.
+(the trainer and hooks take plain values). :func:`assemble_trainer` builds every training run
+(seed, model, loader, learning rate, optimiser and schedule, checkpoint metadata, evaluation,
+hooks, :class:`~meddet.engine.trainer.Trainer`); :func:`run_training` starts it and returns
+the summary. :func:`pretrain` (``meddet pretrain-teacher``) is those two calls; the distillation
+trainer (:mod:`meddet.distill.trainer`) makes the same two calls with a
+:class:`TrainerExtension` that adds its method's modules and step.
 """
 
 from __future__ import annotations
@@ -11,15 +14,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from meddet.config import Config
+from meddet.config import Config, ModelConfig
 from meddet.engine import distributed as du
 from meddet.engine.checkpoint import load_checkpoint, make_meta, seed_everything, unwrap_model
-from meddet.engine.evaluator import evaluate_coco, predict_dataset
+from meddet.engine.evaluate import evaluate_model
 from meddet.engine.hooks import (
     CheckpointHook,
     EvalHook,
@@ -32,9 +36,9 @@ from meddet.engine.schedule import build_optimizer, build_scheduler, scaled_lr
 from meddet.engine.trainer import HookBase, Trainer
 from meddet.errors import MedDetError
 
-#: ``ModelConfig`` fields that are ``build_detector`` overrides.
-MODEL_OVERRIDE_FIELDS = ("nmode", "pretrained", "score_thr", "nms_iou", "max_per_img",
-                         "min_box_size", "lambda_qfl", "mu_dfl")
+#: ``ModelConfig`` fields that are ``build_detector`` overrides: all but the zoo name (each is
+#: one of ``meddet.models.zoo.OVERRIDES``; a test checks it).
+MODEL_OVERRIDE_FIELDS = tuple(f for f in ModelConfig.model_fields if f != "name")
 
 
 def require_split(root: str | Path | None, split: str) -> Path:
@@ -138,17 +142,32 @@ def build_eval_fn(dataset: Any, *, batch_size: int, workers: int,
     """
 
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
-        model = unwrap_model(trainer.model)
-        results = predict_dataset(model, dataset, device=trainer.device, batch_size=batch_size,
-                                  workers=workers, score_thr=score_thr or 0.0,
-                                  channels_last=trainer.channels_last)
-        metrics = None
-        if du.is_main_process():
-            metrics = evaluate_coco(dataset.coco, results, dataset.class_names, dataset.cat_ids,
-                                    img_ids=list(dataset.ids))
+        _, metrics = evaluate_model(unwrap_model(trainer.model), dataset, device=trainer.device,
+                                    batch_size=batch_size, workers=workers,
+                                    score_thr=score_thr or 0.0,
+                                    channels_last=trainer.channels_last)
         return du.broadcast_object(metrics)
 
     return eval_fn
+
+
+def _standard_hooks(run_dir: Path | None, meta: Mapping[str, Any], *,
+                    eval_fn: Callable | None, eval_every: int, checkpoint_every: int,
+                    checkpoint_every_iters: int | None, console: Any,
+                    log_header: str) -> tuple[list[HookBase], CheckpointHook | None]:
+    hooks: list[HookBase] = [LRSchedulerHook()]
+    checkpoint = None
+    if eval_fn is not None:
+        hooks.append(EvalHook(eval_fn, every=eval_every))
+    if run_dir is not None and du.is_main_process():
+        hooks.append(ResultsHook(run_dir))
+        checkpoint = CheckpointHook(run_dir, meta, every_epochs=checkpoint_every,
+                                    every_iters=checkpoint_every_iters)
+        hooks.append(checkpoint)
+        if console is not None:
+            hooks.append(ProgressHook(console))
+        hooks.append(LogFileHook(Path(run_dir) / "train.log", header=log_header))
+    return hooks, checkpoint
 
 
 def default_hooks(run_dir: Path | None, meta: Mapping[str, Any], *, eval_fn: Callable | None,
@@ -160,17 +179,10 @@ def default_hooks(run_dir: Path | None, meta: Mapping[str, Any], *, eval_fn: Cal
     Writers (results, checkpoints, progress, log) are only created on rank 0 and only when
     ``run_dir`` is given.
     """
-    hooks: list[HookBase] = [LRSchedulerHook()]
-    if eval_fn is not None:
-        hooks.append(EvalHook(eval_fn, every=eval_every))
-    if run_dir is not None and du.is_main_process():
-        hooks.append(ResultsHook(run_dir))
-        hooks.append(CheckpointHook(run_dir, meta, every_epochs=checkpoint_every,
-                                    every_iters=checkpoint_every_iters))
-        if console is not None:
-            hooks.append(ProgressHook(console))
-        hooks.append(LogFileHook(Path(run_dir) / "train.log", header=log_header))
-    return hooks
+    return _standard_hooks(run_dir, meta, eval_fn=eval_fn, eval_every=eval_every,
+                           checkpoint_every=checkpoint_every,
+                           checkpoint_every_iters=checkpoint_every_iters, console=console,
+                           log_header=log_header)[0]
 
 
 def prepare_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
@@ -198,6 +210,160 @@ def resolve_resume(resume: str | Path) -> Path:
     return path
 
 
+@dataclass
+class TrainerExtension:
+    """What a recipe adds to the standard detector training (e.g. a distillation method).
+
+    Attributes:
+        params: trained by the main optimiser together with the model (after its parameters).
+        step_fn: replaces the trainer's step (``None``: the detector's own loss).
+        checkpointables: saved under the checkpoint's ``extra`` and restored on resume.
+    """
+
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    step_fn: Callable[[Trainer], None] | None = None
+    checkpointables: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AssembledTrainer:
+    """A training run ready to start (see :func:`assemble_trainer`).
+
+    Attributes:
+        trainer: the loop, its hooks registered.
+        meta: the metadata every checkpoint of the run carries.
+        run_dir: where the writers go (``None``: no files).
+        title: what is trained, e.g. ``gfl_r50`` or ``distill meddet -> meddet from 3 teacher(s)``.
+        header: the run's description (the first line of ``train.log``).
+        checkpoint: the hook that writes ``last.pt`` / ``best.pt`` and holds the best val
+            mAP50 (``None`` without ``run_dir`` and on ranks other than 0).
+    """
+
+    trainer: Trainer
+    meta: dict[str, Any]
+    run_dir: Path | None
+    title: str
+    header: str
+    checkpoint: CheckpointHook | None
+
+
+def assemble_trainer(cfg: Config, run_dir: Path | None, *, model_name: str,
+                     datasets: Mapping[str, Any], device: torch.device, title: str | None = None,
+                     console: Any = None, meta_extra: Mapping[str, Any] | None = None,
+                     extend: Callable[[torch.nn.Module], TrainerExtension] | None = None,
+                     ) -> AssembledTrainer:
+    """Build a detector and everything that trains it, as ``cfg`` says.
+
+    In order: seed, model (moved, channels_last, DDP under torchrun), the recipe's extension
+    (built from the prepared model, so its modules draw their initial weights after the
+    model's), loader, learning rate (linear scaling by the total batch), optimiser over the
+    model and the extension's parameters, schedule, checkpoint metadata, evaluation on
+    ``datasets["val"]``, the standard hooks, :class:`~meddet.engine.trainer.Trainer`.
+
+    Args:
+        cfg: the resolved config (``train``, ``data`` and ``model`` sections are read).
+        run_dir: where results, checkpoints and the log go (``None``: no files).
+        model_name: the zoo name to build (``cfg.model.name`` or the distillation student).
+        datasets: ``{"train": ..., "val": ...}`` from :func:`build_datasets`.
+        device: where to train.
+        title: what is trained, for the log and console (default ``model_name``).
+        console: rich console for the progress bar (rank 0).
+        meta_extra: further checkpoint metadata (e.g. the teachers of a distilled student).
+        extend: ``extend(model) -> TrainerExtension`` adds modules, a step and state.
+
+    Returns:
+        The assembled run; start it with :func:`run_training`.
+    """
+    from meddet.models import build_detector
+
+    tc = cfg.train
+    title = title or model_name
+    train_ds, val_ds = datasets["train"], datasets["val"]
+    class_names = list(train_ds.class_names)
+    # Seed before building the model so that initial weights are reproducible.
+    seed_everything(tc.seed)
+    overrides = model_overrides(cfg)
+    model = build_detector(model_name, num_classes=len(class_names), **overrides)
+    model = prepare_model(model, cfg, device)
+    ext = extend(model) if extend is not None else TrainerExtension()
+
+    world = du.get_world_size()
+    loader, ipe = build_train_loader(train_ds, batch_size=tc.batch_size, workers=cfg.data.workers,
+                                     seed=tc.seed, device=device)
+    planned = tc.epochs * ipe
+    max_iters = min(planned, tc.max_iters) if tc.max_iters else planned
+    lr = scaled_lr(tc.lr, tc.batch_size * world, tc.base_batch_size)
+    params = [p for p in unwrap_model(model).parameters() if p.requires_grad] + list(ext.params)
+    optimizer = build_optimizer(params, lr=lr, momentum=tc.momentum,
+                                weight_decay=tc.weight_decay, kind=tc.optimizer)
+    # The schedule spans the planned epochs; --max-iters only stops early, so a capped run is a
+    # prefix of the full one and can be resumed into it.
+    scheduler = build_scheduler(optimizer, total_iters=planned, lr_steps=tc.lr_steps,
+                                warmup_iters=tc.warmup_iters, warmup_ratio=tc.warmup_ratio)
+    stored_overrides = {k: v for k, v in overrides.items() if k != "pretrained"}
+    meta = make_meta(model_name=model_name, num_classes=len(class_names),
+                     class_names=class_names, img_size=cfg.data.img_size,
+                     model_overrides=stored_overrides, config=cfg.model_dump(mode="json"),
+                     **dict(meta_extra or {}))
+    eval_fn = build_eval_fn(val_ds, batch_size=tc.batch_size, workers=cfg.data.workers)
+    header = (f"{title} on {cfg.data.root} ({len(train_ds)} train / {len(val_ds)} val "
+              f"images, {cfg.data.img_size} px), batch {tc.batch_size} x {world} process(es), "
+              f"lr {lr:g}, device {device}: ")
+    hooks, checkpoint = _standard_hooks(
+        run_dir, meta, eval_fn=eval_fn, eval_every=tc.eval_every,
+        checkpoint_every=tc.checkpoint_every, checkpoint_every_iters=tc.checkpoint_every_iters,
+        console=console, log_header=header)
+    trainer = Trainer(model, optimizer, loader, iters_per_epoch=ipe, max_iters=max_iters,
+                      scheduler=scheduler, hooks=hooks, device=device, seed=tc.seed,
+                      amp=tc.amp, channels_last=tc.channels_last, grad_clip=tc.grad_clip,
+                      max_nonfinite=tc.max_nonfinite, step_fn=ext.step_fn,
+                      checkpointables=ext.checkpointables)
+    return AssembledTrainer(trainer, meta, run_dir, title, header, checkpoint)
+
+
+def run_training(run: AssembledTrainer, *, console: Any = None,
+                 notes: tuple[str, ...] | list[str] = (),
+                 started: float | None = None) -> dict[str, Any]:
+    """Print what is about to run, train to the end, and summarise.
+
+    Load a resume checkpoint into ``run.trainer`` before calling this.
+
+    Args:
+        run: from :func:`assemble_trainer`.
+        console: rich console for the notes and the start line (rank 0 prints).
+        notes: lines printed before the start line (e.g. which teacher a method uses).
+        started: ``time.perf_counter()`` when the job began (default: now), for ``seconds``.
+
+    Returns:
+        ``{"run_dir", "last", "best", "best_mAP50", "history", "iters", "seconds"}``: the
+        checkpoint paths, the best val mAP50 (``None`` when never evaluated or without a
+        run directory), the ``results.csv`` rows, the iterations done and the wall time.
+    """
+    started = time.perf_counter() if started is None else started
+    trainer = run.trainer
+    if console is not None and du.is_main_process():
+        from rich.markup import escape
+
+        for note in notes:
+            console.print(escape(note))
+        what = run.header[len(run.title):].rstrip(": ")
+        console.print(f"[bold]{escape(run.title)}[/]" + escape(
+            f"{what}; {trainer.max_iters} iterations ({trainer.iters_per_epoch} per epoch) "
+            f"-> {run.run_dir}"))
+    trainer.train()
+    du.barrier()
+    run_dir = Path(run.run_dir) if run.run_dir is not None else Path(".")
+    return {
+        "run_dir": str(run.run_dir),
+        "last": str(run_dir / "last.pt"),
+        "best": str(run_dir / "best.pt"),
+        "best_mAP50": run.checkpoint.best if run.checkpoint is not None else None,
+        "history": trainer.storage.history,
+        "iters": trainer.iter,
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def pretrain(cfg: Config, run_dir: Path, *, resume: str | Path | None = None,
              console: Any = None, device: torch.device | None = None) -> dict[str, Any]:
     """Train one detector as configured; the body of ``meddet pretrain-teacher``.
@@ -211,82 +377,31 @@ def pretrain(cfg: Config, run_dir: Path, *, resume: str | Path | None = None,
 
     Returns:
         ``{"run_dir", "last", "best", "best_mAP50", "history", "iters", "seconds",
-        "steps_per_rank"}``.
+        "steps_per_rank"}`` (see :func:`run_training`; ``steps_per_rank``: iterations each
+        process ran).
 
     Raises:
         MedDetError: missing dataset/split, unknown model, incompatible resume checkpoint,
             training stopped on non-finite losses.
     """
-    from meddet.models import build_detector
-
     t0 = time.perf_counter()
     device = device or du.resolve_device(cfg.train.device)
-    tc = cfg.train
     ckpt = load_checkpoint(resolve_resume(resume)) if resume is not None else None
     datasets = build_datasets(cfg)
-    train_ds, val_ds = datasets["train"], datasets["val"]
     if ckpt is not None:
         meta = ckpt["meta"]
+        class_names = list(datasets["train"].class_names)
         if meta["model_name"] != cfg.model.name:
             raise MedDetError(f"cannot resume: the checkpoint is a {meta['model_name']} run, "
                               f"not {cfg.model.name}; pass --model {meta['model_name']}")
-        if list(meta["class_names"]) != list(train_ds.class_names):
+        if list(meta["class_names"]) != class_names:
             raise MedDetError(f"cannot resume: checkpoint classes {meta['class_names']} differ "
-                              f"from the dataset's {list(train_ds.class_names)}")
-
-    # Seed before building the model so that initial weights are reproducible.
-    seed_everything(tc.seed)
-    overrides = model_overrides(cfg)
-    model = build_detector(cfg.model.name, num_classes=len(train_ds.class_names), **overrides)
-    model = prepare_model(model, cfg, device)
-
-    world = du.get_world_size()
-    loader, ipe = build_train_loader(train_ds, batch_size=tc.batch_size, workers=cfg.data.workers,
-                                     seed=tc.seed, device=device)
-    planned = tc.epochs * ipe
-    max_iters = min(planned, tc.max_iters) if tc.max_iters else planned
-    lr = scaled_lr(tc.lr, tc.batch_size * world, tc.base_batch_size)
-    optimizer = build_optimizer(unwrap_model(model), lr=lr, momentum=tc.momentum,
-                                weight_decay=tc.weight_decay, kind=tc.optimizer)
-    # The schedule spans the planned epochs; --max-iters only stops early, so a capped run is a
-    # prefix of the full one and can be resumed into it.
-    scheduler = build_scheduler(optimizer, total_iters=planned, lr_steps=tc.lr_steps,
-                                warmup_iters=tc.warmup_iters, warmup_ratio=tc.warmup_ratio)
-    stored_overrides = {k: v for k, v in overrides.items() if k != "pretrained"}
-    meta = make_meta(model_name=cfg.model.name, num_classes=len(train_ds.class_names),
-                     class_names=list(train_ds.class_names), img_size=cfg.data.img_size,
-                     model_overrides=stored_overrides, config=cfg.model_dump(mode="json"))
-    eval_fn = build_eval_fn(val_ds, batch_size=tc.batch_size, workers=cfg.data.workers)
-    header = (f"{cfg.model.name} on {cfg.data.root} ({len(train_ds)} train / {len(val_ds)} val "
-              f"images, {cfg.data.img_size} px), batch {tc.batch_size} x {world} process(es), "
-              f"lr {lr:g}, device {device}: ")
-    hooks = default_hooks(run_dir, meta, eval_fn=eval_fn, eval_every=tc.eval_every,
-                          checkpoint_every=tc.checkpoint_every,
-                          checkpoint_every_iters=tc.checkpoint_every_iters, console=console,
-                          log_header=header)
-    trainer = Trainer(model, optimizer, loader, iters_per_epoch=ipe, max_iters=max_iters,
-                      scheduler=scheduler, hooks=hooks, device=device, seed=tc.seed,
-                      amp=tc.amp, channels_last=tc.channels_last, grad_clip=tc.grad_clip,
-                      max_nonfinite=tc.max_nonfinite)
+                              f"from the dataset's {class_names}")
+    run = assemble_trainer(cfg, run_dir, model_name=cfg.model.name, datasets=datasets,
+                           device=device, console=console)
     if ckpt is not None:
-        trainer.load_state_dict(ckpt)
-        del ckpt
-    if console is not None and du.is_main_process():
-        from rich.markup import escape
-
-        console.print(f"[bold]{escape(cfg.model.name)}[/]: " + escape(
-            f"{header.rstrip(': ')}; {max_iters} iterations ({ipe} per epoch) -> {run_dir}"))
-    trainer.train()
-    du.barrier()
-    ckpt_hook = next((h for h in trainer.hooks if isinstance(h, CheckpointHook)), None)
-    return {
-        "run_dir": str(run_dir),
-        "last": str(Path(run_dir) / "last.pt"),
-        "best": str(Path(run_dir) / "best.pt"),
-        "best_mAP50": ckpt_hook.best if ckpt_hook is not None else None,
-        "history": trainer.storage.history,
-        "iters": trainer.iter,
-        "seconds": time.perf_counter() - t0,
-        "steps_per_rank": trainer.steps_per_rank,
-    }
-
+        run.trainer.load_state_dict(ckpt)
+        del ckpt  # a large model's optimiser state: not kept for the whole run
+    summary = run_training(run, console=console, started=t0)
+    summary["steps_per_rank"] = run.trainer.steps_per_rank
+    return summary

@@ -28,7 +28,7 @@ import torch
 from meddet._io import atomic_save, atomic_write_text
 from meddet.engine import distributed as du
 from meddet.engine.checkpoint import save_checkpoint, unwrap_model
-from meddet.engine.trainer import HookBase
+from meddet.engine.events import HookBase
 
 #: Metric columns of results.csv after the loss terms and lr.
 VAL_COLUMNS = ("mAP", "mAP50", "recall")
@@ -157,7 +157,8 @@ class CheckpointHook(HookBase):
     """Writes ``last.pt`` every ``every_epochs`` epochs and after the last one (and every
     ``every_iters``), ``best.pt`` on a new best.
 
-    Both hold the full training state (either resumes the run). Fewer ``last.pt`` writes save
+    Both hold the full training state (either resumes the run). :attr:`best` is the best
+    ``metric`` so far; a checkpoint's copy of it is read with :func:`recorded_best`. Fewer ``last.pt`` writes save
     time with large models (a GFL-R152 with AdamW state is ~800 MB) at the price of losing up
     to ``every_epochs - 1`` epochs to a crash.
 
@@ -168,6 +169,9 @@ class CheckpointHook(HookBase):
         every_iters: also write ``last.pt`` every this many iterations.
         metric: row key that selects ``best.pt`` (higher is better).
     """
+
+    # The key old checkpoints were written with (it was the class name): keep it.
+    state_key = "CheckpointHook"
 
     def __init__(self, run_dir: str | Path, meta: Mapping[str, Any], *, every_epochs: int = 1,
                  every_iters: int | None = None, metric: str = "mAP50") -> None:
@@ -200,16 +204,17 @@ class CheckpointHook(HookBase):
         return all(bool(torch.isfinite(v).all()) for v in unwrap_model(t.model).state_dict().values()
                    if v.is_floating_point())
 
-    def _save(self, path: Path, metrics: Mapping[str, Any]) -> None:
-        state = self.trainer.state_dict()
+    def _save(self, path: Path, metrics: Mapping[str, Any], *,
+              iters_done: int | None = None) -> None:
+        state = self.trainer.state_dict(iters_done=iters_done)
         state["metrics"] = {k: v for k, v in metrics.items()
                             if isinstance(v, (int, float, str)) or v is None}
         state["meta"] = self.meta
         save_checkpoint(path, state)
         self.saved.append(path.name)
 
-    def _save_last(self, metrics: Mapping[str, Any]) -> None:
-        self._save(self.last_path, metrics)
+    def _save_last(self, metrics: Mapping[str, Any], *, iters_done: int | None = None) -> None:
+        self._save(self.last_path, metrics, iters_done=iters_done)
 
     def _epoch_writes_last(self, epoch: int, done_iters: int) -> bool:
         """Whether the end of (0-based) ``epoch``, at ``done_iters`` iterations, writes last.pt."""
@@ -225,11 +230,8 @@ class CheckpointHook(HookBase):
             return  # after_epoch writes this one, with the epoch's metrics
         if not self._healthy():
             return
-        t.iter = done  # the checkpoint must say "resume after this iteration"
-        try:
-            self._save_last(t.storage.latest)
-        finally:
-            t.iter = done - 1
+        # The counter still names this iteration; the checkpoint must say "resume after it".
+        self._save_last(t.storage.latest, iters_done=done)
 
     def after_epoch(self) -> None:
         if not self._healthy():
@@ -272,6 +274,30 @@ class CheckpointHook(HookBase):
             return None if value is None or math.isnan(float(value)) else float(value)
         except Exception:  # unreadable: the resumed state decides, as before
             return None
+
+
+def recorded_best(ckpt: Mapping[str, Any], metric: str = "mAP50") -> float | None:
+    """The best ``metric`` a run had reached when ``ckpt`` was written.
+
+    The :class:`CheckpointHook`'s saved score when it tracked ``metric``, else the metrics row
+    stored with the weights (a checkpoint written outside the trainer).
+
+    Args:
+        ckpt: a loaded checkpoint (:func:`~meddet.engine.checkpoint.load_checkpoint`).
+        metric: the row key, e.g. ``"mAP50"``.
+
+    Returns:
+        The score, or ``None`` when neither place holds a finite number.
+    """
+    hooks = (ckpt.get("trainer") or {}).get("hooks") or {}
+    state = hooks.get(CheckpointHook.state_key) or {}
+    best = state.get("best") if state.get("metric", metric) == metric else None
+    if best is None:
+        best = (ckpt.get("metrics") or {}).get(metric)
+    try:
+        return None if best is None or math.isnan(float(best)) else float(best)
+    except (TypeError, ValueError):
+        return None
 
 
 class ProgressHook(HookBase):

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from meddet.config import NMODE_PLACEMENTS
 from meddet.errors import MedDetError
 from meddet.models._dist import shared_normaliser
 from meddet.models.assigner import ATSSAssigner
@@ -40,7 +41,6 @@ from meddet.models.postprocess import GFLPostProcess
 
 __all__ = ["NMODE_PLACEMENTS", "Assignment", "GFLDetector", "check_loss_weights"]
 
-NMODE_PLACEMENTS = ("head", "fpn", "backbone", "none")
 
 # Eq. 12 defaults: λ : μ : (1 - λ - μ) = 1 : 0.25 : 2, the QFL : DFL : GIoU weighting of GFL.
 DEFAULT_LAMBDA_QFL = 1 / 3.25
