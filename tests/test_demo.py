@@ -78,7 +78,7 @@ def test_bad_students_flag_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_tables_from_a_result():
-    metrics = {"mAP": 0.25, "mAP50": 0.5, "recall": 0.75}
+    metrics = {"mAP": 0.25, "mAP50": 0.5, "AR100": 0.375, "recall": 0.75}
     bench = {"params_m": 10.0, "gflops_512": 31.7, "fps": 12.0}
     result = {
         "plan": {**PLANS["quick"].__dict__},
@@ -91,7 +91,8 @@ def test_tables_from_a_result():
         "machine": {"cpu": "x", "threads": 2, "load_start": "0.1"},
     }
     md = format_tables(result)
-    assert "| MedDet (distilled student) | 0.250 | 0.500 | 0.750 |" in md
+    assert "| MedDet (distilled student) | 0.250 | 0.500 | 0.375 | 0.750 |" in md
+    assert "| model | mAP | mAP50 | AR100 | recall@.5 |" in md
     assert "| GFL ResNet50 (teacher) | 0.250 | 0.750 | 12.0 | 10.00 | 31.70 | 32.32 | 50.21 |" in md
 
 

@@ -167,3 +167,19 @@ def test_detections_to_coco_and_pr_curves():
     rec, prec = curves["protrusion"]
     assert rec.shape == prec.shape == (101,)
     assert np.nanmax(prec) <= 1
+
+
+def test_metric_tables_name_recall_precisely_and_show_ar100_beside_it():
+    from meddet.cli.evaluate import metrics_table, sweep_table
+
+    per = {"mAP": 0.1, "mAP50": 0.2, "mAP75": 0.05, "AR100": 0.3, "recall": 0.4, "num_gt": 5}
+    metrics = {**{k: v for k, v in per.items() if k != "num_gt"}, "per_class": {"a": per}}
+    table = metrics_table(metrics, "t")
+    headers = [c.header for c in table.columns]
+    assert headers == ["class", "mAP", "mAP50", "mAP75", "AR100", "recall@.5", "GT boxes"]
+    assert "IoU 0.5" in table.caption and "0.5:0.95" in table.caption
+    cells = [list(c.cells) for c in table.columns]
+    assert cells[4][0].startswith("0.3")  # AR100
+    assert cells[5][0].startswith("0.4")  # the recall@.5 column holds the recall key
+    sweep = sweep_table([{"noise": "clean", "mAP": 0.1, "mAP50": 0.2, "recall": 0.4}], "rician")
+    assert [c.header for c in sweep.columns] == ["noise", "mAP", "mAP50", "recall@.5"]

@@ -62,14 +62,15 @@ def demo(
 
     t1 = Table(title="Table I: detection on the synthetic test split", box=box.SIMPLE_HEAD)
     t1.add_column("model")
-    for c in ("mAP", "mAP50", "recall"):
+    for c in ("mAP", "mAP50", "AR100", "recall@.5"):
         t1.add_column(c, justify="right")
     for r in result["table1"]:
-        t1.add_row(r["name"], _cell(r["mAP"]), _cell(r["mAP50"]), _cell(r["recall"]))
+        t1.add_row(r["name"], _cell(r["mAP"]), _cell(r["mAP50"]), _cell(r.get("AR100")),
+                   _cell(r["recall"]))
     t2 = Table(title=f"Table II: accuracy and cost (FPS at {plan.img_size} px, "
                "params/GFLOPs at 512 px)", box=box.SIMPLE_HEAD)
     t2.add_column("model")
-    for c in ("mAP", "recall", "FPS", "params M", "GFLOPs", "paper params M", "paper GFLOPs"):
+    for c in ("mAP", "recall@.5", "FPS", "params M", "GFLOPs", "paper params M", "paper GFLOPs"):
         t2.add_column(c, justify="right")
     for r in result["table2"]:
         t2.add_row(r["name"], _cell(r["mAP"]), _cell(r["recall"]), _cell(r["fps"], ".1f"),

@@ -21,16 +21,19 @@ def _fmt(v: Any) -> str:
 
 def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     """Overall and per-class metrics as a rich table."""
+    from meddet.engine.evaluator import METRIC_KEYS, METRIC_LABELS, RECALL_LABEL
+
     table = Table(title=title)
     table.add_column("class")
-    for col in ("mAP", "mAP50", "mAP75", "AR100", "recall", "GT boxes"):
+    for col in (*(METRIC_LABELS[k] for k in METRIC_KEYS), "GT boxes"):
         table.add_column(col, justify="right")
     for name, m in metrics["per_class"].items():
-        table.add_row(name, *(_fmt(m[k]) for k in ("mAP", "mAP50", "mAP75", "AR100", "recall")),
-                      str(m["num_gt"]))
+        table.add_row(name, *(_fmt(m[k]) for k in METRIC_KEYS), str(m["num_gt"]))
     total = sum(m["num_gt"] for m in metrics["per_class"].values())
-    table.add_row("[bold]all[/]", *(_fmt(metrics[k]) for k in ("mAP", "mAP50", "mAP75", "AR100",
-                                                                "recall")), str(total))
+    table.add_row("[bold]all[/]", *(_fmt(metrics[k]) for k in METRIC_KEYS), str(total))
+    table.caption = (f"{RECALL_LABEL}: share of all GT boxes matched at IoU 0.5 among each "
+                     "image's top 100 detections (classes pooled); AR100: COCO's average "
+                     "recall over classes and IoU 0.5:0.95")
     return table
 
 
@@ -61,7 +64,7 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint or a COCO results file with pycocotools (bbox).
 
-    Prints mAP, mAP50, mAP75, AR@100 and recall (overall and per class) and writes
+    Prints mAP, mAP50, mAP75, AR100 and recall@.5 (overall and per class) and writes
     metrics.json, predictions.json, pr_curve.png and confusion_matrix.png to the run directory.
     """
     from meddet.engine.evaluate import NOISE_AND_SWEEP, evaluate_checkpoint, evaluate_predictions
@@ -99,9 +102,11 @@ def evaluate(
 
 def sweep_table(rows: list[dict[str, Any]], kind: str | None) -> Table:
     """The rows of a noise sweep (clean first) as a rich table."""
+    from meddet.engine.evaluator import RECALL_LABEL
+
     table = Table(title=f"robustness to {kind} noise")
     table.add_column("noise")
-    for col in ("mAP", "mAP50", "recall"):
+    for col in ("mAP", "mAP50", RECALL_LABEL):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["noise"], _fmt(r["mAP"]), _fmt(r["mAP50"]), _fmt(r["recall"]))

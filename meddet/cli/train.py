@@ -150,7 +150,7 @@ def pretrain_teacher(
 
 def _print_summary(summaries: list[dict[str, Any]]) -> None:
     table = Table(title="pretrain-teacher", show_lines=False)
-    for col in ("run", "iters", "best val mAP50", "last val mAP", "last val mAP50", "recall",
+    for col in ("run", "iters", "best val mAP50", "last val mAP", "last val mAP50", "last val recall@.5",
                 "time"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for s in summaries:

@@ -6,9 +6,12 @@ pycocotools prints for the same detections, to the last digit:
 - ``mAP``, ``mAP50``, ``mAP75``, ``AR100``: ``COCOeval.stats[0, 1, 2, 8]``; per class, the same
   reductions as ``COCOeval.summarize`` applied to that class's slice of the precision / recall
   arrays (identical to running COCOeval with ``catIds=[that class]``).
-- ``recall`` (the paper's): the fraction of ground-truth boxes matched at IoU 0.5 within the top
-  100 detections, counted from ``COCOeval.evalImgs`` (area ``all``); per class it equals
-  ``COCOeval.eval["recall"][IoU=.5, k, all, 100]``.
+- ``recall`` (displayed as :data:`RECALL_LABEL`): the share of *all* ground-truth boxes matched
+  at IoU 0.5 among each image's top 100 detections, pooled over classes, counted from
+  ``COCOeval.evalImgs`` (area ``all``); per class it equals
+  ``COCOeval.eval["recall"][IoU=.5, k, all, 100]``. It is not COCO's ``AR100``, which averages
+  over classes and over IoU 0.5:0.95. The paper reports a recall without defining it; this
+  definition is ours.
 
 Following pycocotools, a metric that is undefined (no ground truth for a class) is ``-1``.
 """
@@ -30,6 +33,11 @@ from meddet.errors import MedDetError
 
 #: Keys of the overall metrics, in display order.
 METRIC_KEYS = ("mAP", "mAP50", "mAP75", "AR100", "recall")
+#: How tables name the ``recall`` key: matched at IoU 0.5, top 100 detections, pooled classes.
+RECALL_LABEL = "recall@.5"
+#: Column headers for :data:`METRIC_KEYS`.
+METRIC_LABELS = {"mAP": "mAP", "mAP50": "mAP50", "mAP75": "mAP75", "AR100": "AR100",
+                 "recall": RECALL_LABEL}
 
 
 @contextlib.contextmanager

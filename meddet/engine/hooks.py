@@ -31,7 +31,7 @@ from meddet.engine.checkpoint import save_checkpoint, unwrap_model
 from meddet.engine.events import HookBase
 
 #: Metric columns of results.csv after the loss terms and lr.
-VAL_COLUMNS = ("mAP", "mAP50", "recall")
+VAL_COLUMNS = ("mAP", "mAP50", "AR100", "recall")
 
 
 def _loss_keys(rows: list[Mapping[str, Any]]) -> list[str]:

@@ -62,7 +62,8 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]] | Mapping[str, Seq
             xs = [e for e, r in zip(epochs, rows) if not math.isnan(_num(r.get(k)))]
             ys = [_num(r.get(k)) for r in rows if not math.isnan(_num(r.get(k)))]
             if xs:
-                ax_m.plot(xs, ys, marker="o", label=label or f"val {k}")
+                name = "recall@.5" if k == "recall" else k
+                ax_m.plot(xs, ys, marker="o", label=label or f"val {name}")
     ax_l.set_xlabel("epoch")
     ax_l.set_ylabel("training loss (epoch mean)")
     ax_l.set_yscale("log" if all(_num(r.get("loss")) > 0 for r in every_row) and every_row

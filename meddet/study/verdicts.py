@@ -26,12 +26,16 @@ def stats(values: list[float]) -> Stats:
 
 def group_metric(rows: dict[str, dict], group: str, key: str = "mAP50",
                  cls: str | None = None) -> Stats:
-    """:func:`stats` of ``100 * test[key]`` (of class ``cls`` when given) over ``group``."""
+    """:func:`stats` of ``100 * test[key]`` (of class ``cls`` when given) over ``group``.
+
+    Rows whose record lacks ``key`` are left out.
+    """
     vals = []
     for r in rows.values():
         if r["group"] == group and "test" in r:
             m = r["test"]["per_class"][cls] if cls else r["test"]
-            vals.append(100.0 * m[key])
+            if m.get(key) is not None:
+                vals.append(100.0 * m[key])
     return stats(vals)
 
 
