@@ -24,7 +24,7 @@ def check_real(
     img_size: Annotated[int | None, typer.Option(
         "--img-size", help="Network input size (default: the checkpoint's).")] = None,
     top_k: Annotated[int, typer.Option(
-        "--top-k", help="Detections per slice that count for recall.")] = 10,
+        "--top-k", min=1, help="Detections per slice that count for recall.")] = 10,
     score_thr: Annotated[float, typer.Option(
         "--score-thr", min=0.0, max=1.0, help="Minimum detection score.")] = 0.05,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
