@@ -69,6 +69,8 @@ def _register() -> None:
     app.command("export")(export_cmd.export)
     app.command("demo")(demo_cmd.demo)
     app.add_typer(study_cmd.app, name="study")
+    from meddet.cli.realcheck import check_real
+    app.command("check-real")(check_real)
 
 
 _register()
