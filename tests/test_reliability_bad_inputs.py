@@ -1,4 +1,4 @@
-"""Every row of docs/bad-inputs.md, through the CLI (issue #7).
+"""Every row of docs/bad-inputs.md, through the CLI.
 
 Each bad input must give exit code 2 and exactly one ``Error: ...`` line on stderr (no
 traceback without ``--debug``), and leave no partial outputs behind. Inputs that are not bad

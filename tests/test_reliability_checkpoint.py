@@ -1,4 +1,4 @@
-"""Checkpoints and atomic writes under attack and under crashes (issue #7).
+"""Checkpoints and atomic writes under attack and under crashes.
 
 - a checkpoint whose unpickling would run code is refused and the code never runs;
 - format version + tensor sha256 in the metadata: damage after writing is reported as such;

@@ -1,4 +1,4 @@
-"""Crash-safe training (issue #7): a training or distillation process killed with SIGKILL at a
+"""Crash-safe training: a training or distillation process killed with SIGKILL at a
 random iteration resumes with ``--resume`` from its last checkpoint and, on the deterministic CPU
 path, ends with weights identical to an uninterrupted run.
 

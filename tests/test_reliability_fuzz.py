@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) for issue #7: box operations, the COCO loader on random
+"""Property-based tests (hypothesis): box operations, the COCO loader on random
 annotation records, and the image readers on random bytes. Nothing may fail other than with the
 documented clear error (:class:`~meddet.errors.MedDetError`, or a ``Skip`` in predict)."""
 

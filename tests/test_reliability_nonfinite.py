@@ -1,4 +1,4 @@
-"""Non-finite losses in distillation (issue #7): the adversarial part is the usual culprit.
+"""Non-finite losses in distillation: the adversarial part is the usual culprit.
 
 A step whose discriminator or student loss is NaN/inf is skipped (no update anywhere), counted
 in ``results.csv`` (``nonfinite``), and ``train.max_nonfinite`` of them in a row stop the run

@@ -12,7 +12,7 @@ from meddet.models import DETECTORS, GFLDetector, NmODE2, build_detector
 # Parameter counts at num_classes=2 the design targets (paper Table I / Fig. 3 numbers).
 PARAM_TARGETS_M = {"gfl_r50": 32.32, "gfl_r101": 51.24, "gfl_r152": 66.51, "meddet": 10.42}
 TEACHERS_AND_STUDENT = {"gfl_r50", "gfl_r101", "gfl_r152", "meddet", "meddet_lite"}
-# The CPU student's narrower neck and head (issue 9); every other entry has the paper's 256.
+# The CPU student's narrower neck and head; every other entry has the paper's 256.
 NECK_CHANNELS = {"meddet_lite": 128}
 
 
