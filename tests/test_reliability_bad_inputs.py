@@ -350,3 +350,22 @@ def test_debug_shows_the_traceback(tiny_dataset, tmp_path, capsys):
                str(tiny_dataset), "--debug"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" in err and err.strip().endswith("does not exist")
+
+
+def test_dicom_with_a_malformed_frame_count_is_skipped_not_fatal(tmp_path):
+    """pydicom's badVR.dcm has NumberOfFrames '1A': discovery and reading report it as a skip."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from meddet.inference.readers import Skip, discover_inputs, iter_slices, parse_slices
+
+    src = get_testdata_file("badVR.dcm")
+    folder = tmp_path / "series"
+    folder.mkdir()
+    shutil.copy(src, folder / "bad.dcm")
+    sources = discover_inputs([folder])  # grouping reads the header: must not raise
+    assert len(sources) == 1
+    items = list(iter_slices(sources[0], parse_slices(None)))
+    assert len(items) == 1 and isinstance(items[0], Skip)
+    assert "NumberOfFrames" in items[0].reason and "'1A'" in items[0].reason

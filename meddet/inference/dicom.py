@@ -81,7 +81,7 @@ def group_series(folder: Path, files: list[Path]) -> list[InputSource]:
         if ds is None:  # unreadable: reported when the file is read on its own
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "")
-        if not uid or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        if not uid or _frame_count(ds) != 1:
             continue
         headers[f] = (uid, _slice_position(ds))
 
@@ -147,6 +147,16 @@ def _patient_identifiers(ds) -> set[str]:
 
 
 # --------------------------------------------------------------------------- reading
+def _frame_count(ds) -> int | None:
+    """``NumberOfFrames`` as an int (1 when absent), or ``None`` when the header value is not a
+    positive whole number (a damaged header must become a skip, not an exception)."""
+    try:
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return None
+    return n if n >= 1 else None
+
+
 def read_dicom_file(path: Path, slices: SliceSpec) -> Iterator[Slice | Skip]:
     """Yield the image of one DICOM file, or the frames ``slices`` picks from a multi-frame one.
 
@@ -160,7 +170,10 @@ def read_dicom_file(path: Path, slices: SliceSpec) -> Iterator[Slice | Skip]:
     ds = ds_or_skip
     ids = _patient_identifiers(ds)
     src, stem = display_source(path, ids), output_stem(path, ids)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _frame_count(ds)
+    if n_frames is None:
+        yield Skip(src, f"unreadable NumberOfFrames {ds.get('NumberOfFrames')!r} in the header")
+        return
     if n_frames == 1:
         arr = _dicom_pixels(ds, src)
         if isinstance(arr, Skip):
