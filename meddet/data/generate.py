@@ -23,15 +23,15 @@ import numpy as np
 from PIL import Image
 
 from meddet import __version__
+from meddet.data.phantom import v1 as _v1
 from meddet.data.synth import (
     CATEGORIES,
     DISC_NAMES,
     PROTRUSION_ID,
+    REF_SIZE,
     Case,
     Rendered,
     quantize,
-    render_case,
-    sample_case,
 )
 from meddet.errors import MedDetError
 
@@ -44,6 +44,7 @@ _DATASET_ENTRIES = {"images", "annotations"}
 # zlib level 1: files ~15 % larger than the default level but encoding is several times
 # faster, and generation speed matters more than disk here.
 _PNG_LEVEL = 1
+PHANTOMS = {"v1": _v1}
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -59,11 +60,13 @@ def make_image(
     size: int = 256,
     snr_range: tuple[float, float] = (8.0, 40.0),
     protrusion_rate: float = 0.3,
+    phantom: str = "v1",
 ) -> tuple[Case, Rendered]:
     """Sample and render one image exactly as :func:`generate_dataset` does."""
-    case = sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
-                       protrusion_rate=protrusion_rate)
-    return case, render_case(case)
+    mod = PHANTOMS[phantom]
+    case = mod.sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
+                           protrusion_rate=protrusion_rate)
+    return case, mod.render_case(case)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

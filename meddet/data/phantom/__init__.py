@@ -1,0 +1,1 @@
+"""Synthetic sagittal cervical-spine phantoms."""
