@@ -4,7 +4,7 @@ The real references are the two cervical-spine volumes in ``../shared/data/real-
 crops at 1 mm): the nine sagittal slices around the middle of each, read upright with
 :mod:`meddet.inference.readers`. Synthetic slices are compared on *matched crops*: from each
 phantom image a window of the real slice's physical size (mm) is cut around the spinal canal
-at the level of the disc nearest the image centre, resampled to 1 mm, and normalised the way
+at the level of the disc nearest the image centre, point-sampled every 1 mm, and normalised the way
 the dataset loader normalises (percentile 0.5-99.5 clip to [0, 1]); the real slices get the
 same normalisation. Statistics: :func:`meddet.data.realism.compare`.
 
@@ -32,13 +32,13 @@ from PIL import Image, ImageDraw
 
 from meddet.data import generate
 from meddet.data.realism import compare
+from meddet.data.synth import REF_PIXEL_MM, REF_SIZE
 from meddet.data.transforms import normalize_intensity
 from meddet.inference.readers import SliceSpec, discover_inputs, iter_slices
 
 REAL_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real-mri"
 REAL = {"T2": "sct_t2_cervical.nii.gz", "T1w": "sct_t1w_cervical.nii.gz"}
 HALF = 4  # slices on each side of the middle one
-REF_MM = 0.8  # mm per reference pixel (a 256 px phantom image at zoom 1)
 
 
 def real_slices(name: str, root: Path = REAL_DIR) -> list[np.ndarray]:
@@ -64,20 +64,23 @@ def canal_centre(case, rendered) -> tuple[float, float] | None:
 
 
 def matched_crop(case, rendered, shape_mm: tuple[int, int]) -> np.ndarray | None:
-    """A ``shape_mm`` (rows, cols) window around the canal resampled to 1 mm; None if it
-    does not fit inside the image."""
+    """A ``shape_mm`` (rows, cols) window around the canal, sampled every 1 mm; None if it
+    does not fit inside the image.
+
+    Each 1 mm sample takes the nearest image pixel (no averaging), so the noise and texture
+    of the image's own pixels are compared, at the anatomy's physical scale.
+    """
     centre = canal_centre(case, rendered)
     if centre is None:
         return None
-    mm = REF_MM * generate.REF_SIZE / case.size / case.scale  # anatomical mm per image pixel
+    mm = REF_PIXEL_MM * REF_SIZE / case.size / case.scale  # anatomical mm per image pixel
     h, w = shape_mm[0] / mm, shape_mm[1] / mm
     x0, y0 = centre[0] - w / 2, centre[1] - h / 2
     if x0 < 0 or y0 < 0 or x0 + w > case.size or y0 + h > case.size:
         return None
-    img = Image.fromarray(rendered.image)
-    out = img.resize((shape_mm[1], shape_mm[0]), Image.Resampling.BOX,
-                     box=(x0, y0, x0 + w, y0 + h))
-    return np.asarray(out, dtype=np.float32)
+    xs = np.clip((x0 + (np.arange(shape_mm[1]) + 0.5) / mm).astype(int), 0, case.size - 1)
+    ys = np.clip((y0 + (np.arange(shape_mm[0]) + 0.5) / mm).astype(int), 0, case.size - 1)
+    return rendered.image[np.ix_(ys, xs)]
 
 
 def synthetic(phantom: str, count: int, size: int, seed: int):

@@ -1,4 +1,6 @@
-"""A sagittal T2-weighted cervical-spine phantom with labelled discs (synthetic CDH-MRI).
+"""The first phantom (``--phantom v1``): a sagittal T2 cervical spine drawn as simple shapes.
+
+Kept so that results made with it can be reproduced; :mod:`meddet.data.synth` is the default.
 
 A case is drawn in two steps: :func:`sample_case` draws every random parameter (anatomy, disc
 findings, acquisition) into a frozen :class:`Case`; :func:`render_case` turns a case into an
@@ -21,39 +23,37 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from meddet.data import noise as _noise
+from meddet.data.phantom._common import (
+    CATEGORIES,
+    DISC_NAMES,
+    MAX_SEVERITY,
+    MIN_SEVERITY,
+    NON_PROTRUSION_ID,
+    NORMAL_CONTOUR,
+    PROTRUSION_ID,
+    REF_SIZE,
+    STRIP_PIXELS,
+    VERTEBRAE,
+    Disc,
+    quantize,
+    severity_from_unit,
+    with_protrusion,
+    without_protrusion,
+)
+from meddet.data.phantom._common import band as _band
+from meddet.data.phantom._common import columns as _columns
+from meddet.data.phantom._common import label_boxes as _boxes
+from meddet.data.phantom._common import nearest as _nearest
+from meddet.data.phantom._common import paint as _paint
+from meddet.data.phantom._common import rrect_sdf as _rrect_sdf
+from meddet.data.phantom._common import soft as _soft
 
-REF_SIZE = 256
-VERTEBRAE = ("C2", "C3", "C4", "C5", "C6", "C7", "T1")
-DISC_NAMES = ("C2/3", "C3/4", "C4/5", "C5/6", "C6/7", "C7/T1")
-CATEGORIES = ({"id": 1, "name": "protrusion"}, {"id": 2, "name": "non-protrusion"})
-PROTRUSION_ID = 1
-NON_PROTRUSION_ID = 2
-
-# Smallest herniation depth, in pixels of a 256 px image: the task's "subtle bulge of one or
-# two pixels". Normal discs stay within ±_NORMAL_CONTOUR of the body line, so the classes are
-# separated by geometry, not by a threshold on noisy pixels.
-MIN_SEVERITY = 1.0
-MAX_SEVERITY = 10.0
-_NORMAL_CONTOUR = 0.3
-
-
-@dataclass(frozen=True)
-class Disc:
-    """One intervertebral disc; lengths in reference pixels."""
-
-    height: float  # craniocaudal height between the endplates
-    degeneration: float  # 0 healthy ... 1 severe: darker nucleus, thinner disc
-    contour: float  # posterior bulge (+) or concavity (-) of the disc margin, |.| <= 0.3
-    protrusion: float = 0.0  # depth of herniated material posterior to the body line; 0 = none
-    protrusion_halfwidth: float = 0.0  # craniocaudal half-extent of the herniation
-    protrusion_shift: float = 0.0  # craniocaudal migration of the herniation centre (+ = down)
-    protrusion_shape: float = 0.5  # profile exponent: 0.5 round extrusion ... 1 broad bulge
-
-    @property
-    def is_protrusion(self) -> bool:
-        """The label: herniated disc material beyond the posterior body line."""
-        return self.protrusion > 0
-
+__all__ = [
+    "CATEGORIES", "DISC_NAMES", "MAX_SEVERITY", "MIN_SEVERITY", "NON_PROTRUSION_ID",
+    "PROTRUSION_ID", "REF_SIZE", "VERTEBRAE", "Acquisition", "Case", "Disc", "Rendered",
+    "Tissue", "acquire", "quantize", "render_case", "render_clean", "sample_case",
+    "severity_from_unit", "with_protrusion", "without_protrusion",
+]
 
 @dataclass(frozen=True)
 class Acquisition:
@@ -162,7 +162,7 @@ def sample_case(
     for k in range(6):
         deg = float(np.clip(rng.beta(1.2, 3.5) + 0.7 * deg_bias[k] * u(0, 1), 0, 1))
         height = u(5.2, 7.0) * (1 - 0.45 * deg)
-        contour = u(-_NORMAL_CONTOUR, _NORMAL_CONTOUR)
+        contour = u(-NORMAL_CONTOUR, NORMAL_CONTOUR)
         disc = Disc(height=height, degeneration=deg, contour=contour)
         if u() < protrusion_rate:
             disc = with_protrusion(disc, severity_from_unit(u()) / scale, rng)
@@ -200,93 +200,9 @@ def sample_case(
     )
 
 
-def severity_from_unit(x: float) -> float:
-    """Map a uniform draw in [0, 1] to a herniation depth in pixels at 256 px.
-
-    Skewed towards small values so that subtle, hard bulges are common (about a third are
-    below 2 px) while extrusions that indent the cord still occur.
-    """
-    return MIN_SEVERITY + (MAX_SEVERITY - MIN_SEVERITY) * float(x) ** 2.2
-
-
-def with_protrusion(disc: Disc, depth: float, rng: np.random.Generator | None = None) -> Disc:
-    """Return ``disc`` with a posterior herniation of ``depth`` reference pixels.
-
-    Shallow ones are broad-based bulges confined to the disc space; deep ones (> 5 px) are
-    rounder extrusions that may migrate up or down behind a vertebral body. ``rng`` draws the
-    shape; None gives a fixed mid-range shape.
-    """
-    u = rng.uniform if rng is not None else (lambda lo=0.0, hi=1.0: (lo + hi) / 2)
-    half = disc.height / 2
-    if depth > 5:
-        width = half + u(1.5, 4.5)
-        shift = u(-3.0, 3.0)
-        shape = u(0.4, 0.6)
-    else:
-        width = half + u(0.5, 2.0)
-        shift = u(-1.0, 1.0)
-        shape = u(0.6, 1.0)
-    return Disc(
-        height=disc.height,
-        degeneration=disc.degeneration,
-        contour=disc.contour,
-        protrusion=float(depth),
-        protrusion_halfwidth=float(width),
-        protrusion_shift=float(shift),
-        protrusion_shape=float(shape),
-    )
-
-
-def without_protrusion(disc: Disc) -> Disc:
-    """Return ``disc`` with its herniation removed (contour, height, degeneration kept)."""
-    return Disc(height=disc.height, degeneration=disc.degeneration, contour=disc.contour)
-
-
 # ---------------------------------------------------------------------------------------------
 # Rendering. All lengths are in reference px; `px` (image px per reference px) turns signed
 # distances into coverages that are anti-aliased over one image pixel at every output size.
-#
-# The image is rendered in strips of rows so that each temporary array stays small (<= 64 KB):
-# full-image temporaries of 256 KB and more fall out of the CPU cache and, worse, are served by
-# fresh mmap'ed pages from the allocator, which made rendering about three times slower.
-
-_STRIP_PIXELS = 16384
-
-
-def _soft(sdf, px):
-    """Coverage of a shape from its signed distance (negative inside)."""
-    return np.clip(np.float32(0.5) - sdf * np.float32(px), 0.0, 1.0)
-
-
-def _band(x, lo, hi, px):
-    """Coverage of ``lo <= x <= hi`` (``lo``/``hi`` scalars or arrays)."""
-    return np.minimum(_soft(lo - x, px), _soft(x - hi, px))
-
-
-def _rrect_sdf(a, b, ha, hb, r):
-    """Signed distance to a rounded rectangle centred at 0 with half-sizes ``ha``, ``hb``."""
-    qa = np.abs(a) - (ha - r)
-    qb = np.abs(b) - (hb - r)
-    outside = np.sqrt(np.square(np.clip(qa, 0, None)) + np.square(np.clip(qb, 0, None)))
-    return outside + np.clip(np.maximum(qa, qb), None, 0) - r
-
-
-def _paint(img, mask, value) -> None:
-    """Alpha-composite ``value`` over ``img`` with coverage ``mask`` (in place)."""
-    img += mask * (value - img)
-
-
-def _nearest(x, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest of the sorted ``centres`` for every element of ``x``.
-
-    A sum of comparisons against the midpoints; for a handful of centres this is several times
-    faster than ``np.searchsorted`` on float32 grids.
-    """
-    idx = np.zeros(x.shape, np.intp)
-    for mid in (centres[1:] + centres[:-1]) / 2:
-        idx += x > np.float32(mid)
-    return idx
-
 
 def _layout(case: Case) -> dict[str, np.ndarray]:
     """Craniocaudal positions (s) of the bodies and discs, centred on the spine's midpoint."""
@@ -439,14 +355,6 @@ def _render_rows(sc: _Scene, s, d, muscle_tex, marrow_tex):
     return img, label
 
 
-def _columns(keep: np.ndarray) -> tuple[slice, slice] | None:
-    """Index of the strip's columns from the first to the last True of ``keep``."""
-    cols = np.flatnonzero(keep)
-    if not cols.size:
-        return None
-    return slice(None), slice(int(cols[0]), int(cols[-1]) + 1)
-
-
 def _render_posterior(sc: _Scene, s, d, marrow_tex, img) -> None:
     """Paint the laminae, spinous processes and C1 posterior arch into the ``img`` window."""
     f32 = np.float32
@@ -552,7 +460,7 @@ def render_clean(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     label = np.empty((n, n), np.int16)
     s_map = np.empty((n, n), np.float32)
     d_map = np.empty((n, n), np.float32)
-    step = max(1, _STRIP_PIXELS // n)
+    step = max(1, STRIP_PIXELS // n)
     for y0 in range(0, n, step):
         rows = slice(y0, min(n, y0 + step))
         s, d = _spine_coords(case, rows)
@@ -560,17 +468,6 @@ def render_clean(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         s_map[rows], d_map[rows] = s, d
     np.maximum(img, 0, out=img)
     return img, label, s_map, d_map
-
-
-def _boxes(label: np.ndarray) -> np.ndarray:
-    """Tight ``xyxy`` pixel-edge boxes of the disc label map, one row per disc."""
-    boxes = np.zeros((6, 4), np.float32)
-    for k in range(6):
-        m = label == k + 1
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        if rows.size:
-            boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-    return boxes
 
 
 def acquire(clean: np.ndarray, acq: Acquisition) -> np.ndarray:
@@ -607,10 +504,3 @@ def render_case(case: Case, *, artifacts: bool = True) -> Rendered:
         image = np.clip(clean / max(float(clean.max()), 1e-6), 0, 1).astype(np.float32)
     cats = tuple(PROTRUSION_ID if c.is_protrusion else NON_PROTRUSION_ID for c in case.discs)
     return Rendered(image=image, boxes=_boxes(label), category_ids=cats, s=s, d=d)
-
-
-def quantize(image: np.ndarray, bit_depth: int = 8) -> np.ndarray:
-    """Convert a [0, 1] image to ``uint8`` (bit_depth 8) or ``uint16`` (bit_depth 16)."""
-    top = 255 if bit_depth == 8 else 65535
-    out = np.rint(np.clip(image, 0, 1) * np.float32(top))
-    return out.astype(np.uint8 if bit_depth == 8 else np.uint16)
