@@ -198,6 +198,9 @@ def sample_tissue(rng: np.random.Generator) -> Tissue:
         if contrast == "t2_fatsat":  # fat and fatty marrow lose their signal
             v["fat"] *= u(0.08, 0.25)
             v["marrow"] *= u(0.35, 0.7)
+        # Heavier T2 weighting (longer echo time) leaves the CSF bright and darkens the rest.
+        weight = u(0.45, 1.0)
+        v = {k: x if k == "csf" else x * weight for k, x in v.items()}
     v["herniation"] = v["annulus"] + u(0.2, 0.6) * (v["nucleus"] - v["annulus"])
     return Tissue(**v, cortex=u(0.0, 0.12), ligament=u(0.0, 0.1), contrast=contrast)
 

@@ -95,7 +95,7 @@ class _Scene:
         self.modic_lo = np.concatenate([modic, [0]]).astype(np.float32)
         # Per-vertebra marrow level and cortical rim: drawn from the texture seed.
         self.marrow_level = rng.uniform(0.85, 1.15, 7).astype(np.float32)
-        self.rim = _F(rng.uniform(0.8, 1.8))
+        self.rim = _F(rng.uniform(0.4, 1.3))
         self.marbling = _F(rng.uniform(0.6, 1.6))  # higher: less fat between muscle fibres
         self.grain = _F(rng.uniform(0.03, 0.15))
         self.posterior_alpha = _F(rng.uniform(0.55, 1.0) * (1 - 0.5 * case.lateral))
@@ -379,12 +379,13 @@ def render_clean(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 def _window(n: int, keep: float, sharp: bool, rfft: bool) -> np.ndarray:
     """1-D k-space window keeping the central ``keep`` fraction: a hard cut-off (ringing) or a
-    Tukey taper (half flat, half cosine; a smooth point-spread function)."""
+    Tukey taper (flat over the inner 70 %, cosine over the outer 30 %: the mild apodisation
+    of a scanner's reconstruction filter, which suppresses ringing)."""
     f = np.abs(np.fft.rfftfreq(n) if rfft else np.fft.fftfreq(n))
     cut = keep / 2
     if sharp:
         return (f <= cut).astype(np.float32)
-    x = np.clip((f / cut - 0.5) / 0.5, 0, 1)
+    x = np.clip((f / cut - 0.7) / 0.3, 0, 1)
     return (0.5 * (1 + np.cos(np.pi * x))).astype(np.float32)
 
 
