@@ -4,9 +4,10 @@ The real references are the two cervical-spine volumes in ``../shared/data/real-
 crops at 1 mm): the nine sagittal slices around the middle of each, read upright with
 :mod:`meddet.inference.readers`. Synthetic slices are compared on *matched crops*: from each
 phantom image a window of the real slice's physical size (mm) is cut around the spinal canal
-at the level of the disc nearest the image centre, point-sampled every 1 mm, and normalised the way
-the dataset loader normalises (percentile 0.5-99.5 clip to [0, 1]); the real slices get the
-same normalisation. Statistics: :func:`meddet.data.realism.compare`.
+at the level of the disc nearest the image centre, point-sampled every 1 mm
+(:func:`meddet.data.realism.matched_crop`), and normalised the way the dataset loader
+normalises (percentile 0.5-99.5 clip to [0, 1]); the real slices get the same normalisation.
+Statistics: :func:`meddet.data.realism.compare`.
 
 Usage::
 
@@ -22,6 +23,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -31,14 +33,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from meddet.data import generate
-from meddet.data.realism import compare
-from meddet.data.synth import REF_PIXEL_MM, REF_SIZE
+from meddet.data.realism import compare, matched_crop
 from meddet.data.transforms import normalize_intensity
 from meddet.inference.readers import SliceSpec, discover_inputs, iter_slices
 
 REAL_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real-mri"
 REAL = {"T2": "sct_t2_cervical.nii.gz", "T1w": "sct_t1w_cervical.nii.gz"}
 HALF = 4  # slices on each side of the middle one
+# Contrast families of the default phantom that resemble each real volume (the "T1w" volume
+# has bright discs, dark bodies and a grey canal: closest to the T1-like and random draws).
+SAME_FAMILY = {"T2": ("t2", "t2_fatsat"), "T1w": ("t1", "random")}
 
 
 def real_slices(name: str, root: Path = REAL_DIR) -> list[np.ndarray]:
@@ -49,44 +53,40 @@ def real_slices(name: str, root: Path = REAL_DIR) -> list[np.ndarray]:
     return [s.array for s in iter_slices(src, spec)]
 
 
-def canal_centre(case, rendered) -> tuple[float, float] | None:
-    """Image (x, y) of the canal centre at the level of the disc nearest the image centre."""
-    boxes = rendered.boxes[(rendered.boxes[:, 2] > rendered.boxes[:, 0])]
-    if not len(boxes):
-        return None
-    n = case.size
-    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
-    cx, cy = centres[np.argmin(((centres - n / 2) ** 2).sum(1))]
-    s0 = rendered.s[int(cy), int(cx)]
-    cost = (rendered.s - s0) ** 2 + (rendered.d - case.canal / 2) ** 2
-    y, x = np.unravel_index(int(np.argmin(cost)), cost.shape)
-    return float(x) + 0.5, float(y) + 0.5
-
-
-def matched_crop(case, rendered, shape_mm: tuple[int, int]) -> np.ndarray | None:
-    """A ``shape_mm`` (rows, cols) window around the canal, sampled every 1 mm; None if it
-    does not fit inside the image.
-
-    Each 1 mm sample takes the nearest image pixel (no averaging), so the noise and texture
-    of the image's own pixels are compared, at the anatomy's physical scale.
-    """
-    centre = canal_centre(case, rendered)
-    if centre is None:
-        return None
-    mm = REF_PIXEL_MM * REF_SIZE / case.size / case.scale  # anatomical mm per image pixel
-    h, w = shape_mm[0] / mm, shape_mm[1] / mm
-    x0, y0 = centre[0] - w / 2, centre[1] - h / 2
-    if x0 < 0 or y0 < 0 or x0 + w > case.size or y0 + h > case.size:
-        return None
-    xs = np.clip((x0 + (np.arange(shape_mm[1]) + 0.5) / mm).astype(int), 0, case.size - 1)
-    ys = np.clip((y0 + (np.arange(shape_mm[0]) + 0.5) / mm).astype(int), 0, case.size - 1)
-    return rendered.image[np.ix_(ys, xs)]
-
-
 def synthetic(phantom: str, count: int, size: int, seed: int):
     """``count`` (case, rendered) pairs of the train split of ``seed``."""
     return [generate.make_image(seed, "train", i, size=size, phantom=phantom)
             for i in range(count)]
+
+
+def herniation_visibility(phantom: str, count: int, size: int, seed: int) -> np.ndarray:
+    """How visible a protrusion is: d' = ||B - A|| / sigma for ``count`` herniated discs.
+
+    A is a phantom image without protrusions, B the same case (same noise seed) with one disc
+    herniated (depth drawn as the generator draws it), so their difference is what the
+    herniation changes after blur, shading and noise; sigma is the image noise, from the
+    difference of A and the same case under another noise seed. Lower is harder.
+    """
+    mod = generate.PHANTOMS[phantom]
+    out = []
+    for i in range(count):
+        rng = generate.image_rng(seed, "test", i)
+        case = mod.sample_case(rng, size, protrusion_rate=0.0)
+        k = 2 + i % 3  # C4/5, C5/6, C6/7
+        depth = mod.severity_from_unit(rng.uniform()) / case.scale
+        discs = list(case.discs)
+        discs[k] = mod.with_protrusion(discs[k], depth, rng)
+        herniated = dataclasses.replace(case, discs=tuple(discs))
+        other = dataclasses.replace(case, acquisition=dataclasses.replace(
+            case.acquisition, seed=case.acquisition.seed + 1))
+        a = mod.render_case(case)
+        if a.boxes[k, 2] <= a.boxes[k, 0]:  # the disc is out of view
+            continue
+        b, c = mod.render_case(herniated).image, mod.render_case(other).image
+        tissue = (a.image > 0.05) & (c > 0.05)
+        sigma = float(np.std((a.image - c)[tissue])) / np.sqrt(2)
+        out.append(float(np.sqrt(np.square(b - a.image).sum())) / max(sigma, 1e-6))
+    return np.asarray(out)
 
 
 def _tile(img: np.ndarray, height: int) -> Image.Image:
@@ -139,6 +139,14 @@ def main() -> None:
             ok = [normalize_intensity(c) for c in crops if c is not None]
             rep = compare(real_norm[k], ok)
             results[f"{ph} vs {k}"] = {**rep.as_dict(), "skipped": len(crops) - len(ok)}
+            # A phantom with several contrast families: also the family that matches.
+            family = SAME_FAMILY[k]
+            same = [normalize_intensity(crop) for crop, (c, _) in zip(crops, pairs)
+                    if crop is not None and getattr(c.tissue, "contrast", None) in family]
+            if same:
+                rep = compare(real_norm[k], same)
+                results[f"{ph} ({'/'.join(family)} only) vs {k}"] = {**rep.as_dict(),
+                                                                     "skipped": 0}
 
     print(f"real vs synthetic slices: {args.images} phantom images per phantom at {args.size} "
           f"px, seed {args.seed}; real: {2 * HALF + 1} middle sagittal slices per volume; "
@@ -150,6 +158,16 @@ def main() -> None:
     for name, r in results.items():
         print(f"| {name} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else
                                           str(r[c]) for c in cols) + " |")
+    print("\nprotrusion visibility d' (herniation signal / noise; lower is harder), "
+          f"{args.images} herniated discs per phantom:")
+    print("| phantom | median | 25th pct | 75th pct | share below 5 |")
+    print("|---|---|---|---|---|")
+    for ph in args.phantom:
+        vis = herniation_visibility(ph, args.images, args.size, args.seed)
+        q1, q2, q3 = np.percentile(vis, (25, 50, 75))
+        print(f"| {ph} | {q2:.1f} | {q1:.1f} | {q3:.1f} | {(vis < 5).mean():.2f} |")
+        results[f"{ph} visibility"] = {"median": q2, "p25": q1, "p75": q3,
+                                       "below5": float((vis < 5).mean()), "n": int(vis.size)}
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     if args.figure:

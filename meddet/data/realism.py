@@ -15,6 +15,10 @@ same pixel size (e.g. resample synthetic crops to the real slices' 1 mm).
   white noise 0) and the mean absolute log10 difference between the two mean spectra;
 - texture: Wasserstein-1 distance between the distributions of 3x3 local standard deviations
   (how grainy and how edgy images are at the pixel scale).
+
+:func:`matched_crop` cuts from a phantom image the window a real slice covers (same size in
+mm, around the spinal canal), so that tight real crops can be compared with whole-neck
+phantom images.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from meddet.data.phantom._common import REF_PIXEL_MM, REF_SIZE
 from meddet.errors import MedDetError
 
 # Intensity histograms: fine bins, so that W1 from binned CDFs is exact to 1/512.
@@ -189,3 +194,50 @@ def compare(real: Sequence[np.ndarray], synth: Sequence[np.ndarray]) -> RealismR
         spectrum_distance=spectrum_distance(pr, ps),
         texture_w1=wasserstein1(tr, ts),
     )
+
+
+def canal_centre(case, rendered) -> tuple[float, float] | None:
+    """Image ``(x, y)`` (pixels) of the spinal canal's centre at the level of the labelled disc
+    nearest the image centre; None when no disc is labelled.
+
+    Works for any phantom whose case has ``size`` and ``canal`` and whose rendering has
+    ``boxes``, ``s`` and ``d`` (:mod:`meddet.data.synth`, :mod:`meddet.data.phantom.v1`).
+    """
+    boxes = rendered.boxes[(rendered.boxes[:, 2] > rendered.boxes[:, 0])]
+    if not len(boxes):
+        return None
+    n = case.size
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+    cx, cy = centres[np.argmin(((centres - n / 2) ** 2).sum(1))]
+    s0 = rendered.s[int(cy), int(cx)]
+    cost = (rendered.s - s0) ** 2 + (rendered.d - case.canal / 2) ** 2
+    y, x = np.unravel_index(int(np.argmin(cost)), cost.shape)
+    return float(x) + 0.5, float(y) + 0.5
+
+
+def matched_crop(case, rendered, shape_mm: tuple[int, int]) -> np.ndarray | None:
+    """A phantom window of a real slice's physical size, around the canal, sampled every 1 mm.
+
+    Each 1 mm sample takes the nearest image pixel (no averaging), so the noise and texture
+    of the image's own pixels are compared, at the anatomy's physical scale (a reference pixel
+    is 0.8 mm at zoom 1).
+
+    Args:
+        case, rendered: a phantom case and its rendering (see :func:`canal_centre`).
+        shape_mm: ``(rows, cols)`` of the window in mm, i.e. of the returned array.
+
+    Returns:
+        float32 ``[rows, cols]`` raw image values, or None when the window does not fit inside
+        the image or no disc is labelled.
+    """
+    centre = canal_centre(case, rendered)
+    if centre is None:
+        return None
+    mm = REF_PIXEL_MM * REF_SIZE / case.size / case.scale  # anatomical mm per image pixel
+    h, w = shape_mm[0] / mm, shape_mm[1] / mm
+    x0, y0 = centre[0] - w / 2, centre[1] - h / 2
+    if x0 < 0 or y0 < 0 or x0 + w > case.size or y0 + h > case.size:
+        return None
+    xs = np.clip((x0 + (np.arange(shape_mm[1]) + 0.5) / mm).astype(int), 0, case.size - 1)
+    ys = np.clip((y0 + (np.arange(shape_mm[0]) + 0.5) / mm).astype(int), 0, case.size - 1)
+    return rendered.image[np.ix_(ys, xs)]

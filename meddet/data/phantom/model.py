@@ -297,7 +297,7 @@ def sample_case(
         modic=tuple(float(m) for m in modic),
         canal=float(canal),
         canal_upper=float(u(3.0, 7.0)),
-        cord=float(u(0.42, 0.62) * canal),
+        cord=float(u(0.45, 0.68) * canal),
         cord_shift=float(u(-0.5, 0.5)),
         enlargement=float(u(0.0, 0.15)),
         lateral=float(lat),

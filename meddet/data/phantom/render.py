@@ -97,7 +97,7 @@ class _Scene:
         self.marrow_level = rng.uniform(0.85, 1.15, 7).astype(np.float32)
         self.rim = _F(rng.uniform(0.4, 1.3))
         self.marbling = _F(rng.uniform(0.6, 1.6))  # higher: less fat between muscle fibres
-        self.grain = _F(rng.uniform(0.03, 0.15))
+        self.grain = _F(rng.uniform(0.03, 0.18))
         self.posterior_alpha = _F(rng.uniform(0.55, 1.0) * (1 - 0.5 * case.lateral))
         self.spine_len = np.asarray(case.spinous, np.float32) * _F(1 - 0.7 * case.lateral)
         self.tilt = _F(np.tan(case.spinous_tilt))
