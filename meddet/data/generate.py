@@ -283,7 +283,7 @@ def generate_dataset(
                 if progress is not None:
                     progress(done, total)
             coco = {
-                "info": {"description": "MedDet synthetic CDH-MRI: sagittal T2 cervical spine "
+                "info": {"description": "MedDet synthetic CDH-MRI: sagittal cervical-spine MR "
                          "phantoms, one box per disc C2/3-C7/T1",
                          "version": __version__, "split": split, "generator": params},
                 "licenses": [],

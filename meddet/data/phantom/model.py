@@ -20,14 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from meddet.data.phantom import geometry
-from meddet.data.phantom._common import (
-    NORMAL_CONTOUR,
-    REF_PIXEL_MM,
-    REF_SIZE,
-    Disc,
-    severity_from_unit,
-    with_protrusion,
-)
+from meddet.data.phantom._common import REF_PIXEL_MM, REF_SIZE, Disc, sample_disc
 
 CONTRASTS = ("t2", "t2_fatsat", "t1", "random")
 # How often each contrast is drawn.
@@ -42,18 +35,21 @@ _MIN_CORD_CSF = 0.1
 class Tissue:
     """Clean signal of each tissue on a 0-1 scale (defaults: a typical T2 fast spin echo)."""
 
-    csf: float = 0.9
-    cord: float = 0.45
+    # Discs and bone.
+    nucleus: float = 0.8
+    annulus: float = 0.15
+    herniation: float = 0.4
     marrow: float = 0.35
     cortex: float = 0.05
-    annulus: float = 0.15
-    nucleus: float = 0.8
-    herniation: float = 0.4
     ligament: float = 0.05
+    # Nervous system and CSF.
+    csf: float = 0.9
+    cord: float = 0.45
+    brain: float = 0.45
+    # Soft tissue and air.
     muscle: float = 0.2
     prevertebral: float = 0.3
     fat: float = 0.7
-    brain: float = 0.45
     skin: float = 0.3
     air: float = 0.0
     contrast: str = "t2"  # which family the values were drawn from (see CONTRASTS)
@@ -220,13 +216,13 @@ def sample_case(
     classes are as far apart in pixels at every field of view.
 
     Args:
-        rng: the only source of randomness (one generator per image keeps images independent).
-        size: image side in pixels.
-        snr_range: Rician SNR is drawn uniformly from this range.
-        protrusion_rate: probability that a disc has a protrusion.
+        rng: the generator every draw comes from (one per image keeps images independent).
+        size: side of the square image in pixels.
+        snr_range: ``(low, high)``; the Rician SNR is drawn log-uniformly in it.
+        protrusion_rate: probability of a protrusion, per disc.
 
     Returns:
-        A :class:`Case`.
+        The drawn :class:`Case`.
     """
     u = rng.uniform
     # Field of view: most images show the whole neck (FOV 160-260 mm); about a third are
@@ -243,19 +239,13 @@ def sample_case(
     body_heights = [u(19.0, 23.0)] + [u(16.0, 19.5) for _ in range(5)] + [u(18.0, 21.0)]
     w0 = u(18.0, 22.0)
     body_widths = [w0 * f * u(0.96, 1.04) for f in (1.0, 0.97, 0.99, 1.02, 1.06, 1.1, 1.16)]
-    # Lower cervical discs degenerate more often; the protrusion draw below ignores this.
-    deg_bias = (0.15, 0.2, 0.3, 0.45, 0.45, 0.25)
     discs, clefts, modic = [], [], []
     for k in range(6):
-        deg = float(np.clip(rng.beta(1.2, 3.5) + 0.7 * deg_bias[k] * u(0, 1), 0, 1))
-        height = u(5.5, 8.5) * (1 - 0.45 * deg)
-        contour = u(-NORMAL_CONTOUR, NORMAL_CONTOUR) / scale
-        disc = Disc(height=height, degeneration=deg, contour=contour)
-        if u() < protrusion_rate:
-            disc = with_protrusion(disc, severity_from_unit(u()) / scale, rng)
+        disc = sample_disc(rng, k, height_range=(5.5, 8.5), contour_scale=1 / scale,
+                           scale=scale, protrusion_rate=protrusion_rate)
         discs.append(disc)
         clefts.append(u(0.3, 0.8) if u() < 0.5 else 0.0)
-        modic.append(u(-0.5, 0.6) if deg > 0.45 and u() < 0.4 else 0.0)
+        modic.append(u(-0.5, 0.6) if disc.degeneration > 0.45 and u() < 0.4 else 0.0)
     canal = u(17.0, 22.0)
     tissue = sample_tissue(rng)
     res_mm = u(0.5, 1.2)

@@ -13,50 +13,33 @@ structures are painted only in the band of columns around the spine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from meddet.data import noise as _noise
 from meddet.data.phantom import geometry
 from meddet.data.phantom._common import (
-    NON_PROTRUSION_ID,
-    PROTRUSION_ID,
     REF_SIZE,
     STRIP_PIXELS,
+    DiscArrays,
+    Rendered,
     band,
     columns,
+    ghosts_noise_gain,
     label_boxes,
     nearest,
     paint,
+    paint_disc,
+    paint_herniation,
+    paint_pll_and_label,
+    rendered,
     rrect_sdf,
     soft,
+    spinous_sdf,
 )
 from meddet.data.phantom.model import Acquisition, Case, layout
 
 _F = np.float32
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """A rendered case.
-
-    Attributes:
-        image: float32 ``H×W`` magnitude image in [0, 1] (``H = W = case.size``).
-        boxes: float32 ``[6, 4]`` disc boxes C2/3 ... C7/T1, ``xyxy`` in pixels (pixel edges,
-            so a box covering pixel columns 3..5 has x0 = 3, x1 = 6); all zeros for a disc
-            that is not labelled because less than its centre and posterior margin is in view.
-        category_ids: COCO category id per disc (1 protrusion, 2 non-protrusion).
-        s: float32 ``H×W`` craniocaudal spine coordinate of each pixel (reference px).
-        d: float32 ``H×W`` signed distance from the posterior body line (reference px,
-            positive towards the canal).
-    """
-
-    image: np.ndarray
-    boxes: np.ndarray
-    category_ids: tuple[int, ...]
-    s: np.ndarray
-    d: np.ndarray
+__all__ = ["Rendered", "acquire", "labelled", "render_case", "render_clean"]
 
 
 class _Scene:
@@ -77,16 +60,8 @@ class _Scene:
         self.wedge = np.asarray(case.body_wedge, np.float32)
         self.corner = _F(case.corner)
         self.concavity = _F(case.concavity)
-        self.dc = lay["disc_c"].astype(np.float32)
-        discs = case.discs
-        self.disc_h = np.asarray([c.height for c in discs], np.float32)
+        self.discs = DiscArrays(case.discs, lay["disc_c"])
         self.disc_w = (self.bw[:-1] + self.bw[1:]) / 2
-        self.deg = np.asarray([c.degeneration for c in discs], np.float32)
-        self.contour = np.asarray([c.contour for c in discs], np.float32)
-        self.depth = np.asarray([c.protrusion for c in discs], np.float32)
-        self.p_width = np.asarray([max(c.protrusion_halfwidth, 1e-3) for c in discs], np.float32)
-        self.p_shift = np.asarray([c.protrusion_shift for c in discs], np.float32)
-        self.p_expo = np.asarray([c.protrusion_shape for c in discs], np.float32)
         self.cleft = np.asarray(case.clefts, np.float32)
         # Marrow change next to the endplates, as seen from each body: above (disc j-1) and
         # below (disc j).
@@ -240,12 +215,8 @@ def _render_posterior(sc: _Scene, s, d, coarse, img) -> None:
     paint(img, band(d, nuchal, nuchal + 1.5, px) * soft(s - sc.bc[5], px)
           * soft(sc.s_top - s, px), t["ligament"])
     # Laminae and spinous processes, tilted caudally and tapering.
-    behind = np.maximum(d - canal, 0)
-    sp = s - behind * sc.tilt
-    js = nearest(sp - 3, sc.bc)
-    length = sc.spine_len[js]
-    hs = sc.bh[js] * (_F(0.75) - _F(0.4) * np.clip(behind / length, 0, 1))
-    sdf_sp = rrect_sdf(sp - sc.bc[js] - 3, d - canal - length / 2, hs, length / 2, _F(3.0))
+    sdf_sp = spinous_sdf(s, d, canal, sc.tilt, sc.bc, sc.bh, sc.spine_len, (_F(0.75), _F(0.4)),
+                         _F(3.0))
     paint(img, soft(sdf_sp, soft_px) * sc.posterior_alpha, t["cortex"])
     paint(img, soft(sdf_sp + sc.rim, soft_px) * sc.posterior_alpha, marrow)
     if float(s.min()) < sc.dens_c + 8:  # C1 posterior arch behind the dens
@@ -261,8 +232,9 @@ def _render_spine(sc: _Scene, s, d, coarse, fine, img, label) -> None:
     ``k + 1`` where disc ``k`` (with its herniation) covers at least half a pixel.
     """
     t, px = sc.t, sc.px
+    dk = sc.discs
     jb = nearest(s, sc.bc)
-    kd = nearest(s, sc.dc)
+    kd = nearest(s, dk.dc)
     width = sc.bw[jb]
     marrow = t["marrow"] * (1 + _F(sc.tex[0]) * coarse + _F(sc.tex[1]) * fine)
 
@@ -278,15 +250,9 @@ def _render_spine(sc: _Scene, s, d, coarse, fine, img, label) -> None:
         paint(img, soft(c1a * 3.5 + sc.rim, px), marrow)
 
     # The canal is deeper at C1-C2; the ligamentum flavum buckles into it at the disc levels.
-    dcen = sc.dc[kd]
-    u = (s - dcen) / (sc.disc_h[kd] / 2 + 2)
-    bump = np.clip(1 - u * u, 0, 1)
+    dcen, bump, contour, hern, front = dk.margin(s, kd)
     upper = np.clip((sc.bc[1] - s) / (sc.bc[1] - sc.bc[0]), 0, 1)
     canal = sc.canal + upper * sc.canal_upper - sc.flavum * bump
-    contour = sc.contour[kd] * bump
-    v = (s - dcen - sc.p_shift[kd]) / sc.p_width[kd]
-    hern = sc.depth[kd] * np.clip(1 - v * v, 0, 1) ** sc.p_expo[kd]
-    front = np.maximum(np.maximum(contour, hern), 0)  # posterior margin of disc material
     csf = band(d, 0, canal, px) * soft(s - sc.s_bot - 30, px)
     if sc.flow:  # pulsation flow voids: dark patches in the CSF
         csf_val = t["csf"] * (1 - sc.flow * np.clip(fine - 1.0, 0, 1))
@@ -297,7 +263,7 @@ def _render_spine(sc: _Scene, s, d, coarse, fine, img, label) -> None:
           * soft(sc.s_top - s, px), t["ligament"])
     # Cord: thicker at C5-C6, continuous with the widening brainstem above the dens, and
     # pushed back where a herniation reaches it.
-    enl = np.clip(1 - np.square((s - sc.dc[3]) / 30), 0, 1)
+    enl = np.clip(1 - np.square((s - dk.dc[3]) / 30), 0, 1)
     cord = sc.cord * (1 + sc.enlarge * enl) + np.maximum(sc.s_top - s, 0) * _F(0.25)
     cord_front = (canal - cord) * sc.cord_pos
     paint(img, band(d, np.maximum(cord_front, front + _F(0.8)), cord_front + cord, px),
@@ -306,21 +272,13 @@ def _render_spine(sc: _Scene, s, d, coarse, fine, img, label) -> None:
     # Discs: annulus around a bright nucleus, split by a dark intranuclear cleft in adults;
     # degeneration darkens the nucleus. The herniation is disc material posterior to the body
     # line.
-    deg = sc.deg[kd]
-    disc_h = sc.disc_h[kd]
+    deg = dk.deg[kd]
+    disc_h = dk.disc_h[kd]
     dw = sc.disc_w[kd]
     ds = s - dcen
-    disc_box = rrect_sdf(ds, d + dw / 2 + 0.5, disc_h / 2 + 3, dw / 2 + 0.5, _F(2.0))
-    disc_cov = np.minimum(soft(disc_box, px), soft(d - contour, px))
-    nuc_r2 = np.square(ds / (disc_h * _F(0.48))) + np.square((d + dw * _F(0.48)) / (dw * _F(0.36)))
-    nuc_w = np.clip(1 - nuc_r2, 0, 1) ** _F(0.6)
-    nuc_w *= 1 - sc.cleft[kd] * np.clip(1 - np.abs(ds) * _F(1.2), 0, 1)
-    nuc_val = t["nucleus"] + deg * _F(0.85) * (t["annulus"] * 1.2 - t["nucleus"])
-    paint(img, disc_cov, t["annulus"] + nuc_w * (nuc_val - t["annulus"]))
-    herniated = soft(d - hern, px) * soft(-1.5 - d, px) * (hern > 0)
-    hern_val = t["herniation"] + deg * _F(0.3) * (t["annulus"] - t["herniation"])
-    paint(img, herniated * (1 - disc_cov), hern_val)
-    disc_all = np.maximum(disc_cov, herniated)
+    disc_cov = paint_disc(img, ds, d, disc_h, dw, deg, contour, t, px, margin=0.5,
+                          nucleus=(_F(0.48), _F(0.36)), cleft=sc.cleft[kd])
+    disc_all = paint_herniation(img, d, hern, disc_cov, deg, t, px)
 
     # Vertebral bodies and the dens of C2: cortical rim around textured marrow, wedged and
     # with concave endplates; marrow changes next to degenerated discs (Modic) and the
@@ -342,21 +300,17 @@ def _render_spine(sc: _Scene, s, d, coarse, fine, img, label) -> None:
         vein = band(s - sc.bc[jb], -0.6, 0.6, px) * band(od, width * _F(0.25), width / 2 - 1, px)
         paint(img, vein * sc.basivertebral, (t["csf"] + marrow) * _F(0.5))
 
-    # Posterior longitudinal ligament: a dark line along the body line, draped over herniations.
-    paint(img, band(d, front, front + 0.9, px) * band(s, sc.s_top + 4, sc.s_bot + 30, px),
-          t["ligament"])
-
-    visible = disc_all * (1 - body)
-    label[...] = np.where(visible >= 0.5, (kd + 1).astype(np.int16), np.int16(0))
+    paint_pll_and_label(img, label, s, d, front, disc_all, body, kd,
+                        (sc.s_top + 4, sc.s_bot + 30), t, px)
 
 
 def render_clean(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Render the noise-free anatomy.
+    """The anatomy before the acquisition: image, disc label map and spine coordinates.
 
     Returns:
-        ``(image, disc_label, s, d)``: float32 ``H×W`` image (roughly [0, 1]); int16 ``H×W``
-        map holding ``k + 1`` where disc ``k`` (including its herniation) is visible and 0
-        elsewhere; the spine coordinates of every pixel (float32 ``H×W``, reference px).
+        float32 ``H×W`` image (about [0, 1]); int16 ``H×W`` label map (``k + 1`` on disc
+        ``k`` with its herniation where visible, else 0); float32 ``H×W`` ``s`` and ``d``
+        of every pixel (reference px).
     """
     n = case.size
     tex_rng = np.random.default_rng(case.texture_seed)
@@ -410,11 +364,7 @@ def acquire(clean: np.ndarray, acq: Acquisition) -> np.ndarray:
             win = win * _window(h, acq.gibbs, True, False)[:, None] \
                 * _window(w, acq.gibbs, True, True)
         img = np.abs(np.fft.irfft2(np.fft.rfft2(img) * win, s=(h, w))).astype(np.float32)
-    axis = 1 if acq.pe_axis == "ap" else 0
-    img = _noise.motion_ghosting(img, acq.ghosting, rng, axis=axis, period=acq.ghost_period)
-    peak = max(float(img.max()), 1e-6)
-    img = _noise.rician_noise(img, acq.snr, rng)
-    return np.clip(img * _F(acq.gain / peak), 0.0, 1.0)
+    return ghosts_noise_gain(img, acq, rng)
 
 
 def labelled(case: Case, boxes: np.ndarray) -> np.ndarray:
@@ -446,10 +396,5 @@ def render_case(case: Case, *, artifacts: bool = True) -> Rendered:
         A :class:`Rendered`.
     """
     clean, label, s, d = render_clean(case)
-    if artifacts and case.acquisition is not None:
-        image = acquire(clean, case.acquisition)
-    else:
-        image = np.clip(clean / max(float(clean.max()), 1e-6), 0, 1).astype(np.float32)
-    cats = tuple(PROTRUSION_ID if c.is_protrusion else NON_PROTRUSION_ID for c in case.discs)
-    boxes = labelled(case, label_boxes(label))
-    return Rendered(image=image, boxes=boxes, category_ids=cats, s=s, d=d)
+    return rendered(case, clean, label, s, d, acquire=acquire, artifacts=artifacts,
+                    boxes=labelled(case, label_boxes(label)))

@@ -24,36 +24,31 @@ import numpy as np
 
 from meddet.data import noise as _noise
 from meddet.data.phantom._common import (
-    CATEGORIES,
-    DISC_NAMES,
-    MAX_SEVERITY,
-    MIN_SEVERITY,
-    NON_PROTRUSION_ID,
-    NORMAL_CONTOUR,
-    PROTRUSION_ID,
     REF_SIZE,
     STRIP_PIXELS,
-    VERTEBRAE,
     Disc,
+    DiscArrays,
+    Rendered,
+    ghosts_noise_gain,
+    paint_disc,
+    paint_herniation,
+    paint_pll_and_label,
     quantize,
-    severity_from_unit,
-    with_protrusion,
-    without_protrusion,
+    rendered,
+    sample_disc,
+    spinous_sdf,
 )
 from meddet.data.phantom._common import band as _band
 from meddet.data.phantom._common import columns as _columns
-from meddet.data.phantom._common import label_boxes as _boxes
 from meddet.data.phantom._common import nearest as _nearest
 from meddet.data.phantom._common import paint as _paint
 from meddet.data.phantom._common import rrect_sdf as _rrect_sdf
 from meddet.data.phantom._common import soft as _soft
 
-__all__ = [
-    "CATEGORIES", "DISC_NAMES", "MAX_SEVERITY", "MIN_SEVERITY", "NON_PROTRUSION_ID",
-    "PROTRUSION_ID", "REF_SIZE", "VERTEBRAE", "Acquisition", "Case", "Disc", "Rendered",
-    "Tissue", "acquire", "quantize", "render_case", "render_clean", "sample_case",
-    "severity_from_unit", "with_protrusion", "without_protrusion",
-]
+# Labels, disc findings (Disc, with_protrusion, ...) and quantize are shared with the default
+# phantom: import them from meddet.data.synth.
+__all__ = ["Acquisition", "Case", "Rendered", "Tissue", "acquire", "quantize", "render_case",
+           "render_clean", "sample_case"]
 
 @dataclass(frozen=True)
 class Acquisition:
@@ -109,27 +104,6 @@ class Case:
     acquisition: Acquisition | None = None
 
 
-@dataclass(frozen=True)
-class Rendered:
-    """A rendered case.
-
-    Attributes:
-        image: float32 ``H×W`` magnitude image in [0, 1] (``H = W = case.size``).
-        boxes: float32 ``[6, 4]`` disc boxes, ``xyxy`` in pixels (pixel edges, so a box
-            covering pixel columns 3..5 has x0 = 3, x1 = 6).
-        category_ids: COCO category id per disc (1 protrusion, 2 non-protrusion).
-        s: float32 ``H×W`` craniocaudal spine coordinate of each pixel (reference px).
-        d: float32 ``H×W`` signed distance from the posterior body line (reference px,
-            positive towards the canal).
-    """
-
-    image: np.ndarray
-    boxes: np.ndarray
-    category_ids: tuple[int, ...]
-    s: np.ndarray
-    d: np.ndarray
-
-
 def sample_case(
     rng: np.random.Generator,
     size: int = 256,
@@ -156,17 +130,8 @@ def sample_case(
     body_heights = [u(19.0, 23.0)] + [u(14.5, 17.0) for _ in range(5)] + [u(16.5, 19.0)]
     w0 = u(19.0, 22.0)
     body_widths = [w0 * f * u(0.97, 1.03) for f in (1.0, 0.98, 1.0, 1.03, 1.06, 1.1, 1.15)]
-    # Lower cervical discs degenerate more often; the protrusion draw below ignores this.
-    deg_bias = (0.15, 0.2, 0.3, 0.45, 0.45, 0.25)
-    discs = []
-    for k in range(6):
-        deg = float(np.clip(rng.beta(1.2, 3.5) + 0.7 * deg_bias[k] * u(0, 1), 0, 1))
-        height = u(5.2, 7.0) * (1 - 0.45 * deg)
-        contour = u(-NORMAL_CONTOUR, NORMAL_CONTOUR)
-        disc = Disc(height=height, degeneration=deg, contour=contour)
-        if u() < protrusion_rate:
-            disc = with_protrusion(disc, severity_from_unit(u()) / scale, rng)
-        discs.append(disc)
+    discs = [sample_disc(rng, k, height_range=(5.2, 7.0), contour_scale=1.0, scale=scale,
+                         protrusion_rate=protrusion_rate) for k in range(6)]
     canal = u(16.0, 20.0)
     acq = Acquisition(
         snr=float(u(*snr_range)),
@@ -276,16 +241,8 @@ class _Scene:
         self.bw = np.asarray(case.body_widths, np.float32)
         self.bc = ((lay["top"] + lay["bottom"]) / 2).astype(np.float32)
         self.bh = ((lay["bottom"] - lay["top"]) / 2).astype(np.float32)
-        self.dc = lay["disc_c"].astype(np.float32)
-        discs = case.discs
-        self.disc_h = np.asarray([c.height for c in discs], np.float32)
+        self.discs = DiscArrays(case.discs, lay["disc_c"])
         self.disc_w = (self.bw[:-1] + self.bw[1:]) / 2
-        self.deg = np.asarray([c.degeneration for c in discs], np.float32)
-        self.contour = np.asarray([c.contour for c in discs], np.float32)
-        self.depth = np.asarray([c.protrusion for c in discs], np.float32)
-        self.p_width = np.asarray([max(c.protrusion_halfwidth, 1e-3) for c in discs], np.float32)
-        self.p_shift = np.asarray([c.protrusion_shift for c in discs], np.float32)
-        self.p_expo = np.asarray([c.protrusion_shape for c in discs], np.float32)
         self.spine_len = np.asarray([24, 18, 18, 19, 24, 34, 31], np.float32)
         self.s_top = f32(lay["dens_top"])
         self.s_bot = f32(lay["bottom"][-1])
@@ -362,12 +319,8 @@ def _render_posterior(sc: _Scene, s, d, marrow_tex, img) -> None:
     canal = sc.canal
     marrow = t["marrow"] * (1 + f32(0.22 * sc.gamma) * marrow_tex)
     # Posterior elements: laminae and spinous processes, tilted caudally and tapering.
-    behind = np.maximum(d - canal, 0)
-    sp = s - behind * sc.tilt
-    js = _nearest(sp - 3, sc.bc)
-    length = sc.spine_len[js]
-    hs = sc.bh[js] * (f32(0.55) - f32(0.25) * np.clip(behind / length, 0, 1))
-    sdf_sp = _rrect_sdf(sp - sc.bc[js] - 3, d - canal - length / 2, hs, length / 2, f32(2.5))
+    sdf_sp = spinous_sdf(s, d, canal, sc.tilt, sc.bc, sc.bh, sc.spine_len,
+                         (f32(0.55), f32(0.25)), f32(2.5))
     _paint(img, _soft(sdf_sp, px), t["cortex"] * 2)
     _paint(img, _soft(sdf_sp + 1.5, px), marrow * f32(0.75))
     if float(s.min()) < sc.dens_c + 8:  # C1 posterior arch behind the dens
@@ -386,7 +339,8 @@ def _render_spine(sc: _Scene, s, d, marrow_tex, img, label) -> None:
     t, px = sc.t, sc.px
     canal = sc.canal
     jb = _nearest(s, sc.bc)
-    kd = _nearest(s, sc.dc)
+    dk = sc.discs
+    kd = _nearest(s, dk.dc)
     width = sc.bw[jb]
     marrow = t["marrow"] * (1 + f32(0.22 * sc.gamma) * marrow_tex)
 
@@ -397,32 +351,20 @@ def _render_spine(sc: _Scene, s, d, marrow_tex, img, label) -> None:
 
     # Spinal canal: CSF, the ligamentum flavum behind it, and the cord, which is pushed back
     # where a herniation reaches it.
-    dcen = sc.dc[kd]
-    u = (s - dcen) / (sc.disc_h[kd] / 2 + 2)
-    contour = sc.contour[kd] * np.clip(1 - u * u, 0, 1)
-    v = (s - dcen - sc.p_shift[kd]) / sc.p_width[kd]
-    hern = sc.depth[kd] * np.clip(1 - v * v, 0, 1) ** sc.p_expo[kd]
-    front = np.maximum(np.maximum(contour, hern), 0)  # posterior margin of disc material
+    dcen, _, contour, hern, front = dk.margin(s, kd)
     _paint(img, _band(d, 0, canal, px) * _soft(s - sc.s_bot - 30, px), t["csf"])
     _paint(img, _band(d, canal - 0.2, canal + 1.6, px) * _soft(sc.s_top - s, px), t["ligament"])
     _paint(img, _band(d, np.maximum(sc.cord_front, front + f32(0.8)), sc.cord_back, px), t["cord"])
 
     # Discs: annulus around a bright nucleus; degeneration darkens the nucleus. The herniation
     # is disc material posterior to the body line.
-    deg = sc.deg[kd]
-    disc_h = sc.disc_h[kd]
+    deg = dk.deg[kd]
+    disc_h = dk.disc_h[kd]
     dw = sc.disc_w[kd]
     ds = s - dcen
-    disc_box = _rrect_sdf(ds, d + dw / 2 + 2, disc_h / 2 + 3, dw / 2 + 2, f32(2.0))
-    disc_cov = np.minimum(_soft(disc_box, px), _soft(d - contour, px))
-    nuc_r2 = np.square(ds / (disc_h * f32(0.48))) + np.square((d + dw * f32(0.5)) / (dw * f32(0.38)))
-    nuc_w = np.clip(1 - nuc_r2, 0, 1) ** f32(0.6)
-    nuc_val = t["nucleus"] + deg * f32(0.85) * (t["annulus"] * 1.2 - t["nucleus"])
-    _paint(img, disc_cov, t["annulus"] + nuc_w * (nuc_val - t["annulus"]))
-    herniated = _soft(d - hern, px) * _soft(-1.5 - d, px) * (hern > 0)
-    hern_val = t["herniation"] + deg * f32(0.3) * (t["annulus"] - t["herniation"])
-    _paint(img, herniated * (1 - disc_cov), hern_val)
-    disc_all = np.maximum(disc_cov, herniated)
+    disc_cov = paint_disc(img, ds, d, disc_h, dw, deg, contour, t, px, margin=2,
+                          nucleus=(f32(0.5), f32(0.38)))
+    disc_all = paint_herniation(img, d, hern, disc_cov, deg, t, px)
 
     # Vertebral bodies and the dens of C2: dark cortical rim around textured marrow, with
     # slightly concave endplates.
@@ -435,12 +377,8 @@ def _render_spine(sc: _Scene, s, d, marrow_tex, img, label) -> None:
     _paint(img, body, t["cortex"])
     _paint(img, _soft(sdf_b + 1.3, px), marrow)
 
-    # Posterior longitudinal ligament: a dark line along the body line, draped over herniations.
-    _paint(img, _band(d, front, front + 0.9, px) * _band(s, sc.s_top + 4, sc.s_bot + 30, px),
-           t["ligament"])
-
-    visible = disc_all * (1 - body)
-    label[...] = np.where(visible >= 0.5, (kd + 1).astype(np.int16), np.int16(0))
+    paint_pll_and_label(img, label, s, d, front, disc_all, body, kd,
+                        (sc.s_top + 4, sc.s_bot + 30), t, px)
 
 
 def render_clean(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -479,11 +417,7 @@ def acquire(clean: np.ndarray, acq: Acquisition) -> np.ndarray:
     rng = np.random.default_rng(acq.seed)
     img = _noise.bias_field(clean, acq.bias, rng)
     img = _noise.gibbs_ringing(img, acq.gibbs)
-    axis = 1 if acq.pe_axis == "ap" else 0
-    img = _noise.motion_ghosting(img, acq.ghosting, rng, axis=axis, period=acq.ghost_period)
-    peak = max(float(img.max()), 1e-6)
-    img = _noise.rician_noise(img, acq.snr, rng)
-    return np.clip(img * np.float32(acq.gain / peak), 0.0, 1.0)
+    return ghosts_noise_gain(img, acq, rng)
 
 
 def render_case(case: Case, *, artifacts: bool = True) -> Rendered:
@@ -497,10 +431,4 @@ def render_case(case: Case, *, artifacts: bool = True) -> Rendered:
     Returns:
         A :class:`Rendered`.
     """
-    clean, label, s, d = render_clean(case)
-    if artifacts and case.acquisition is not None:
-        image = acquire(clean, case.acquisition)
-    else:
-        image = np.clip(clean / max(float(clean.max()), 1e-6), 0, 1).astype(np.float32)
-    cats = tuple(PROTRUSION_ID if c.is_protrusion else NON_PROTRUSION_ID for c in case.discs)
-    return Rendered(image=image, boxes=_boxes(label), category_ids=cats, s=s, d=d)
+    return rendered(case, *render_clean(case), acquire=acquire, artifacts=artifacts)
