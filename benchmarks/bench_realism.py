@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 
 from meddet.data import generate
 from meddet.data.realism import compare, matched_crop
+from meddet.data.synth import severity_from_unit, with_protrusion
 from meddet.data.transforms import normalize_intensity
 from meddet.inference.readers import SliceSpec, discover_inputs, iter_slices
 
@@ -73,9 +74,9 @@ def herniation_visibility(phantom: str, count: int, size: int, seed: int) -> np.
         rng = generate.image_rng(seed, "test", i)
         case = mod.sample_case(rng, size, protrusion_rate=0.0)
         k = 2 + i % 3  # C4/5, C5/6, C6/7
-        depth = mod.severity_from_unit(rng.uniform()) / case.scale
+        depth = severity_from_unit(rng.uniform()) / case.scale
         discs = list(case.discs)
-        discs[k] = mod.with_protrusion(discs[k], depth, rng)
+        discs[k] = with_protrusion(discs[k], depth, rng)
         herniated = dataclasses.replace(case, discs=tuple(discs))
         other = dataclasses.replace(case, acquisition=dataclasses.replace(
             case.acquisition, seed=case.acquisition.seed + 1))
