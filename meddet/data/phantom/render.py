@@ -39,6 +39,10 @@ from meddet.data.phantom._common import (
 from meddet.data.phantom.model import Acquisition, Case, layout
 
 _F = np.float32
+# Soft-tissue outlines move by _WARP reference px per unit of the (unit-variance) warp field;
+# the margin covers the field's extremes (5 sigma).
+_WARP = 3.0
+_WARP_MARGIN = 5 * _WARP
 __all__ = ["Rendered", "acquire", "labelled", "render_case", "render_clean"]
 
 
@@ -124,7 +128,34 @@ def _fields(case: Case, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
 
 def _render_rows(sc: _Scene, s, d, tex):
     """Render one strip of rows given its spine coordinates; returns (image, disc label map)."""
-    coarse, fine, muscle, warp = tex[:4]
+    coarse, fine = tex[0], tex[1]
+    canal = sc.canal
+    img = np.zeros(s.shape, np.float32)
+    label = np.zeros(s.shape, np.int16)
+    dmin, dmax = d.min(axis=0), d.max(axis=0)
+    # Only the columns the neck reaches (its widest extent in this strip, plus the largest
+    # outline warp) are painted; the rest is air.
+    above = 8.0 * np.logaddexp(0.0, (float(sc.s_top) + 6 - float(s.min())) / 8.0)
+    lo = -float(sc.bw.max()) - float(sc.neck_front) - 1.5 * above - _WARP_MARGIN
+    hi = float(canal) + float(sc.neck_back) + 0.7 * above + _WARP_MARGIN
+    win = columns((dmax > lo) & (dmin < hi))
+    if win is not None:
+        _render_neck(sc, s[win], d[win], tuple(f[win] for f in tex[:4]), img[win])
+    win = columns((dmax > canal - 1) & (dmin < canal + sc.d_hi))
+    if win is not None:
+        _render_posterior(sc, s[win], d[win], coarse[win], img[win])
+    win = columns((dmax > sc.d_lo) & (dmin < canal + sc.canal_upper + 3))
+    if win is not None:
+        _render_spine(sc, s[win], d[win], coarse[win], fine[win], img[win], label[win])
+
+    # Coil coverage ends below T1: the signal fades over ~25 reference px.
+    img *= np.clip((sc.s_bot + sc.fade - s) / _F(25.0), 0.03, 1.0)
+    return img, label
+
+
+def _render_neck(sc: _Scene, s, d, tex, img) -> None:
+    """Paint the soft tissue of the neck and the head into the ``img`` window (in place)."""
+    coarse, fine, muscle, warp = tex
     t, px = sc.t, sc.px
     canal = sc.canal
     # Anterior wall of the bodies, interpolated smoothly along the spine so the soft-tissue
@@ -134,11 +165,11 @@ def _render_rows(sc: _Scene, s, d, tex):
     # Smoothed distance above the dens: the neck outline widens into the head there.
     above = _F(8.0) * np.logaddexp(_F(0.0), (sc.s_top + 6 - s) / _F(8.0))
     # Soft-tissue outlines wander by a few reference px (warp), so no two necks are alike.
-    dw = d + warp * _F(3.0)
+    dw = d + warp * _F(_WARP)
 
     ant_skin = -width - sc.neck_front - above * _F(1.5)
     post_skin = canal + sc.neck_back + above * _F(0.7)
-    img = band(dw, ant_skin, post_skin, px) * t["skin"]
+    img[...] = band(dw, ant_skin, post_skin, px) * t["skin"]
     paint(img, band(dw, ant_skin + 1.5, post_skin - 1.5, px), t["fat"] * (1 + _F(0.06) * fine))
     m_val = t["muscle"] * (1 + _F(sc.tex[2]) * muscle)
     # Posterior muscles, below the occiput: deep and superficial layers split by wavy fat
@@ -166,19 +197,6 @@ def _render_rows(sc: _Scene, s, d, tex):
 
     if float(s.min()) < sc.s_top + 10:
         _render_head(sc, s, d, dw, post_skin, coarse, fine, img)
-
-    label = np.zeros(s.shape, np.int16)
-    dmin, dmax = d.min(axis=0), d.max(axis=0)
-    win = columns((dmax > canal - 1) & (dmin < canal + sc.d_hi))
-    if win is not None:
-        _render_posterior(sc, s[win], d[win], coarse[win], img[win])
-    win = columns((dmax > sc.d_lo) & (dmin < canal + sc.canal_upper + 3))
-    if win is not None:
-        _render_spine(sc, s[win], d[win], coarse[win], fine[win], img[win], label[win])
-
-    # Coil coverage ends below T1: the signal fades over ~25 reference px.
-    img *= np.clip((sc.s_bot + sc.fade - s) / _F(25.0), 0.03, 1.0)
-    return img, label
 
 
 def _render_head(sc: _Scene, s, d, dw, post_skin, coarse, fine, img) -> None:
