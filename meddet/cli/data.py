@@ -49,10 +49,13 @@ def synth(
                                                    "that a disc has a protrusion.")] = 0.3,
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="PNG bits per pixel: 8 or "
                                            "16.")] = 8,
+    phantom: Annotated[str, typer.Option("--phantom", help="v2 (default; realistic anatomy, "
+                                         "contrast and acquisition) or v1 (the first, simpler "
+                                         "phantom, to reproduce older results).")] = "v2",
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
-    """Generate the synthetic sagittal-T2 cervical-spine dataset (COCO layout)."""
+    """Generate the synthetic sagittal cervical-spine MRI dataset (COCO layout)."""
     from meddet.data import generate_dataset
     from meddet.data.generate import validate_args
 
@@ -60,10 +63,10 @@ def synth(
     # Validate before the progress bar starts so that a bad flag prints only its error line.
     validate_args(out, num_train=num_train, num_val=num_val, num_test=num_test, size=size,
                   seed=seed, snr_range=snr, protrusion_rate=protrusion_rate,
-                  bit_depth=bit_depth, overwrite=overwrite)
+                  bit_depth=bit_depth, overwrite=overwrite, phantom=phantom)
     args = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "size": size,
             "seed": seed, "snr_range": snr, "protrusion_rate": protrusion_rate,
-            "bit_depth": bit_depth, "overwrite": overwrite}
+            "bit_depth": bit_depth, "overwrite": overwrite, "phantom": phantom}
     if json_out == "-":  # stdout carries the JSON: no table, no progress bar
         emit_json(generate_dataset(out, **args), json_out)
         return

@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 
 from meddet import __version__
+from meddet.data import synth as _synth
+from meddet.data.phantom import v1 as _v1
 from meddet.data.synth import (
     CATEGORIES,
     DISC_NAMES,
@@ -30,8 +32,6 @@ from meddet.data.synth import (
     Case,
     Rendered,
     quantize,
-    render_case,
-    sample_case,
 )
 from meddet.errors import MedDetError
 
@@ -44,6 +44,10 @@ _DATASET_ENTRIES = {"images", "annotations"}
 # zlib level 1: files ~15 % larger than the default level but encoding is several times
 # faster, and generation speed matters more than disk here.
 _PNG_LEVEL = 1
+# The phantom generators by name: each module has sample_case(rng, size, *, snr_range,
+# protrusion_rate) and render_case(case). "v2" (meddet.data.synth) is the default.
+PHANTOMS = {"v1": _v1, "v2": _synth}
+DEFAULT_PHANTOM = "v2"
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -59,11 +63,13 @@ def make_image(
     size: int = 256,
     snr_range: tuple[float, float] = (8.0, 40.0),
     protrusion_rate: float = 0.3,
+    phantom: str = DEFAULT_PHANTOM,
 ) -> tuple[Case, Rendered]:
     """Sample and render one image exactly as :func:`generate_dataset` does."""
-    case = sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
-                       protrusion_rate=protrusion_rate)
-    return case, render_case(case)
+    mod = PHANTOMS[phantom]
+    case = mod.sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
+                           protrusion_rate=protrusion_rate)
+    return case, mod.render_case(case)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -95,11 +101,16 @@ def _records(case: Case, rendered: Rendered, image_id: int, file_name: str, firs
             "gain": _r(acq.gain),
         },
     }
+    if hasattr(acq, "resolution"):  # the default phantom's extra acquisition parameters
+        image["acquisition"].update({"resolution": [_r(v) for v in acq.resolution],
+                                     "coil": _r(acq.coil)})
+        image["contrast"] = case.tissue.contrast
+        image["pixel_mm"] = _r(_synth.REF_PIXEL_MM * _synth.REF_SIZE / case.size / case.scale)
     anns = []
     for k, (disc, box, cat) in enumerate(zip(case.discs, rendered.boxes, rendered.category_ids)):
         x0, y0, x1, y1 = (float(v) for v in box)
         w, h = x1 - x0, y1 - y0
-        if w <= 0 or h <= 0:  # the disc is not visible (cannot happen with the default pose range)
+        if w <= 0 or h <= 0:  # the disc is out of view (zoomed or shifted field of view)
             continue
         anns.append({
             "id": first_ann_id + len(anns),
@@ -135,6 +146,7 @@ def validate_args(
     protrusion_rate: float,
     bit_depth: int,
     overwrite: bool,
+    phantom: str = DEFAULT_PHANTOM,
 ) -> dict[str, int]:
     """Check the arguments of :func:`generate_dataset` without writing anything.
 
@@ -168,6 +180,8 @@ def validate_args(
         raise MedDetError(f"--protrusion-rate must be in [0, 1], got {protrusion_rate!r}")
     if bit_depth not in (8, 16):
         raise MedDetError(f"--bit-depth must be 8 or 16, got {bit_depth!r}")
+    if phantom not in PHANTOMS:
+        raise MedDetError(f"--phantom must be one of {', '.join(PHANTOMS)}, got {phantom!r}")
     check_out_folder(Path(out), overwrite=overwrite)
     return counts
 
@@ -207,6 +221,7 @@ def generate_dataset(
     bit_depth: int = 8,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    phantom: str = DEFAULT_PHANTOM,
 ) -> dict[str, Any]:
     """Generate the synthetic CDH-MRI dataset.
 
@@ -221,10 +236,12 @@ def generate_dataset(
         bit_depth: 8 or 16 bits per PNG pixel.
         overwrite: replace an existing dataset in ``out``.
         progress: optional ``progress(done, total)`` called after each image.
+        phantom: ``"v2"`` (default, :mod:`meddet.data.synth`) or ``"v1"``, the first phantom
+            (:mod:`meddet.data.phantom.v1`), kept to reproduce results made with it.
 
     Returns:
         Summary: ``{"out", "size", "seed", "bit_depth", "snr_range", "protrusion_rate",
-        "splits": {split: {"images", "protrusion", "non-protrusion"}}}``.
+        "phantom", "splits": {split: {"images", "protrusion", "non-protrusion"}}}``.
 
     Raises:
         MedDetError: invalid arguments or an unusable ``out``; nothing is written then.
@@ -232,11 +249,12 @@ def generate_dataset(
     counts = validate_args(out, num_train=num_train, num_val=num_val, num_test=num_test,
                            size=size, seed=seed, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, bit_depth=bit_depth,
-                           overwrite=overwrite)
+                           overwrite=overwrite, phantom=phantom)
     out = Path(out)
     snr = (float(snr_range[0]), float(snr_range[1]))
     params = {"size": int(size), "seed": int(seed), "snr_range": list(snr),
-              "protrusion_rate": float(protrusion_rate), "bit_depth": int(bit_depth)}
+              "protrusion_rate": float(protrusion_rate), "bit_depth": int(bit_depth),
+              "phantom": phantom}
     summary: dict[str, Any] = {"out": str(out), **params, "splits": {}}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +273,7 @@ def generate_dataset(
             images, annotations = [], []
             for i in range(counts[split]):
                 case, rendered = make_image(seed, split, i, size=size, snr_range=snr,
-                                            protrusion_rate=protrusion_rate)
+                                            protrusion_rate=protrusion_rate, phantom=phantom)
                 name = f"{split}_{i:05d}.png"
                 (img_dir / name).write_bytes(encode_png(quantize(rendered.image, bit_depth)))
                 image, anns = _records(case, rendered, i + 1, name, len(annotations) + 1)
@@ -265,7 +283,7 @@ def generate_dataset(
                 if progress is not None:
                     progress(done, total)
             coco = {
-                "info": {"description": "MedDet synthetic CDH-MRI: sagittal T2 cervical spine "
+                "info": {"description": "MedDet synthetic CDH-MRI: sagittal cervical-spine MR "
                          "phantoms, one box per disc C2/3-C7/T1",
                          "version": __version__, "split": split, "generator": params},
                 "licenses": [],

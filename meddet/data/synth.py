@@ -1,616 +1,77 @@
-"""A sagittal T2-weighted cervical-spine phantom with labelled discs (synthetic CDH-MRI).
+"""The default synthetic phantom: sagittal cervical-spine MR slices with labelled discs.
+
+This module is the public face of :mod:`meddet.data.phantom` (the default phantom, ``v2``);
+the first, simpler phantom stays available as :mod:`meddet.data.phantom.v1`
+(``meddet data synth --phantom v1``) so that results made with it can be reproduced.
 
 A case is drawn in two steps: :func:`sample_case` draws every random parameter (anatomy, disc
-findings, acquisition) into a frozen :class:`Case`; :func:`render_case` turns a case into an
-image and its disc boxes without further randomness of its own (texture and noise come from
-seeds stored in the case). Editing one field of a case and rendering again therefore changes
-only what that field controls, which is how the tests show that a disc's label follows its
-posterior contour and nothing else.
+findings, tissue contrast, acquisition) into a frozen :class:`Case`; :func:`render_case` turns
+a case into an image and its disc boxes without further randomness of its own. Editing one
+field of a case and rendering again therefore changes only what that field controls, which is
+how the tests show that a disc's label follows its posterior contour and nothing else.
 
-Geometry is expressed in *reference pixels* (pixels of a 256 px image, about 0.8 mm) in a
-curvilinear spine frame: ``s`` runs down the spine (craniocaudal, arclength of the lordotic
-curve), ``d`` is the signed distance from the posterior wall of the vertebral bodies, positive
-towards the back (the spinal canal). Anterior is image left, cranial is image top. Rendering
-is vectorised over the pixel grid; there are no per-pixel Python loops.
+Labels: one box per disc C2/3 ... C7/T1, ``protrusion`` when disc material lies posterior to
+the vertebral-body line (depth :data:`MIN_SEVERITY` to :data:`MAX_SEVERITY` px at 256 px),
+``non-protrusion`` otherwise (normal discs stay within ±0.3 px of the line).
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass, field
-
-import numpy as np
-
-from meddet.data import noise as _noise
-
-REF_SIZE = 256
-VERTEBRAE = ("C2", "C3", "C4", "C5", "C6", "C7", "T1")
-DISC_NAMES = ("C2/3", "C3/4", "C4/5", "C5/6", "C6/7", "C7/T1")
-CATEGORIES = ({"id": 1, "name": "protrusion"}, {"id": 2, "name": "non-protrusion"})
-PROTRUSION_ID = 1
-NON_PROTRUSION_ID = 2
-
-# Smallest herniation depth, in pixels of a 256 px image: the task's "subtle bulge of one or
-# two pixels". Normal discs stay within ±_NORMAL_CONTOUR of the body line, so the classes are
-# separated by geometry, not by a threshold on noisy pixels.
-MIN_SEVERITY = 1.0
-MAX_SEVERITY = 10.0
-_NORMAL_CONTOUR = 0.3
-
-
-@dataclass(frozen=True)
-class Disc:
-    """One intervertebral disc; lengths in reference pixels."""
-
-    height: float  # craniocaudal height between the endplates
-    degeneration: float  # 0 healthy ... 1 severe: darker nucleus, thinner disc
-    contour: float  # posterior bulge (+) or concavity (-) of the disc margin, |.| <= 0.3
-    protrusion: float = 0.0  # depth of herniated material posterior to the body line; 0 = none
-    protrusion_halfwidth: float = 0.0  # craniocaudal half-extent of the herniation
-    protrusion_shift: float = 0.0  # craniocaudal migration of the herniation centre (+ = down)
-    protrusion_shape: float = 0.5  # profile exponent: 0.5 round extrusion ... 1 broad bulge
-
-    @property
-    def is_protrusion(self) -> bool:
-        """The label: herniated disc material beyond the posterior body line."""
-        return self.protrusion > 0
-
-
-@dataclass(frozen=True)
-class Acquisition:
-    """Noise and artifact parameters of one simulated acquisition (stored in COCO)."""
-
-    snr: float  # Rician SNR (tissue mean / sigma)
-    ghosting: float  # peak phase error (rad) of periodic motion; 0 = none
-    ghost_period: float  # motion period in phase-encode lines
-    pe_axis: str  # phase-encode direction: "ap" (horizontal) or "si" (vertical)
-    gibbs: float  # fraction of k-space kept; 1 = no truncation ringing
-    bias: float  # log-amplitude of the smooth coil-sensitivity field
-    gain: float  # global intensity scale of the stored image
-    seed: int  # seeds the noise draws
-
-
-@dataclass(frozen=True)
-class Tissue:
-    """Clean T2 signal of each tissue, roughly on a 0-1 scale."""
-
-    csf: float = 0.92
-    cord: float = 0.46
-    marrow: float = 0.42
-    cortex: float = 0.06
-    annulus: float = 0.2
-    nucleus: float = 0.86
-    herniation: float = 0.34
-    ligament: float = 0.08
-    muscle: float = 0.22
-    prevertebral: float = 0.3
-    fat: float = 0.72
-    air: float = 0.0
-
-
-@dataclass(frozen=True)
-class Case:
-    """Everything that defines one phantom image; lengths in reference pixels."""
-
-    size: int
-    angle: float  # in-plane rotation, radians
-    scale: float  # isotropic zoom of the anatomy
-    shift: tuple[float, float]  # (x, y) translation of the spine centre
-    lordosis: float  # anterior bow of the spine at mid-length
-    body_heights: tuple[float, ...]  # C2 (without dens) ... T1
-    body_widths: tuple[float, ...]  # antero-posterior depth, C2 ... T1
-    discs: tuple[Disc, ...]  # C2/3 ... C7/T1
-    canal: float  # antero-posterior depth of the spinal canal
-    cord: float  # antero-posterior thickness of the cord
-    prevertebral: float  # soft tissue between vertebral bodies and airway (upper levels)
-    spinous_tilt: float  # caudal tilt of the spinous processes, radians
-    tissue: Tissue = field(default_factory=Tissue)
-    gamma: float = 1.0  # global contrast (power applied to the clean image)
-    texture_seed: int = 0
-    acquisition: Acquisition | None = None
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """A rendered case.
-
-    Attributes:
-        image: float32 ``H×W`` magnitude image in [0, 1] (``H = W = case.size``).
-        boxes: float32 ``[6, 4]`` disc boxes, ``xyxy`` in pixels (pixel edges, so a box
-            covering pixel columns 3..5 has x0 = 3, x1 = 6).
-        category_ids: COCO category id per disc (1 protrusion, 2 non-protrusion).
-        s: float32 ``H×W`` craniocaudal spine coordinate of each pixel (reference px).
-        d: float32 ``H×W`` signed distance from the posterior body line (reference px,
-            positive towards the canal).
-    """
-
-    image: np.ndarray
-    boxes: np.ndarray
-    category_ids: tuple[int, ...]
-    s: np.ndarray
-    d: np.ndarray
-
-
-def sample_case(
-    rng: np.random.Generator,
-    size: int = 256,
-    *,
-    snr_range: tuple[float, float] = (8.0, 40.0),
-    protrusion_rate: float = 0.3,
-) -> Case:
-    """Draw a random case.
-
-    The protrusion of each disc is drawn independently of its position, height and
-    degeneration, so nothing but the posterior contour carries the label.
-
-    Args:
-        rng: the only source of randomness (one generator per image keeps images independent).
-        size: image side in pixels.
-        snr_range: Rician SNR is drawn uniformly from this range.
-        protrusion_rate: probability that a disc has a protrusion.
-
-    Returns:
-        A :class:`Case`.
-    """
-    u = rng.uniform
-    scale = u(0.88, 1.1)
-    body_heights = [u(19.0, 23.0)] + [u(14.5, 17.0) for _ in range(5)] + [u(16.5, 19.0)]
-    w0 = u(19.0, 22.0)
-    body_widths = [w0 * f * u(0.97, 1.03) for f in (1.0, 0.98, 1.0, 1.03, 1.06, 1.1, 1.15)]
-    # Lower cervical discs degenerate more often; the protrusion draw below ignores this.
-    deg_bias = (0.15, 0.2, 0.3, 0.45, 0.45, 0.25)
-    discs = []
-    for k in range(6):
-        deg = float(np.clip(rng.beta(1.2, 3.5) + 0.7 * deg_bias[k] * u(0, 1), 0, 1))
-        height = u(5.2, 7.0) * (1 - 0.45 * deg)
-        contour = u(-_NORMAL_CONTOUR, _NORMAL_CONTOUR)
-        disc = Disc(height=height, degeneration=deg, contour=contour)
-        if u() < protrusion_rate:
-            disc = with_protrusion(disc, severity_from_unit(u()) / scale, rng)
-        discs.append(disc)
-    canal = u(16.0, 20.0)
-    acq = Acquisition(
-        snr=float(u(*snr_range)),
-        ghosting=float(u(0.05, 0.45)) if u() < 0.6 else 0.0,
-        ghost_period=float(u(3.0, 8.0)),
-        pe_axis="ap" if u() < 0.5 else "si",
-        gibbs=float(u(0.45, 0.75)) if u() < 0.3 else 1.0,
-        bias=float(u(0.05, 0.35)),
-        gain=float(u(0.6, 1.0)),
-        seed=int(rng.integers(2**63 - 1)),
-    )
-    t = Tissue()
-    jitter = {name: getattr(t, name) * u(0.88, 1.12) for name in t.__dataclass_fields__}
-    return Case(
-        size=int(size),
-        angle=float(np.deg2rad(u(-10.0, 10.0))),
-        scale=float(scale),
-        shift=(float(u(-10.0, 10.0)), float(u(-8.0, 8.0))),
-        lordosis=float(u(-3.0, 14.0)),
-        body_heights=tuple(float(h) for h in body_heights),
-        body_widths=tuple(float(w) for w in body_widths),
-        discs=tuple(discs),
-        canal=float(canal),
-        cord=float(u(0.4, 0.48) * canal),
-        prevertebral=float(u(3.0, 6.0)),
-        spinous_tilt=float(np.deg2rad(u(15.0, 35.0))),
-        tissue=Tissue(**jitter),
-        gamma=float(u(0.8, 1.25)),
-        texture_seed=int(rng.integers(2**63 - 1)),
-        acquisition=acq,
-    )
-
-
-def severity_from_unit(x: float) -> float:
-    """Map a uniform draw in [0, 1] to a herniation depth in pixels at 256 px.
-
-    Skewed towards small values so that subtle, hard bulges are common (about a third are
-    below 2 px) while extrusions that indent the cord still occur.
-    """
-    return MIN_SEVERITY + (MAX_SEVERITY - MIN_SEVERITY) * float(x) ** 2.2
-
-
-def with_protrusion(disc: Disc, depth: float, rng: np.random.Generator | None = None) -> Disc:
-    """Return ``disc`` with a posterior herniation of ``depth`` reference pixels.
-
-    Shallow ones are broad-based bulges confined to the disc space; deep ones (> 5 px) are
-    rounder extrusions that may migrate up or down behind a vertebral body. ``rng`` draws the
-    shape; None gives a fixed mid-range shape.
-    """
-    u = rng.uniform if rng is not None else (lambda lo=0.0, hi=1.0: (lo + hi) / 2)
-    half = disc.height / 2
-    if depth > 5:
-        width = half + u(1.5, 4.5)
-        shift = u(-3.0, 3.0)
-        shape = u(0.4, 0.6)
-    else:
-        width = half + u(0.5, 2.0)
-        shift = u(-1.0, 1.0)
-        shape = u(0.6, 1.0)
-    return Disc(
-        height=disc.height,
-        degeneration=disc.degeneration,
-        contour=disc.contour,
-        protrusion=float(depth),
-        protrusion_halfwidth=float(width),
-        protrusion_shift=float(shift),
-        protrusion_shape=float(shape),
-    )
-
-
-def without_protrusion(disc: Disc) -> Disc:
-    """Return ``disc`` with its herniation removed (contour, height, degeneration kept)."""
-    return Disc(height=disc.height, degeneration=disc.degeneration, contour=disc.contour)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering. All lengths are in reference px; `px` (image px per reference px) turns signed
-# distances into coverages that are anti-aliased over one image pixel at every output size.
-#
-# The image is rendered in strips of rows so that each temporary array stays small (<= 64 KB):
-# full-image temporaries of 256 KB and more fall out of the CPU cache and, worse, are served by
-# fresh mmap'ed pages from the allocator, which made rendering about three times slower.
-
-_STRIP_PIXELS = 16384
-
-
-def _soft(sdf, px):
-    """Coverage of a shape from its signed distance (negative inside)."""
-    return np.clip(np.float32(0.5) - sdf * np.float32(px), 0.0, 1.0)
-
-
-def _band(x, lo, hi, px):
-    """Coverage of ``lo <= x <= hi`` (``lo``/``hi`` scalars or arrays)."""
-    return np.minimum(_soft(lo - x, px), _soft(x - hi, px))
-
-
-def _rrect_sdf(a, b, ha, hb, r):
-    """Signed distance to a rounded rectangle centred at 0 with half-sizes ``ha``, ``hb``."""
-    qa = np.abs(a) - (ha - r)
-    qb = np.abs(b) - (hb - r)
-    outside = np.sqrt(np.square(np.clip(qa, 0, None)) + np.square(np.clip(qb, 0, None)))
-    return outside + np.clip(np.maximum(qa, qb), None, 0) - r
-
-
-def _paint(img, mask, value) -> None:
-    """Alpha-composite ``value`` over ``img`` with coverage ``mask`` (in place)."""
-    img += mask * (value - img)
-
-
-def _nearest(x, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest of the sorted ``centres`` for every element of ``x``.
-
-    A sum of comparisons against the midpoints; for a handful of centres this is several times
-    faster than ``np.searchsorted`` on float32 grids.
-    """
-    idx = np.zeros(x.shape, np.intp)
-    for mid in (centres[1:] + centres[:-1]) / 2:
-        idx += x > np.float32(mid)
-    return idx
-
-
-def _layout(case: Case) -> dict[str, np.ndarray]:
-    """Craniocaudal positions (s) of the bodies and discs, centred on the spine's midpoint."""
-    dens = 14.0
-    hb = np.asarray(case.body_heights)
-    hd = np.asarray([d.height for d in case.discs])
-    total = dens + hb.sum() + hd.sum()
-    top = np.empty(7)
-    cursor = REF_SIZE / 2 - total / 2 + dens
-    disc_c = np.empty(6)
-    for j in range(7):
-        top[j] = cursor
-        cursor += hb[j]
-        if j < 6:
-            disc_c[j] = cursor + hd[j] / 2
-            cursor += hd[j]
-    return {"top": top, "bottom": top + hb, "disc_c": disc_c, "dens_top": top[0] - dens}
-
-
-def _spine_coords(case: Case, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
-    """Spine coordinates (s, d) in reference px of the pixels in ``rows``, float32 each.
-
-    The posterior body line is the parabola ``x = x0 - A·(1 - ((y - c)/H)²)`` in the canonical
-    frame (anterior bow ``A`` = lordosis); the canonical frame maps to the image by rotation,
-    zoom and shift about the image centre. Each pixel is projected onto the curve by two Newton
-    steps; ``s`` is the arclength of the foot point and ``d`` the signed normal distance.
-    """
-    n = case.size
-    f32 = np.float32
-    c = (np.arange(n, dtype=np.float32) + f32(0.5)) * f32(REF_SIZE / n)
-    mid = f32(REF_SIZE / 2)
-    gx = c[None, :] - f32(mid + case.shift[0])
-    gy = c[rows, None] - f32(mid + case.shift[1])
-    cos, sin = f32(np.cos(case.angle)), f32(np.sin(case.angle))
-    inv = f32(1.0 / case.scale)
-    x = (cos * gx + sin * gy) * inv + mid
-    y = (-sin * gx + cos * gy) * inv + mid
-
-    x0, half = f32(REF_SIZE * 0.55), 100.0
-    a2 = f32(case.lordosis / half**2)  # f(t) = x0 - A + a2·(t - mid)², so f'' = 2·a2
-    base = x0 - f32(case.lordosis)
-    t = y
-    for _ in range(2):  # Newton on g(t) = (x - f(t))·f'(t) + (y - t) = 0
-        slope = 2 * a2 * (t - mid)
-        off = x - (base + a2 * np.square(t - mid))
-        g = off * slope + (y - t)
-        dg = off * (2 * a2) - np.square(slope) - 1
-        t = t - g / dg
-    slope = 2 * a2 * (t - mid)
-    norm = np.sqrt(1 + np.square(slope))
-    d = ((x - (base + a2 * np.square(t - mid))) - slope * (y - t)) / norm
-    if abs(case.lordosis) < 1e-6:
-        s = t
-    else:  # closed-form arclength of the parabola, measured from its vertex
-        s = mid + (slope * norm + np.arcsinh(slope)) / (4 * a2)
-    return s.astype(np.float32), d.astype(np.float32)
-
-
-class _Scene:
-    """Per-case constants of the renderer (tissue values with the contrast gamma folded in)."""
-
-    def __init__(self, case: Case):
-        lay = _layout(case)
-        g = case.gamma
-        # Applying the contrast power to the tissue values instead of every pixel saves a
-        # full-image pow; edges blend in the transformed domain, which is invisible.
-        self.t = {k: float(v) ** g for k, v in vars(case.tissue).items()}
-        self.gamma = g
-        self.px = case.scale * case.size / REF_SIZE
-        f32 = np.float32
-        self.bw = np.asarray(case.body_widths, np.float32)
-        self.bc = ((lay["top"] + lay["bottom"]) / 2).astype(np.float32)
-        self.bh = ((lay["bottom"] - lay["top"]) / 2).astype(np.float32)
-        self.dc = lay["disc_c"].astype(np.float32)
-        discs = case.discs
-        self.disc_h = np.asarray([c.height for c in discs], np.float32)
-        self.disc_w = (self.bw[:-1] + self.bw[1:]) / 2
-        self.deg = np.asarray([c.degeneration for c in discs], np.float32)
-        self.contour = np.asarray([c.contour for c in discs], np.float32)
-        self.depth = np.asarray([c.protrusion for c in discs], np.float32)
-        self.p_width = np.asarray([max(c.protrusion_halfwidth, 1e-3) for c in discs], np.float32)
-        self.p_shift = np.asarray([c.protrusion_shift for c in discs], np.float32)
-        self.p_expo = np.asarray([c.protrusion_shape for c in discs], np.float32)
-        self.spine_len = np.asarray([24, 18, 18, 19, 24, 34, 31], np.float32)
-        self.s_top = f32(lay["dens_top"])
-        self.s_bot = f32(lay["bottom"][-1])
-        self.dens_c = f32(lay["dens_top"] + 9)
-        self.canal = f32(case.canal)
-        self.cord_front = f32((case.canal - case.cord) * 0.42)
-        self.cord_back = f32((case.canal - case.cord) * 0.42 + case.cord)
-        self.prev = f32(case.prevertebral)
-        self.tilt = f32(np.tan(case.spinous_tilt))
-        # Extent of the spine structures across the spine (d), with a margin for the C1 arches
-        # in front and the longest spinous process behind the canal.
-        self.d_lo = f32(-float(self.bw.max()) - 12.0)
-        self.d_hi = f32(float(self.spine_len.max()) + 6.0)
-
-
-def _render_rows(sc: _Scene, s, d, muscle_tex, marrow_tex):
-    """Render one strip of rows given its spine coordinates; returns (image, disc label map)."""
-    f32 = np.float32
-    t, px = sc.t, sc.px
-    canal = sc.canal
-    # Anterior wall of the bodies, interpolated smoothly along the spine so the soft-tissue
-    # outlines in front of it have no steps.
-    ramp = np.clip((s - sc.bc[0]) / (sc.bc[-1] - sc.bc[0]), 0, 1)
-    width = sc.bw[0] + ramp * (sc.bw[-1] - sc.bw[0])
-    # Smoothed distance above the dens: the neck outline widens into the head there.
-    above = f32(8.0) * np.logaddexp(f32(0.0), (sc.s_top + 6 - s) / f32(8.0))
-
-    # Neck: muscle inside the skin and a rim of subcutaneous fat.
-    ant_skin = -width - f32(52.0) - above * f32(1.5)
-    post_skin = canal + f32(58.0) + above * f32(0.7)
-    img = _band(d, ant_skin, post_skin, px) * f32(t["fat"])
-    _paint(img, _band(d, ant_skin + 4, post_skin - 5, px),
-           t["muscle"] * (1 + f32(0.15 * sc.gamma) * muscle_tex))
-
-    # Airway and prevertebral tissue (thicker at C5 and below, where the oesophagus lies
-    # behind the trachea); the pharynx bends forward above C2.
-    low = np.clip((s - sc.bc[3]) / f32(20.0), 0, 1)
-    air_post = -width - sc.prev - low * f32(7.0) - above * f32(0.5)
-    _paint(img, _band(d, air_post - 12, -width + 1, px), t["prevertebral"])
-    _paint(img, _band(d, air_post - 12 + low * 4, air_post, px), t["air"])
-
-    if float(s.min()) < sc.s_top + 8:
-        # Posterior fossa above C1: cerebellum behind the brainstem, under the occipital bone.
-        edge = sc.s_top + f32(2.0) - np.maximum(d - canal, 0) * f32(0.35)
-        _paint(img, _soft(s - edge, px) * _band(d, canal + 1, post_skin - 9, px),
-               t["cord"] * (1 + f32(0.06) * muscle_tex))
-        _paint(img, _band(s, edge, edge + 3.5, px) * _band(d, canal + 3, post_skin - 9, px),
-               t["cortex"])
-        _paint(img, _band(s, edge + 1, edge + 2.5, px) * _band(d, canal + 4, post_skin - 10, px),
-               t["marrow"])
-
-    # The rest lies in narrow bands of columns around the spine: the posterior elements behind
-    # the canal, everything else in front of it. Rendering each only in its band of columns
-    # saves most of the work.
-    label = np.zeros(s.shape, np.int16)
-    dmin, dmax = d.min(axis=0), d.max(axis=0)
-    win = _columns((dmax > canal - 1) & (dmin < canal + sc.d_hi))
-    if win is not None:
-        _render_posterior(sc, s[win], d[win], marrow_tex[win], img[win])
-    win = _columns((dmax > sc.d_lo) & (dmin < canal + 3))
-    if win is not None:
-        _render_spine(sc, s[win], d[win], marrow_tex[win], img[win], label[win])
-
-    # Coil coverage ends below T1: the signal fades over ~25 reference px.
-    img *= np.clip((sc.s_bot + 22 - s) / f32(25.0), 0.03, 1.0)
-
-    return img, label
-
-
-def _columns(keep: np.ndarray) -> tuple[slice, slice] | None:
-    """Index of the strip's columns from the first to the last True of ``keep``."""
-    cols = np.flatnonzero(keep)
-    if not cols.size:
-        return None
-    return slice(None), slice(int(cols[0]), int(cols[-1]) + 1)
-
-
-def _render_posterior(sc: _Scene, s, d, marrow_tex, img) -> None:
-    """Paint the laminae, spinous processes and C1 posterior arch into the ``img`` window."""
-    f32 = np.float32
-    t, px = sc.t, sc.px
-    canal = sc.canal
-    marrow = t["marrow"] * (1 + f32(0.22 * sc.gamma) * marrow_tex)
-    # Posterior elements: laminae and spinous processes, tilted caudally and tapering.
-    behind = np.maximum(d - canal, 0)
-    sp = s - behind * sc.tilt
-    js = _nearest(sp - 3, sc.bc)
-    length = sc.spine_len[js]
-    hs = sc.bh[js] * (f32(0.55) - f32(0.25) * np.clip(behind / length, 0, 1))
-    sdf_sp = _rrect_sdf(sp - sc.bc[js] - 3, d - canal - length / 2, hs, length / 2, f32(2.5))
-    _paint(img, _soft(sdf_sp, px), t["cortex"] * 2)
-    _paint(img, _soft(sdf_sp + 1.5, px), marrow * f32(0.75))
-    if float(s.min()) < sc.dens_c + 8:  # C1 posterior arch behind the dens
-        c1p = np.sqrt(np.square((s - sc.dens_c) / 5.0) + np.square((d - canal - 7) / 5.5)) - 1
-        _paint(img, _soft(c1p * 5.0, px), t["cortex"])
-        _paint(img, _soft(c1p * 5.0 + 1.1, px), marrow)
-
-
-def _render_spine(sc: _Scene, s, d, marrow_tex, img, label) -> None:
-    """Paint the canal, discs, bodies and C1 anterior arch into the ``img`` window.
-
-    ``img`` and ``label`` are views into the strip and are written in place; ``label`` gets
-    ``k + 1`` where disc ``k`` (with its herniation) covers at least half a pixel.
-    """
-    f32 = np.float32
-    t, px = sc.t, sc.px
-    canal = sc.canal
-    jb = _nearest(s, sc.bc)
-    kd = _nearest(s, sc.dc)
-    width = sc.bw[jb]
-    marrow = t["marrow"] * (1 + f32(0.22 * sc.gamma) * marrow_tex)
-
-    if float(s.min()) < sc.dens_c + 8:  # C1 anterior arch in front of the dens
-        c1a = np.sqrt(np.square((s - sc.dens_c) / 4.5) + np.square((d + sc.bw[0] + 6) / 3.5)) - 1
-        _paint(img, _soft(c1a * 3.5, px), t["cortex"])
-        _paint(img, _soft(c1a * 3.5 + 1.0, px), marrow)
-
-    # Spinal canal: CSF, the ligamentum flavum behind it, and the cord, which is pushed back
-    # where a herniation reaches it.
-    dcen = sc.dc[kd]
-    u = (s - dcen) / (sc.disc_h[kd] / 2 + 2)
-    contour = sc.contour[kd] * np.clip(1 - u * u, 0, 1)
-    v = (s - dcen - sc.p_shift[kd]) / sc.p_width[kd]
-    hern = sc.depth[kd] * np.clip(1 - v * v, 0, 1) ** sc.p_expo[kd]
-    front = np.maximum(np.maximum(contour, hern), 0)  # posterior margin of disc material
-    _paint(img, _band(d, 0, canal, px) * _soft(s - sc.s_bot - 30, px), t["csf"])
-    _paint(img, _band(d, canal - 0.2, canal + 1.6, px) * _soft(sc.s_top - s, px), t["ligament"])
-    _paint(img, _band(d, np.maximum(sc.cord_front, front + f32(0.8)), sc.cord_back, px), t["cord"])
-
-    # Discs: annulus around a bright nucleus; degeneration darkens the nucleus. The herniation
-    # is disc material posterior to the body line.
-    deg = sc.deg[kd]
-    disc_h = sc.disc_h[kd]
-    dw = sc.disc_w[kd]
-    ds = s - dcen
-    disc_box = _rrect_sdf(ds, d + dw / 2 + 2, disc_h / 2 + 3, dw / 2 + 2, f32(2.0))
-    disc_cov = np.minimum(_soft(disc_box, px), _soft(d - contour, px))
-    nuc_r2 = np.square(ds / (disc_h * f32(0.48))) + np.square((d + dw * f32(0.5)) / (dw * f32(0.38)))
-    nuc_w = np.clip(1 - nuc_r2, 0, 1) ** f32(0.6)
-    nuc_val = t["nucleus"] + deg * f32(0.85) * (t["annulus"] * 1.2 - t["nucleus"])
-    _paint(img, disc_cov, t["annulus"] + nuc_w * (nuc_val - t["annulus"]))
-    herniated = _soft(d - hern, px) * _soft(-1.5 - d, px) * (hern > 0)
-    hern_val = t["herniation"] + deg * f32(0.3) * (t["annulus"] - t["herniation"])
-    _paint(img, herniated * (1 - disc_cov), hern_val)
-    disc_all = np.maximum(disc_cov, herniated)
-
-    # Vertebral bodies and the dens of C2: dark cortical rim around textured marrow, with
-    # slightly concave endplates.
-    od = d + width / 2
-    concave = f32(0.8) * np.clip(1 - np.square(od / (width / 2)), 0, 1)
-    sdf_b = _rrect_sdf(s - sc.bc[jb], od, sc.bh[jb] - concave, width / 2, f32(2.5))
-    dens = _rrect_sdf(s - (sc.s_top + 8), d + sc.bw[0] * 0.52, f32(9.0), sc.bw[0] * 0.2, f32(4.0))
-    sdf_b = np.minimum(sdf_b, dens)
-    body = _soft(sdf_b, px)
-    _paint(img, body, t["cortex"])
-    _paint(img, _soft(sdf_b + 1.3, px), marrow)
-
-    # Posterior longitudinal ligament: a dark line along the body line, draped over herniations.
-    _paint(img, _band(d, front, front + 0.9, px) * _band(s, sc.s_top + 4, sc.s_bot + 30, px),
-           t["ligament"])
-
-    visible = disc_all * (1 - body)
-    label[...] = np.where(visible >= 0.5, (kd + 1).astype(np.int16), np.int16(0))
-
-
-def render_clean(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Render the noise-free anatomy.
-
-    Returns:
-        ``(image, disc_label, s, d)``: float32 ``H×W`` image (roughly [0, 1]); int16 ``H×W``
-        map holding ``k + 1`` where disc ``k`` (including its herniation) is visible and 0
-        elsewhere; the spine coordinates from :func:`_spine_coords` (float32 ``H×W``).
-    """
-    n = case.size
-    scene = _Scene(case)
-    tex_rng = np.random.default_rng(case.texture_seed)
-    muscle_tex = _noise.smooth_field(tex_rng, (n, n), (40, 12))
-    marrow_tex = _noise.smooth_field(tex_rng, (n, n), (32, 32))
-    img = np.empty((n, n), np.float32)
-    label = np.empty((n, n), np.int16)
-    s_map = np.empty((n, n), np.float32)
-    d_map = np.empty((n, n), np.float32)
-    step = max(1, _STRIP_PIXELS // n)
-    for y0 in range(0, n, step):
-        rows = slice(y0, min(n, y0 + step))
-        s, d = _spine_coords(case, rows)
-        img[rows], label[rows] = _render_rows(scene, s, d, muscle_tex[rows], marrow_tex[rows])
-        s_map[rows], d_map[rows] = s, d
-    np.maximum(img, 0, out=img)
-    return img, label, s_map, d_map
-
-
-def _boxes(label: np.ndarray) -> np.ndarray:
-    """Tight ``xyxy`` pixel-edge boxes of the disc label map, one row per disc."""
-    boxes = np.zeros((6, 4), np.float32)
-    for k in range(6):
-        m = label == k + 1
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        if rows.size:
-            boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-    return boxes
-
-
-def acquire(clean: np.ndarray, acq: Acquisition) -> np.ndarray:
-    """Simulate the acquisition of a clean image: bias, Gibbs, ghosting, Rician noise, gain.
-
-    Returns:
-        float32 ``H×W`` image in [0, 1].
-    """
-    rng = np.random.default_rng(acq.seed)
-    img = _noise.bias_field(clean, acq.bias, rng)
-    img = _noise.gibbs_ringing(img, acq.gibbs)
-    axis = 1 if acq.pe_axis == "ap" else 0
-    img = _noise.motion_ghosting(img, acq.ghosting, rng, axis=axis, period=acq.ghost_period)
-    peak = max(float(img.max()), 1e-6)
-    img = _noise.rician_noise(img, acq.snr, rng)
-    return np.clip(img * np.float32(acq.gain / peak), 0.0, 1.0)
-
-
-def render_case(case: Case, *, artifacts: bool = True) -> Rendered:
-    """Render a case into an image and its six disc boxes.
-
-    Args:
-        case: the case.
-        artifacts: apply the acquisition (noise, ghosting, bias, ringing, gain); False gives
-            the clean anatomy, normalised by its maximum.
-
-    Returns:
-        A :class:`Rendered`.
-    """
-    clean, label, s, d = render_clean(case)
-    if artifacts and case.acquisition is not None:
-        image = acquire(clean, case.acquisition)
-    else:
-        image = np.clip(clean / max(float(clean.max()), 1e-6), 0, 1).astype(np.float32)
-    cats = tuple(PROTRUSION_ID if c.is_protrusion else NON_PROTRUSION_ID for c in case.discs)
-    return Rendered(image=image, boxes=_boxes(label), category_ids=cats, s=s, d=d)
-
-
-def quantize(image: np.ndarray, bit_depth: int = 8) -> np.ndarray:
-    """Convert a [0, 1] image to ``uint8`` (bit_depth 8) or ``uint16`` (bit_depth 16)."""
-    top = 255 if bit_depth == 8 else 65535
-    out = np.rint(np.clip(image, 0, 1) * np.float32(top))
-    return out.astype(np.uint8 if bit_depth == 8 else np.uint16)
+from meddet.data.phantom._common import (
+    CATEGORIES,
+    DISC_NAMES,
+    MAX_SEVERITY,
+    MIN_SEVERITY,
+    NON_PROTRUSION_ID,
+    PROTRUSION_ID,
+    REF_PIXEL_MM,
+    REF_SIZE,
+    VERTEBRAE,
+    Disc,
+    quantize,
+    severity_from_unit,
+    with_protrusion,
+    without_protrusion,
+)
+from meddet.data.phantom.geometry import Pose, spine_maps, to_image
+from meddet.data.phantom.model import (
+    CONTRASTS,
+    Acquisition,
+    Case,
+    Tissue,
+    layout,
+    sample_case,
+    sample_tissue,
+)
+from meddet.data.phantom.render import Rendered, acquire, render_case, render_clean
+
+__all__ = [
+    "CATEGORIES",
+    "CONTRASTS",
+    "DISC_NAMES",
+    "MAX_SEVERITY",
+    "MIN_SEVERITY",
+    "NON_PROTRUSION_ID",
+    "PROTRUSION_ID",
+    "REF_PIXEL_MM",
+    "REF_SIZE",
+    "VERTEBRAE",
+    "Acquisition",
+    "Case",
+    "Disc",
+    "Pose",
+    "Rendered",
+    "Tissue",
+    "acquire",
+    "layout",
+    "quantize",
+    "render_case",
+    "render_clean",
+    "sample_case",
+    "sample_tissue",
+    "severity_from_unit",
+    "spine_maps",
+    "to_image",
+    "with_protrusion",
+    "without_protrusion",
+]
+
+_layout = layout  # the name the first phantom's tests used
