@@ -749,3 +749,26 @@ def test_run_study_runs_records_and_reports(tmp_path, monkeypatch):
     again = runner.run_study(opts, echo=lines.append)
     assert again.finished == ["teacher-gfl_r50"] and len(lines) == 2
     assert len(records.read_meta(opts.out)["invocations"]) == 2
+
+
+def test_report_says_when_its_rows_came_from_an_older_phantom(tmp_path):
+    import json
+
+    from meddet.data.generate import DEFAULT_PHANTOM
+    from meddet.study.records import data_phantom
+    from meddet.study.report import render
+
+    ann = tmp_path / "data" / "annotations"
+    ann.mkdir(parents=True)
+    (ann / "train.json").write_text(json.dumps({"info": {"generator": {"phantom": "v9"}}}))
+    assert data_phantom(tmp_path / "data") == "v9"
+    (ann / "train.json").write_text(json.dumps({"info": {"generator": {"seed": 0}}}))
+    assert data_phantom(tmp_path / "data") == "v1"  # written before the field existed
+    (ann / "train.json").write_text(json.dumps({"info": {}}))
+    assert data_phantom(tmp_path / "data") is None  # not a synthetic set
+    assert data_phantom(tmp_path / "missing") is None
+
+    old = render({}, {"config": "cpu-small", "phantom": "v1"})
+    assert "measured on the synthetic phantom `v1`" in old and DEFAULT_PHANTOM in old
+    same = render({}, {"config": "cpu-small", "phantom": DEFAULT_PHANTOM})
+    assert "measured on the synthetic phantom" not in same

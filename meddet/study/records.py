@@ -48,6 +48,23 @@ def read_meta(out: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def data_phantom(data: Path) -> str | None:
+    """Which synthetic phantom made the data set at ``data`` (``None``: not a synthetic set).
+
+    Read from ``info.generator.phantom`` of its training annotations; sets written before the
+    field existed were made by the first phantom, ``v1``.
+    """
+    ann = Path(data) / "annotations" / "train.json"
+    try:
+        info = json.loads(ann.read_text()).get("info", {})
+    except (OSError, ValueError):
+        return None
+    gen = info.get("generator")
+    if not isinstance(gen, dict):
+        return None
+    return str(gen.get("phantom", "v1"))
+
+
 def record_invocation(out: Path, *, command: str, jobs: int, device: str, config: str,
                       data: Path, seeds: list[int], extra: list[str],
                       teacher_epochs: int | None) -> dict:
@@ -64,8 +81,9 @@ def record_invocation(out: Path, *, command: str, jobs: int, device: str, config
             else platform.processor() or platform.machine())
     calls.append({"command": command, "jobs": jobs, "device_name": name,
                   "finished": datetime.now(timezone.utc).isoformat(timespec="minutes")})
-    meta = {"config": config, "data": str(data), "device": device, "device_name": name,
-            "cpus": os.cpu_count(), "torch": torch.__version__,
+    meta = {"config": config, "data": str(data), "phantom": data_phantom(data),
+            "device": device, "device_name": name, "cpus": os.cpu_count(),
+            "torch": torch.__version__,
             "python": platform.python_version(), "seeds": seeds, "extra": extra,
             "teacher_epochs": teacher_epochs, "invocations": calls}
     write_json(Path(out) / "study.json", meta)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from meddet import paper
 from meddet._io import atomic_write_text
+from meddet.data.generate import DEFAULT_PHANTOM
 from meddet.study.noise import plot_noise, plot_noise_alone, write_noise_alone, write_noise_table
 from meddet.study.records import load_rows, read_meta
 from meddet.study.tables import CLAIMS, DEFAULT_SIGMA_TAU, KD, PLACEMENTS, PLAIN, TEACHERS, where
@@ -152,6 +153,11 @@ def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
           "rewrites this file and its plots from them alone.\n")
     if not meta:
         return
+    phantom = meta.get("phantom")
+    if phantom and phantom != DEFAULT_PHANTOM:
+        w(f"**These rows were measured on the synthetic phantom `{phantom}`** (`meddet data synth "
+          f"--phantom {phantom}`); the default phantom is now `{DEFAULT_PHANTOM}` and this study "
+          "has not been re-run on it, so the figures describe the older, easier images.\n")
     calls = meta.get("invocations") or [meta]  # a study.json of one call: flat
     for c in calls:
         on = f"on {c['device_name']}, " if c.get("device_name") else ""
