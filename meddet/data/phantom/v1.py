@@ -104,14 +104,10 @@ class Case:
     acquisition: Acquisition | None = None
 
 
-def sample_case(
-    rng: np.random.Generator,
-    size: int = 256,
-    *,
-    snr_range: tuple[float, float] = (8.0, 40.0),
-    protrusion_rate: float = 0.3,
-) -> Case:
-    """Draw a random case.
+def sample_case(rng: np.random.Generator, size: int = 256, *,
+                snr_range: tuple[float, float] = (8.0, 40.0),
+                protrusion_rate: float = 0.3) -> Case:
+    """Draw a random case of the first phantom.
 
     The protrusion of each disc is drawn independently of its position, height and
     degeneration, so nothing but the posterior contour carries the label.
