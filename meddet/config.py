@@ -71,7 +71,10 @@ class ModelConfig(_Strict):
         None, description="nmODE² placement; None keeps the zoo entry's default"
     )
     pretrained: str | None = Field(
-        None, description="ImageNet backbone weights: 'imagenet' (torchvision cache) or a file"
+        None,
+        description="backbone initialisation: 'imagenet' (torchvision's ImageNet weights from "
+        "its cache or a download, else an error), 'auto' (those weights when they can be had, "
+        "else random), 'none'/None (random) or a state_dict file",
     )
     lambda_qfl: float = Field(1 / 3.25, ge=0, le=1, description="λ of eq. 12 (QFL weight)")
     mu_dfl: float = Field(0.25 / 3.25, ge=0, le=1, description="μ of eq. 12 (DFL weight)")

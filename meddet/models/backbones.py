@@ -19,10 +19,7 @@ directly once the classifier keys are dropped.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -30,6 +27,7 @@ from torch import Tensor, nn
 
 from meddet.errors import MedDetError
 from meddet.models.nmode import NmODE2
+from meddet.models.pretrained import resolve_pretrained
 from meddet.models.shufflenetv1 import STAGE_CHANNELS, ShuffleNetV1
 
 __all__ = ["BACKBONES", "Backbone", "build_backbone"]
@@ -237,55 +235,23 @@ def _last_out_channels(module: nn.Module) -> int:
     return bns[-1].num_features
 
 
-# torchvision ImageNet weights per backbone name; None where torchvision has none.
-_TV_WEIGHTS: dict[str, Callable[[], object] | None] = {
-    "resnet50": lambda: torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-    "resnet101": lambda: torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
-    "resnet152": lambda: torchvision.models.ResNet152_Weights.IMAGENET1K_V1,
-    "mobilenet_v2": lambda: torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1,
-    "mobilenet_v2_1.4": None,
-    "efficientnet_b0": lambda: torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1,
-    "efficientnet_b1": lambda: torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V1,
-    "shufflenet_v1": None,
-    "shufflenet_v2": lambda: torchvision.models.ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1,
-}
-
-
-def _imagenet_cache_file(name: str) -> Path:
-    """Where torchvision's downloader would have cached ``name``'s ImageNet weights."""
-    factory = _TV_WEIGHTS.get(name)
-    if factory is None:
-        raise MedDetError(f"torchvision has no ImageNet weights for backbone {name!r}; pass "
-                          "pretrained=<path to a state_dict file> or pretrained=None")
-    url = factory().url  # type: ignore[attr-defined]
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-    if not path.is_file():
-        # Never download: runs may be offline and a silent multi-minute fetch looks like a hang.
-        raise MedDetError(f"ImageNet weights for {name} are not in the local torch cache "
-                          f"({path}); download {url} there or pass pretrained=<file>")
-    return path
-
-
 def _load_pretrained(model: nn.Module, name: str, pretrained: str | None) -> None:
     """Load ImageNet weights into the full torchvision-style ``model`` (before it is cut).
 
     Args:
         model: the torchvision (or ShuffleNetV1) model, classifier still attached.
         name: backbone name, for the weights lookup and messages.
-        pretrained: None (nothing), ``"imagenet"`` (torchvision cache only) or a file with a
-            state dict, optionally under a ``"state_dict"`` key and/or prefixed by
-            ``"backbone."``. Keys the model lacks are ignored; keys it needs must be present
-            except classifier keys.
+        pretrained: a setting :func:`~meddet.models.pretrained.resolve_pretrained` accepts
+            (None / ``"none"``, ``"imagenet"``, ``"auto"``) or a file with a state dict,
+            optionally under a ``"state_dict"`` key and/or prefixed by ``"backbone."``. Keys
+            the model lacks are ignored; keys it needs must be present except classifier keys.
 
     Raises:
-        MedDetError: weights not cached, unreadable file or mismatching keys/shapes.
+        MedDetError: no weights for ``"imagenet"``, unreadable file or mismatching keys/shapes.
     """
-    if pretrained is None:
+    path = resolve_pretrained(name, pretrained).path
+    if path is None:
         return
-    path = _imagenet_cache_file(name) if pretrained == "imagenet" else Path(pretrained)
-    if not path.is_file():
-        raise MedDetError(f"pretrained weights file {path} does not exist; pass 'imagenet', "
-                          "an existing state_dict file, or None")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / non-tensor files
@@ -331,8 +297,10 @@ def build_backbone(name: str, *, pretrained: str | None = None, frozen_stages: i
 
     Args:
         name: one of ``BACKBONES``.
-        pretrained: None, ``"imagenet"`` (torchvision weights, only from the local torch cache;
-            never downloads) or a path to a state_dict file.
+        pretrained: None / ``"none"`` (random), ``"imagenet"`` (torchvision's ImageNet
+            weights: its cache, else a download; an error when neither works), ``"auto"``
+            (those weights when they can be had, else random) or a path to a state_dict file;
+            see :mod:`meddet.models.pretrained`.
         frozen_stages: freeze the stem (0) and stages 1..k; -1 freezes nothing.
         norm_eval: keep BatchNorm in eval mode with frozen affine parameters during training.
         nmode: apply a parameter-free nmODE² to each output map (placement ``backbone``).

@@ -40,6 +40,7 @@ from meddet.models.detector import (
 from meddet.models.fpn import FPN
 from meddet.models.gfl_head import GFLHead
 from meddet.models.postprocess import GFLPostProcess
+from meddet.models.pretrained import resolve_pretrained
 
 __all__ = [
     "DETECTORS", "LITE_ARCH", "OVERRIDES", "PAPER_ARCH", "build_detector", "build_gfl",
@@ -90,7 +91,8 @@ def build_gfl(
         **overrides: as for :func:`build_detector`.
 
     Returns:
-        A :class:`~meddet.models.detector.GFLDetector` in training mode.
+        A :class:`~meddet.models.detector.GFLDetector` in training mode, with
+        ``pretrained_note`` as for :func:`build_detector`.
 
     Raises:
         MedDetError: unknown option or arch key, invalid placement or eq. 12 weights.
@@ -121,14 +123,17 @@ def build_gfl(
     mu_dfl = float(opt.get("mu_dfl", DEFAULT_MU_DFL))
     check_loss_weights(lambda_qfl, mu_dfl)
 
-    pretrained = opt.get("pretrained")
+    # Resolved before the backbone is built: the defaults below depend on whether weights were
+    # found, and "auto" may fall back to random initialisation.
+    weights = resolve_pretrained(backbone_name, opt.get("pretrained"))
     # Frozen stages and eval-mode BatchNorm protect pretrained ImageNet weights. On random
     # weights they would freeze noise and switch normalisation off (running stats 0/1), which
     # trains badly, so without weights the default is to train everything with batch stats.
-    bb_kwargs = {"frozen_stages": 1, "norm_eval": True} if pretrained else {
+    bb_kwargs = {"frozen_stages": 1, "norm_eval": True} if weights.path is not None else {
         "frozen_stages": -1, "norm_eval": False}
     bb_kwargs.update({k: opt[k] for k in ("frozen_stages", "norm_eval") if k in opt})
-    backbone = build_backbone(backbone_name, pretrained=pretrained,
+    backbone = build_backbone(backbone_name,
+                              pretrained=None if weights.path is None else str(weights.path),
                               nmode=nmode == "backbone", **bb_kwargs)
     a = {**PAPER_ARCH, **(arch or {})}
     neck = FPN(list(backbone.out_channels), out_channels=a["fpn_channels"],
@@ -146,6 +151,9 @@ def build_gfl(
                         lambda_qfl=lambda_qfl, mu_dfl=mu_dfl,
                         det_scale=float(opt.get("det_scale", DEFAULT_DET_SCALE)))
     model.prefers_channels_last = name in PREFERS_CHANNELS_LAST
+    # Which weights the backbone started from, for callers to print (``auto`` may have fallen
+    # back to random initialisation).
+    model.pretrained_note = weights.note
     return model
 
 
@@ -177,18 +185,22 @@ def build_detector(name: str, num_classes: int = 2, **overrides: Any) -> GFLDete
         name: a key of :data:`DETECTORS`.
         num_classes: foreground classes (the synthetic CDH set has 2).
         **overrides: any of :data:`OVERRIDES`; ``None`` keeps the entry's default.
-            ``nmode`` (``head``/``fpn``/``backbone``/``none``), ``pretrained`` (None,
-            ``"imagenet"`` from the local torch cache, or a state-dict file), ``score_thr``,
+            ``nmode`` (``head``/``fpn``/``backbone``/``none``), ``pretrained`` (None /
+            ``"none"``: random; ``"imagenet"``: torchvision's ImageNet weights from its cache
+            or a download, else an error; ``"auto"``: those weights when they can be had, else
+            random; or a state-dict file; see :mod:`meddet.models.pretrained`), ``score_thr``,
             ``nms_iou``, ``max_per_img``, ``min_box_size`` (post-process settings, see
             :class:`~meddet.models.postprocess.GFLPostProcess`), ``lambda_qfl`` / ``mu_dfl``
             (eq. 12; defaults 1/3.25 and 0.25/3.25 give GFL's 1 : 0.25 : 2), ``det_scale``
             (default 3.25),
             ``nmode_kwargs`` (dict for each head ``NmODE2``), ``frozen_stages``, ``norm_eval``
-            (defaults: 1 and True with ``pretrained`` weights, as mmdetection fine-tunes;
-            -1 and False without, i.e. training from scratch).
+            (defaults: 1 and True when the backbone got weights, as mmdetection fine-tunes;
+            -1 and False without, i.e. training from scratch, also when ``"auto"`` found
+            none).
 
     Returns:
-        A :class:`~meddet.models.detector.GFLDetector` in training mode.
+        A :class:`~meddet.models.detector.GFLDetector` in training mode; its
+        ``pretrained_note`` (str) says in one line which weights the backbone started from.
 
     Raises:
         MedDetError: unknown name or option, invalid placement or eq. 12 weights, unusable
