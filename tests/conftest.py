@@ -78,3 +78,19 @@ def script_module(request):
         yield mod
     finally:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def _offline_weights(request, monkeypatch):
+    """Tests never touch the network: an ImageNet download fails as on an offline machine.
+
+    ``tests/test_pretrained.py`` installs its own stand-ins (and checks the real download code on
+    a ``file://`` URL), so it is left alone.
+    """
+    if request.module.__name__.endswith("test_pretrained"):
+        return
+
+    def offline(url, dst):
+        raise OSError(f"tests run offline; not fetching {url}")
+
+    monkeypatch.setattr("meddet.models.pretrained._download", offline)
