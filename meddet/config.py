@@ -138,6 +138,16 @@ class DistillConfig(_Strict):
     teacher_img_size: int | None = Field(
         None, ge=64, description="run the teachers at this input size (None: the student's); "
         "AFA pools their features to the student's sizes (meddet method only)")
+    teacher_cache: bool = Field(
+        False, description="keep the teachers' outputs per (image, augmentation variant) in "
+        "memory, so that after the first epochs the teachers rarely run; the training images' "
+        "augmentation is then drawn from teacher_cache_variants fixed variants per image")
+    teacher_cache_variants: int = Field(
+        2, ge=1, description="augmentation variants per image with teacher_cache (1: each image "
+        "is always augmented the same way)")
+    teacher_cache_gb: float = Field(
+        4.0, gt=0, description="memory the teacher cache may use (on the training device); "
+        "outputs that do not fit are recomputed at every step")
 
     @model_validator(mode="after")
     def _check_weights(self) -> DistillConfig:

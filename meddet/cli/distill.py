@@ -47,6 +47,13 @@ def distill(
     tau: float | None = typer.Option(None, "--tau", help="τ of eq. 14 (distillation weight)."),
     teacher_img_size: int | None = typer.Option(
         None, "--teacher-img-size", help="Run the teachers at this size (meddet method)."),
+    teacher_cache: bool | None = typer.Option(
+        None, "--teacher-cache/--no-teacher-cache", help="Keep the teachers' outputs in memory "
+        "per training image; augmentation is then drawn from --teacher-cache-variants fixed "
+        "variants per image (default: off)."),
+    teacher_cache_variants: int | None = typer.Option(
+        None, "--teacher-cache-variants", min=1, help="Augmentation variants per image with "
+        "--teacher-cache (default 2)."),
     config: str | None = opt.config_option(),
     epochs: int | None = opt.epochs_option(),
     max_iters: int | None = opt.max_iters_option(),
@@ -85,7 +92,8 @@ def distill(
         "distill": {"method": method, "student": student, "fusion": fusion,
                     "aatm": False if no_aatm else None, "sigma": sigma, "tau": tau,
                     "per_teacher_alpha": per_teacher_alpha,
-                    "teacher_img_size": teacher_img_size}}
+                    "teacher_img_size": teacher_img_size, "teacher_cache": teacher_cache,
+                    "teacher_cache_variants": teacher_cache_variants}}
     teacher_list = parse_csv_list(teachers, "--teachers")
     ckpt_path = None
     if resume is not None:
@@ -128,3 +136,9 @@ def _print_summary(con: Any, s: dict[str, Any]) -> None:
         f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in
         (("teachers", split["teacher"]), ("student", split["student"]),
          ("discriminator", split["disc"]))))
+    cache = s.get("teacher_cache")
+    if cache is not None:
+        con.print(f"teacher cache: {cache['entries']} image variants, {cache['megabytes']:.1f} MB "
+                  f"({cache['megabytes_per_entry']:.2f} MB each), {100 * cache['hit_rate']:.0f}% "
+                  f"of the images served from it" + (f", {cache['not_stored']} did not fit"
+                                                      if cache["not_stored"] else ""))

@@ -33,6 +33,9 @@ Target = dict[str, Any]
 # a sliver of a disc at the border is not a useful training target.
 _MIN_VISIBLE = 0.4
 
+# Seeds the augmentation streams of the fixed variants (aug_variants) apart from fresh draws.
+_VARIANT_STREAM = 0x5EED_CA5E
+
 
 class CocoDetection(Dataset):
     """COCO detection dataset producing detector-ready tensors.
@@ -44,7 +47,9 @@ class CocoDetection(Dataset):
     - ``boxes``: ``FloatTensor[N, 4]``, ``xyxy`` in input (resized) pixels;
     - ``labels``: ``LongTensor[N]``, 0-based indices into :attr:`class_names`;
     - ``image_id`` (int), ``scale`` (float, input pixels per original pixel: divide boxes by it
-      to get original pixels), ``orig_size`` (``(h, w)``), ``file_name`` (str).
+      to get original pixels), ``orig_size`` (``(h, w)``), ``file_name`` (str);
+    - ``aug_variant`` (int, only when :attr:`aug_variants` is set): which of the image's
+      augmentation variants this sample is (always 0 without augmentation).
 
     Crowd annotations (``iscrowd=1``) are kept in :attr:`coco` for evaluation but not returned
     as targets.
@@ -62,6 +67,10 @@ class CocoDetection(Dataset):
             normalisation (see :func:`meddet.data.noise.parse_noise_spec`); ``rng`` is seeded
             from ``(seed, index)`` so corrupted evaluation is reproducible.
         seed: non-negative seed for ``corrupt`` and (mixed with torch's RNG) augmentation.
+        aug_variants: draw each sample's augmentation from a fixed pool of this many variants
+            per image (``None``: a fresh draw every time). Variant ``v`` of image ``i`` is always
+            the same augmented tensor, so what a frozen network computes on it can be cached
+            under ``(image_id, aug_variant)`` (see :mod:`meddet.distill.cache`).
 
     Attributes:
         class_names: category names sorted by category id.
@@ -69,6 +78,7 @@ class CocoDetection(Dataset):
         coco: the ``pycocotools.coco.COCO`` index of the (validated) annotations.
         ids: image ids in dataset order (ascending).
         num_skipped: number of boxes dropped under ``on_bad_box="skip"``.
+        aug_variants: the ``aug_variants`` argument (may be set before iterating).
 
     Raises:
         MedDetError: missing folder/split, malformed annotations, missing image files; the
@@ -86,6 +96,7 @@ class CocoDetection(Dataset):
         on_bad_box: str = "fail",
         corrupt: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         seed: int = 0,
+        aug_variants: int | None = None,
     ) -> None:
         check_img_size(img_size)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -97,6 +108,9 @@ class CocoDetection(Dataset):
         self.augment = (augment or AugmentConfig()) if train else None
         self.corrupt = corrupt
         self.seed = int(seed)
+        if aug_variants is not None and (isinstance(aug_variants, bool) or aug_variants < 1):
+            raise MedDetError(f"aug_variants must be a positive integer, got {aug_variants!r}")
+        self.aug_variants = aug_variants
         self.image_dir = self.root / "images" / split
         ann_file = self.root / "annotations" / f"{split}.json"
         if not self.root.is_dir():
@@ -172,11 +186,18 @@ class CocoDetection(Dataset):
                              dtype=np.float32)
         scale = fit_scale(h, w, self.img_size)
         offset = (0, 0)
+        variant = 0
         if self.augment is not None:
             # Fresh randomness every epoch, yet reproducible: torch's RNG (seeded by the
             # training loop, and per worker by the DataLoader) is mixed with (seed, index).
             draw = int(torch.randint(0, 2**62, (1,)).item())
-            rng = np.random.default_rng([self.seed, index, draw])
+            if self.aug_variants is not None:
+                # One of a fixed pool: the variant's own stream (tagged apart from the fresh
+                # draws) fixes every random choice, so variant v is the same tensor each time.
+                variant = draw % self.aug_variants
+                rng = np.random.default_rng([self.seed, index, _VARIANT_STREAM, variant])
+            else:
+                rng = np.random.default_rng([self.seed, index, draw])
             img, boxes, scale, offset = self._augment(img, boxes, scale, rng)
         out, scale = resize_pad(img, self.img_size, scale, offset)
         boxes = boxes * np.float32(scale) - np.asarray(offset * 2, np.float32)
@@ -190,6 +211,8 @@ class CocoDetection(Dataset):
             "orig_size": (h, w),
             "file_name": str(rec["file_name"]),
         }
+        if self.aug_variants is not None:
+            target["aug_variant"] = variant
         return to_input(out), target
 
     def _augment(self, img, boxes, scale, rng):

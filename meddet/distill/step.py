@@ -4,7 +4,8 @@ Per iteration :class:`DistillStep`:
 
 1. runs the teachers in eval mode under ``torch.inference_mode`` (never updated: no optimiser
    holds their parameters and they have ``requires_grad=False``) and copies out only the
-   outputs the method reads;
+   outputs the method reads; with a :class:`~meddet.distill.cache.TeacherCache`, only on the
+   images whose outputs it does not hold yet, the rest coming from the cache;
 2. runs the student's ``forward_raw`` and its loss (eq. 12, ``L_det``), then the method's
    :meth:`~meddet.distill.methods.DistillMethod.losses`; the engine's
    :meth:`~meddet.engine.Trainer.apply_losses` steps the student's optimiser (student + the
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meddet.distill.cache import TeacherCache, cache_keys
 from meddet.distill.methods import DistillMethod, StudentPass, TeacherPass
 from meddet.engine.checkpoint import unwrap_model
 from meddet.engine.trainer import Trainer
@@ -108,32 +110,48 @@ class DistillStep:
         method: the distillation method (its losses, parameters and discriminator).
         teachers: the frozen teacher detectors it uses (empty for a method without teachers).
         teacher_img_size: resize the batch to this size for the teachers (``None``: as is).
+        cache: reuse the teachers' outputs per (image, augmentation variant) (``None``: run the
+            teachers on every batch); the batches' targets must carry ``aug_variant``.
     """
 
     def __init__(self, *, method: DistillMethod, teachers: Sequence[nn.Module],
-                 teacher_img_size: int | None = None) -> None:
+                 teacher_img_size: int | None = None, cache: TeacherCache | None = None) -> None:
         self.method = method
         self.teachers = list(teachers)
         self.teacher_img_size = teacher_img_size
+        self.cache = cache
         self.clock: SplitClock | None = None  # made on the first call (needs the device)
 
-    def _run_teachers(self, trainer: Trainer, images: Tensor) -> list[TeacherPass]:
+    def _forward_teachers(self, trainer: Trainer, images: Tensor) -> list[tuple[list[Tensor],
+                                                                                 list[Tensor]]]:
+        """Every teacher's raw ``(feats, bbox_preds)`` on ``images`` (inference tensors)."""
         x = images
         if self.teacher_img_size and self.teacher_img_size != images.shape[-1]:
             x = F.interpolate(images, size=(self.teacher_img_size,) * 2, mode="bilinear",
                               align_corners=False)
-        wanted = self.method.teacher_outputs
         outs = []
         with torch.inference_mode(), trainer.autocast():
             for t in self.teachers:
                 feats, _, bbox = t.forward_raw(x)
                 outs.append((feats, bbox))
+        return outs
+
+    def _run_teachers(self, trainer: Trainer, images: Tensor,
+                      targets: Sequence[dict[str, Any]]) -> list[TeacherPass]:
+        if self.cache is not None:
+            hits = self.cache.hits
+            passes = self.cache.lookup(images, cache_keys(targets),
+                                       lambda x: self._forward_teachers(trainer, x))
+            # Fraction of the batch's images served from the cache (results.csv: epoch mean).
+            trainer.storage.put_scalars(teacher_cache_hit=(self.cache.hits - hits) / len(targets))
+            return passes
+        wanted = self.method.teacher_outputs
         # Inference tensors cannot be saved for backward (AFA's conv needs its input): clone
         # into normal tensors, outside inference mode, only what the method uses.
         return [TeacherPass(feats=[f.clone() for f in feats] if "feats" in wanted else [],
                             bbox_preds=[b.clone() for b in bbox] if "bbox_preds" in wanted
                             else [])
-                for feats, bbox in outs]
+                for feats, bbox in self._forward_teachers(trainer, images)]
 
     def __call__(self, trainer: Trainer) -> None:
         """Fetch a batch, step the student (and D), log losses and the time split."""
@@ -142,7 +160,7 @@ class DistillStep:
         clock = self.clock
         images, targets = trainer.next_batch()
         clock.mark(start=True)
-        t_out = self._run_teachers(trainer, images) if self.teachers else []
+        t_out = self._run_teachers(trainer, images, targets) if self.teachers else []
         clock.mark()
         student = unwrap_model(trainer.model)
         img_shape = (int(images.shape[-2]), int(images.shape[-1]))

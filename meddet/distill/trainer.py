@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from meddet.config import Config
+from meddet.distill.cache import TeacherCache
 from meddet.distill.losses import check_loss_weights
 from meddet.distill.methods import METHODS, DistillMethod, build_method, get_method
 from meddet.distill.step import PHASES, DistillStep, SplitClock
@@ -153,6 +154,19 @@ def build_distill_trainer(cfg: Config, run_dir: Path | None, *, teachers: Sequen
         loaded = load_teachers(teachers, class_names, device,
                                channels_last=device.type == "cuda" and tc.channels_last)
         loaded, notes = select_teachers(dc.method, method_cls.num_teachers, loaded)
+    cache = None
+    if dc.teacher_cache and loaded:
+        # The cache is exact only if an image's tensor is one of a few fixed ones.
+        datasets["train"].aug_variants = dc.teacher_cache_variants
+        cache = TeacherCache(wanted=method_cls.teacher_outputs,
+                             max_bytes=int(dc.teacher_cache_gb * 2**30),
+                             channels_last=device.type == "cuda" and tc.channels_last)
+        aug = (f"augmentation drawn from {dc.teacher_cache_variants} fixed variant(s) per "
+               "image" if cfg.data.augment else "no augmentation")
+        notes.append(f"teacher cache: the teachers' outputs are kept in memory (up to "
+                     f"{dc.teacher_cache_gb:g} GB) per training image; {aug}")
+    elif dc.teacher_cache:
+        notes.append(f"--method {dc.method} runs no teachers; the teacher cache is not used")
 
     built: dict[str, Any] = {}
 
@@ -160,7 +174,7 @@ def build_distill_trainer(cfg: Config, run_dir: Path | None, *, teachers: Sequen
         # Built after the student, so its modules draw their initial weights after the student's.
         method = build_method(dc, student=student, teachers=[t.model for t in loaded]).to(device)
         step = DistillStep(method=method, teachers=[t.model for t in loaded],
-                           teacher_img_size=dc.teacher_img_size)
+                           teacher_img_size=dc.teacher_img_size, cache=cache)
         built.update(method=method, step=step)
         return TrainerExtension(params=method.student_parameters(), step_fn=step,
                                 checkpointables=method.checkpointables())
@@ -211,7 +225,8 @@ def distill(cfg: Config, run_dir: Path, *, teachers: Sequence[str | Path],
         ``{"run_dir", "student", "last", "best", "best_mAP50", "history", "iters", "seconds",
         "time_split", "teachers", "notes"}`` (see :func:`~meddet.engine.defaults.run_training`;
         ``student``: the ``student.pt`` path, ``time_split``: seconds in the teachers, the
-        student and the discriminator).
+        student and the discriminator), and ``"teacher_cache"`` with ``distill.teacher_cache``
+        (:meth:`~meddet.distill.cache.TeacherCache.stats`).
 
     Raises:
         MedDetError: bad input (see :func:`build_distill_trainer`), a resume checkpoint of
@@ -244,4 +259,6 @@ def distill(cfg: Config, run_dir: Path, *, teachers: Sequence[str | Path],
     summary["seconds"] = time.perf_counter() - t0  # student.pt included
     summary.update(time_split=dict(run.step.seconds), teachers=run.meta["teachers"],
                    notes=run.notes)
+    if run.step.cache is not None:
+        summary["teacher_cache"] = run.step.cache.stats()
     return summary
