@@ -261,6 +261,8 @@ def test_cli_flag_and_resume_rebuild_the_cache(tiny_dataset, tiny_teachers, tmp_
     stats = json.loads((tmp_path / "whole.json").read_text())["teacher_cache"]
     # one variant per image: epoch 1 computes the 4 images, epoch 2 finds them all
     assert (stats["entries"], stats["hits"], stats["misses"], stats["not_stored"]) == (4, 4, 4, 0)
+    # LD keeps the box distributions: 68 channels on 8x8 + 4x4 + 2x2 + 1 + 1 positions, fp32
+    assert stats["megabytes_per_entry"] * 2**20 == 68 * 86 * 4
     assert main([*base, "--max-iters", "2", "--out", str(part)]) == 0
     ckpt = load_checkpoint(part / "last.pt")
     assert ckpt["meta"]["config"]["distill"]["teacher_cache"] is True
