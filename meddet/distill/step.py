@@ -142,7 +142,8 @@ class DistillStep:
             hits = self.cache.hits
             passes = self.cache.lookup(images, cache_keys(targets),
                                        lambda x: self._forward_teachers(trainer, x))
-            # Fraction of the batch's images served from the cache (results.csv: epoch mean).
+            # Fraction of the batch's images served from the cache (its epoch mean is in the
+            # history the run returns).
             trainer.storage.put_scalars(teacher_cache_hit=(self.cache.hits - hits) / len(targets))
             return passes
         wanted = self.method.teacher_outputs
