@@ -94,3 +94,19 @@ def _offline_weights(request, monkeypatch):
         raise OSError(f"tests run offline; not fetching {url}")
 
     monkeypatch.setattr("meddet.models.pretrained._download", offline)
+
+
+@pytest.fixture(scope="session")
+def random_mbv2_ckpt(tmp_path_factory):
+    """A randomly initialised ``gfl_mbv2`` (seed 0) saved as a 64 px checkpoint of the synthetic
+    classes; made once. Tests read it and never write to it."""
+    from meddet.engine.checkpoint import make_meta, save_checkpoint
+    from meddet.models import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector("gfl_mbv2", num_classes=2)
+    path = tmp_path_factory.mktemp("random_ckpt") / "model.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "meta": make_meta(
+        model_name="gfl_mbv2", num_classes=2, class_names=["protrusion", "non-protrusion"],
+        img_size=64)})
+    return path

@@ -21,8 +21,6 @@ from meddet.engine import (
     EvalResult,
     evaluate_checkpoint,
     evaluate_predictions,
-    make_meta,
-    save_checkpoint,
 )
 from meddet.errors import MedDetError
 
@@ -60,16 +58,9 @@ def oracle(monkeypatch):
     monkeypatch.setattr(ev, "load_eval_model", lambda path, device, score_thr: (Oracle(), meta))
 
 
-@pytest.fixture(scope="module")
-def random_ckpt(tmp_path_factory):
-    from meddet.models import build_detector
-
-    torch.manual_seed(0)
-    model = build_detector("gfl_mbv2", num_classes=2)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "meta": make_meta(
-        model_name="gfl_mbv2", num_classes=2, class_names=CLASSES, img_size=64)})
-    return path
+@pytest.fixture
+def random_ckpt(random_mbv2_ckpt):
+    return random_mbv2_ckpt
 
 
 def cocoeval_of_file(ann_file, det_file, cat_ids=None) -> COCOeval:

@@ -32,16 +32,9 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # default run directories (runs/...) land here
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    from meddet.models import build_detector
-
-    torch.manual_seed(0)
-    model = build_detector("gfl_mbv2", num_classes=2)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "meta": make_meta(
-        model_name="gfl_mbv2", num_classes=2, class_names=CLASSES, img_size=64)})
-    return path
+@pytest.fixture
+def ckpt(random_mbv2_ckpt) -> Path:
+    return random_mbv2_ckpt
 
 
 def fails(argv: list, needle: str, capsys, *, no_outputs: list[Path] = ()) -> str:

@@ -24,6 +24,7 @@ student's optimiser; :attr:`~DistillMethod.disc_optimizer` (saved as
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -99,7 +100,7 @@ class MethodLosses:
     disc: Tensor | None = None
 
 
-class DistillMethod:
+class DistillMethod(ABC):
     """Base class of the distillation methods (see the module docstring).
 
     A subclass sets the class attributes, builds its modules in ``__init__`` from plain
@@ -119,6 +120,7 @@ class DistillMethod:
     disc_optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
+    @abstractmethod
     def from_config(cls, cfg: DistillConfig, *, student: nn.Module,
                     teachers: Sequence[nn.Module]) -> DistillMethod:
         """Build the method for ``student`` and the teachers it uses.
@@ -126,7 +128,6 @@ class DistillMethod:
         Raises:
             MedDetError: the student and teachers do not fit the method.
         """
-        raise NotImplementedError
 
     def to(self, device: torch.device) -> DistillMethod:
         """Move :attr:`module` to ``device`` (its parameters stay the same objects)."""
@@ -147,9 +148,9 @@ class DistillMethod:
             out["disc_optimizer"] = self.disc_optimizer
         return out
 
+    @abstractmethod
     def losses(self, student: StudentPass, teachers: Sequence[TeacherPass]) -> MethodLosses:
         """The losses of one iteration (called inside the trainer's autocast)."""
-        raise NotImplementedError
 
     def discriminator_step(self, disc: Tensor, *, stepped: bool) -> None:
         """Update the discriminator side after the student's update.
