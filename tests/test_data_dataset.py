@@ -176,6 +176,42 @@ def test_train_augmentation_varies_and_keeps_boxes_valid(synth_root):
     assert evaluation.augment is None and torch.equal(evaluation[0][0], evaluation[0][0])
 
 
+def test_crop_is_a_window_of_the_full_input_holding_an_object(synth_root):
+    still = dict(hflip=0.0, scale_jitter=(1.0, 1.0), brightness=0, contrast=0, gamma=0)
+    full = CocoDetection(synth_root, "train", img_size=128, train=True,
+                         augment=AugmentConfig(**still))
+    cropped = CocoDetection(synth_root, "train", img_size=128, train=True,
+                            augment=AugmentConfig(**still, crop=64))
+    img, tgt = full[0]
+    seen = set()
+    for k in range(12):
+        torch.manual_seed(k)
+        win, wt = cropped[0]
+        assert win.shape == (3, 64, 64)
+        # Locate the window in the full input: exactly one offset reproduces it.
+        hits = [(x, y) for y in range(65) for x in range(65)
+                if torch.equal(img[:, y:y + 64, x:x + 64], win)]
+        assert len(hits) == 1
+        x0, y0 = hits[0]
+        seen.add((x0, y0))
+        shifted = tgt["boxes"] - torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+        inside = ((shifted[:, :2] >= 0) & (shifted[:, 2:] <= 64)).all(dim=1)
+        assert inside.any()  # the chosen object is whole in the window
+        whole = {tuple(b.tolist()) for b in shifted[inside]}
+        assert whole <= {tuple(b.tolist()) for b in wt["boxes"]}
+        assert (wt["boxes"] >= 0).all() and (wt["boxes"] <= 64).all()
+        assert len(wt["boxes"]) == len(wt["labels"])
+    assert len(seen) > 1  # random
+
+
+@pytest.mark.parametrize("crop, needle", [(100, "multiple of 32"), (512, "must not exceed")])
+def test_bad_crop_is_a_config_error(crop, needle):
+    from meddet.config import load_config
+
+    with pytest.raises(MedDetError, match=needle):
+        load_config(None, {"data": {"img_size": 256, "augmentation": {"crop": crop}}})
+
+
 # --- bad data -----------------------------------------------------------------------------
 
 

@@ -203,6 +203,9 @@ class CocoDetection(Dataset):
         boxes = boxes * np.float32(scale) - np.asarray(offset * 2, np.float32)
         if offset != (0, 0) or scale * max(h, w) > self.img_size:
             boxes, labels = _clip_boxes(boxes, labels, self.img_size)
+        if self.augment is not None and self.augment.crop is not None \
+                and self.augment.crop < self.img_size:
+            out, boxes, labels = _crop_around_object(out, boxes, labels, self.augment.crop, rng)
         target: Target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(labels).long(),
@@ -229,6 +232,39 @@ class CocoDetection(Dataset):
         ey = max(0, round(h * scale) - self.img_size)
         offset = (int(rng.integers(ex + 1)), int(rng.integers(ey + 1)))
         return img, boxes, scale, offset
+
+
+def _crop_around_object(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, crop: int,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random ``crop × crop`` window of the network input that holds one randomly chosen
+    object whole (where the object fits; a uniformly random window without objects).
+
+    Boxes are shifted into the window; those mostly cut away are dropped (as for scale jitter).
+
+    Args:
+        img: ``S × S`` input (after resize and pad), ``crop <= S``.
+        boxes: ``[N, 4]`` xyxy in input pixels; ``labels``: ``[N]``.
+        crop: window side.
+        rng: the sample's augmentation stream.
+
+    Returns:
+        ``(window, boxes, labels)``.
+    """
+    size_y, size_x = img.shape[:2]
+    hi_x, hi_y = size_x - crop, size_y - crop
+    if len(boxes):
+        x1, y1, x2, y2 = boxes[int(rng.integers(len(boxes)))]
+        # Left edges keeping [x1, x2] inside: x2 - crop <= x0 <= x1 (clamped to the image).
+        lo_x, up_x = max(0, int(np.ceil(x2)) - crop), min(hi_x, int(np.floor(x1)))
+        lo_y, up_y = max(0, int(np.ceil(y2)) - crop), min(hi_y, int(np.floor(y1)))
+    else:
+        lo_x, up_x, lo_y, up_y = 0, hi_x, 0, hi_y
+    x0 = int(rng.integers(lo_x, up_x + 1)) if lo_x <= up_x else int(rng.integers(hi_x + 1))
+    y0 = int(rng.integers(lo_y, up_y + 1)) if lo_y <= up_y else int(rng.integers(hi_y + 1))
+    window = img[y0:y0 + crop, x0:x0 + crop]
+    shifted = boxes - np.asarray([x0, y0, x0, y0], np.float32)
+    kept, labels = _clip_boxes(shifted, labels, crop)
+    return np.ascontiguousarray(window), kept.astype(np.float32), labels
 
 
 def _clip_boxes(boxes: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
