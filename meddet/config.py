@@ -136,6 +136,24 @@ class TrainConfig(_Strict):
         None, ge=1, description="also write last.pt every N iterations"
     )
     max_nonfinite: int = Field(20, ge=1, description="stop after this many non-finite steps in a row")
+    # Weight EMA (meddet.engine.ema.ModelEMA): after each optimiser step the average moves
+    # towards the weights by 1 - d_t, d_t = ema_decay * (1 - exp(-t / ema_warmup)), t = steps
+    # taken so far; 1 / (1 - d_t) is roughly how many recent steps it averages. The defaults
+    # suit the short CPU schedules (hundreds to a few thousand iterations): with
+    # ema_warmup=100, d_t is 0.63 at t=100, 0.95 at 300 and 0.99 at 500 (the last ~130 steps of
+    # a 500-iteration run), while YOLOv5/RTMDet's 2000 would keep d_t below 0.23 for 500
+    # iterations (the "average" would be the latest weights). ema_decay=0.999 caps the window at
+    # ~1000 steps; their 0.9998-0.9999 suits 100k-iteration schedules: in a 3000-iteration
+    # run, 0.9998 would leave two thirds of the average on the weights of the first 1000 steps.
+    ema: bool = Field(
+        False, description="keep an exponential moving average (EMA) of the weights: "
+        "validation evaluates it and best.pt/last.pt store it as the model (the trained "
+        "weights are kept for --resume)")
+    ema_decay: float = Field(
+        0.999, gt=0, lt=1, description="EMA decay once warmed up (averages ~1/(1-decay) steps)")
+    ema_warmup: int = Field(
+        100, ge=0, description="EMA warm-up in optimiser steps: the decay used at step t is "
+        "ema_decay * (1 - exp(-t / ema_warmup)); 0: no warm-up")
 
 
 class DistillConfig(_Strict):

@@ -4,7 +4,10 @@ A checkpoint is a dict of tensors and JSON-safe values (dicts, lists, str, int, 
 None), so it loads with ``torch.load(..., weights_only=True)``: opening a checkpoint never runs
 code from the file. Keys::
 
-    model       state_dict of the (unwrapped) model
+    model       state_dict of the (unwrapped) model; with a weight EMA (``meta["ema"]``) the
+                averaged weights, which is what evaluation, export and prediction load
+    train_model the trained (not averaged) weights, for resuming  (runs with a weight EMA)
+    ema         {"updates": int}: the EMA's update count            (runs with a weight EMA)
     optimizer   optimizer.state_dict()                      (training checkpoints)
     scheduler   scheduler.state_dict()                      (training checkpoints)
     epoch       completed epochs (int); iter: completed iterations (int)

@@ -23,6 +23,7 @@ import torch
 from meddet.config import Config, ModelConfig
 from meddet.engine import distributed as du
 from meddet.engine.checkpoint import load_checkpoint, make_meta, seed_everything, unwrap_model
+from meddet.engine.ema import ModelEMA
 from meddet.engine.evaluate import evaluate_model
 from meddet.engine.hooks import (
     CheckpointHook,
@@ -138,11 +139,12 @@ def build_eval_fn(dataset: Any, *, batch_size: int, workers: int,
                   score_thr: float | None = None) -> Callable[[Trainer], dict[str, Any]]:
     """``eval_fn(trainer)`` for :class:`~meddet.engine.hooks.EvalHook`: COCO metrics on ``dataset``.
 
-    Every rank predicts its share; rank 0 computes the metrics and broadcasts them.
+    Evaluates :attr:`~meddet.engine.trainer.Trainer.eval_model` (the weight EMA when the run
+    keeps one). Every rank predicts its share; rank 0 computes the metrics and broadcasts them.
     """
 
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
-        _, metrics = evaluate_model(unwrap_model(trainer.model), dataset, device=trainer.device,
+        _, metrics = evaluate_model(trainer.eval_model, dataset, device=trainer.device,
                                     batch_size=batch_size, workers=workers,
                                     score_thr=score_thr or 0.0,
                                     channels_last=trainer.channels_last)
@@ -257,8 +259,9 @@ def assemble_trainer(cfg: Config, run_dir: Path | None, *, model_name: str,
     In order: seed, model (moved, channels_last, DDP under torchrun), the recipe's extension
     (built from the prepared model, so its modules draw their initial weights after the
     model's), loader, learning rate (linear scaling by the total batch), optimiser over the
-    model and the extension's parameters, schedule, checkpoint metadata, evaluation on
-    ``datasets["val"]``, the standard hooks, :class:`~meddet.engine.trainer.Trainer`.
+    model and the extension's parameters, schedule, the weight EMA (``train.ema``), checkpoint
+    metadata (``"ema": true`` with an EMA), evaluation on ``datasets["val"]``, the standard
+    hooks, :class:`~meddet.engine.trainer.Trainer`.
 
     Args:
         cfg: the resolved config (``train``, ``data`` and ``model`` sections are read).
@@ -301,14 +304,22 @@ def assemble_trainer(cfg: Config, run_dir: Path | None, *, model_name: str,
     scheduler = build_scheduler(optimizer, total_iters=planned, lr_steps=tc.lr_steps,
                                 warmup_iters=tc.warmup_iters, warmup_ratio=tc.warmup_ratio)
     stored_overrides = {k: v for k, v in overrides.items() if k != "pretrained"}
+    meta_extra = dict(meta_extra or {})
+    ema = None
+    if tc.ema:
+        # A copy of the initial weights (no random draws: the run is the same without it).
+        ema = ModelEMA(model, decay=tc.ema_decay, warmup=tc.ema_warmup)
+        meta_extra["ema"] = True  # the checkpoints' `model` is the average
     meta = make_meta(model_name=model_name, num_classes=len(class_names),
                      class_names=class_names, img_size=cfg.data.img_size,
                      model_overrides=stored_overrides, config=cfg.model_dump(mode="json"),
-                     **dict(meta_extra or {}))
+                     **meta_extra)
     eval_fn = build_eval_fn(val_ds, batch_size=tc.batch_size, workers=cfg.data.workers)
+    ema_note = (f"weight EMA (decay {tc.ema_decay:g}, warm-up {tc.ema_warmup}), "
+                if ema is not None else "")
     header = (f"{title} on {cfg.data.root} ({len(train_ds)} train / {len(val_ds)} val "
               f"images, {cfg.data.img_size} px), batch {tc.batch_size} x {world} process(es), "
-              f"lr {lr:g}, device {device}: ")
+              f"lr {lr:g}, {ema_note}device {device}: ")
     hooks, checkpoint = _standard_hooks(
         run_dir, meta, eval_fn=eval_fn, eval_every=tc.eval_every,
         checkpoint_every=tc.checkpoint_every, checkpoint_every_iters=tc.checkpoint_every_iters,
@@ -317,7 +328,7 @@ def assemble_trainer(cfg: Config, run_dir: Path | None, *, model_name: str,
                       scheduler=scheduler, hooks=hooks, device=device, seed=tc.seed,
                       amp=tc.amp, channels_last=tc.channels_last, grad_clip=tc.grad_clip,
                       max_nonfinite=tc.max_nonfinite, step_fn=ext.step_fn,
-                      checkpointables=ext.checkpointables)
+                      checkpointables=ext.checkpointables, ema=ema)
     return AssembledTrainer(trainer, meta, run_dir, title, header, checkpoint)
 
 

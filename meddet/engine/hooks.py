@@ -157,7 +157,9 @@ class CheckpointHook(HookBase):
     """Writes ``last.pt`` every ``every_epochs`` epochs and after the last one (and every
     ``every_iters``), ``best.pt`` on a new best.
 
-    Both hold the full training state (either resumes the run). :attr:`best` is the best
+    Both hold the full training state (either resumes the run); their ``model`` is the
+    trainer's :attr:`~meddet.engine.trainer.Trainer.eval_model` (the weight EMA when the run
+    keeps one, with the trained weights under ``train_model``). :attr:`best` is the best
     ``metric`` so far; a checkpoint's copy of it is read with :func:`recorded_best`. Fewer ``last.pt`` writes save
     time with large models (a GFL-R152 with AdamW state is ~800 MB) at the price of losing up
     to ``every_epochs - 1`` epochs to a crash.
@@ -201,7 +203,8 @@ class CheckpointHook(HookBase):
         t = self.trainer
         if t.nonfinite_in_a_row > 0:
             return False
-        return all(bool(torch.isfinite(v).all()) for v in unwrap_model(t.model).state_dict().values()
+        models = {id(m): m for m in (unwrap_model(t.model), t.eval_model)}.values()
+        return all(bool(torch.isfinite(v).all()) for m in models for v in m.state_dict().values()
                    if v.is_floating_point())
 
     def _save(self, path: Path, metrics: Mapping[str, Any], *,

@@ -22,7 +22,13 @@ is written and before the checkpoint stores it.
 To change what one iteration does (the distillation trainer), subclass and override
 :meth:`Trainer.run_step`, or pass ``step_fn``; reuse :meth:`Trainer.next_batch`,
 :meth:`Trainer.autocast` and :meth:`Trainer.apply_losses` so that AMP, the non-finite guard,
-gradient clipping and loss logging keep working.
+gradient clipping, the weight EMA and loss logging keep working.
+
+A weight EMA (:class:`~meddet.engine.ema.ModelEMA`, ``ema=``) belongs to the update itself:
+:meth:`Trainer.apply_losses` is the one place that knows whether the optimiser really
+stepped, so it updates the average there. :attr:`Trainer.eval_model` (the average when there
+is one) is what validation evaluates and what a checkpoint's ``model`` holds; the trained
+weights go under ``train_model`` so that a resumed run continues them exactly.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from meddet.engine.checkpoint import (
     restore_rng_state,
     unwrap_model,
 )
+from meddet.engine.ema import ModelEMA
 from meddet.engine.events import HookBase, Storage
 from meddet.engine.events import fetch_scalars as _fetch_scalars
 from meddet.errors import MedDetError
@@ -77,6 +84,8 @@ class Trainer:
         step_fn: ``step_fn(trainer)`` replaces :meth:`run_step` (an alternative to subclassing).
         checkpointables: extra objects with ``state_dict``/``load_state_dict`` saved under
             ``extra`` (e.g. a discriminator and its optimiser).
+        ema: a moving average of ``model``'s weights, updated after every step of
+            ``optimizer``; it becomes :attr:`eval_model` and the checkpoints' ``model``.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -85,7 +94,8 @@ class Trainer:
                  device: str | torch.device = "cpu", seed: int = 0, amp: bool = False,
                  channels_last: bool = False, grad_clip: float | None = None,
                  max_nonfinite: int = 20, step_fn: Callable[[Trainer], None] | None = None,
-                 checkpointables: Mapping[str, Any] | None = None) -> None:
+                 checkpointables: Mapping[str, Any] | None = None,
+                 ema: ModelEMA | None = None) -> None:
         if iters_per_epoch < 1:
             raise MedDetError("the training set gives no batches: it has fewer images than the "
                               "number of processes; add images or use fewer processes")
@@ -101,6 +111,7 @@ class Trainer:
         self.max_nonfinite = int(max_nonfinite)
         self.step_fn = step_fn
         self.checkpointables = dict(checkpointables or {})
+        self.ema = ema
         on_cuda = self.device.type == "cuda"
         self.channels_last = bool(channels_last and on_cuda)
         self.amp_dtype: torch.dtype | None = None
@@ -148,6 +159,13 @@ class Trainer:
             getattr(h, name)()
 
     # ------------------------------------------------------------------ loop
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights the run produces: what validation evaluates and a checkpoint's
+        ``model`` holds. The EMA's averaged model when the run keeps one, else the trained
+        model (unwrapped from DDP)."""
+        return self.ema.module if self.ema is not None else unwrap_model(self.model)
+
     @property
     def epochs(self) -> int:
         """Number of (possibly partial) epochs the run covers."""
@@ -265,8 +283,9 @@ class Trainer:
                      parameters: Sequence[torch.nn.Parameter] | None = None) -> bool:
         """Backward ``losses["loss"]`` and step the optimiser, unless the loss is non-finite.
 
-        Handles the grad scaler, clipping (``grad_clip``), the non-finite guard and logging of
-        every scalar in ``losses``. Under DDP all ranks agree on skipping.
+        Handles the grad scaler, clipping (``grad_clip``), the non-finite guard, the weight EMA
+        (updated after a step of ``self.optimizer``) and logging of every scalar in ``losses``.
+        Under DDP all ranks agree on skipping.
 
         Args:
             losses: scalar tensors; ``loss`` is the total to minimise.
@@ -300,11 +319,19 @@ class Trainer:
             if self.scaler is None and not math.isfinite(norm.item()):
                 self._skip_step(opt, "gradient")
                 return False
+        stepped = True
         if self.scaler is not None:
+            tracks_scale = self.ema is not None and opt is self.optimizer
+            scale = self.scaler.get_scale() if tracks_scale else 0.0
             self.scaler.step(opt)
             self.scaler.update()
+            # The scaler skips a step with inf/NaN gradients and lowers its scale; only then
+            # does the scale fall.
+            stepped = not tracks_scale or self.scaler.get_scale() >= scale
         else:
             opt.step()
+        if self.ema is not None and opt is self.optimizer and stepped:
+            self.ema.update(self.model)
         self.nonfinite_in_a_row = 0
         self.images_seen += self.last_batch_size
         self.storage.put_scalars(**scalars)
@@ -333,14 +360,23 @@ class Trainer:
     def state_dict(self, *, iters_done: int | None = None) -> dict[str, Any]:
         """Everything needed to continue this run exactly (weights-only loadable).
 
+        ``model`` holds :attr:`eval_model`'s weights. With :attr:`ema`, the trained weights are
+        under ``train_model`` and the average's update count under ``ema`` (``{"updates"}``).
+
         Args:
             iters_done: the iterations completed, where a resumed run starts; default
                 ``self.iter``. A hook saving in ``after_step`` passes ``trainer.iter + 1``
                 (the current iteration has finished but the counter has not advanced yet).
         """
         done = self.iter if iters_done is None else int(iters_done)
-        state: dict[str, Any] = {
-            "model": unwrap_model(self.model).state_dict(),
+        trained = unwrap_model(self.model).state_dict()
+        state: dict[str, Any] = {"model": trained}
+        if self.ema is not None:
+            # Every consumer (eval, export, predict, teachers) reads `model`: give it the
+            # average; resuming needs the trained weights as well.
+            ema = self.ema.state_dict()
+            state = {"model": ema.pop("module"), "train_model": trained, "ema": ema}
+        state.update({
             "optimizer": self.optimizer.state_dict(),
             "epoch": done // self.iters_per_epoch,
             "iter": done,
@@ -356,7 +392,7 @@ class Trainer:
                 "storage": self.storage.state_dict(),
                 "hooks": {key: h.state_dict() for key, h in self._hook_keys()},
             },
-        }
+        })
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         if self.scaler is not None:
@@ -367,6 +403,11 @@ class Trainer:
 
     def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
         """Continue from a checkpoint written by :meth:`state_dict` (plus ``meta``).
+
+        The trained weights come from ``train_model`` when the checkpoint has one (a run with a
+        weight EMA), else from ``model``. With :attr:`ema`, the average is restored from the
+        checkpoint's ``model`` and ``ema``; a checkpoint of a run without one starts the
+        average at the resumed weights.
 
         Raises:
             MedDetError: the checkpoint is not a training checkpoint of a compatible run
@@ -381,7 +422,14 @@ class Trainer:
                 f"cannot resume: the run had {tstate['iters_per_epoch']} iterations per epoch, "
                 f"this one has {self.iters_per_epoch} (dataset, batch size or number of "
                 "processes changed); resume with the original settings")
-        load_model_weights(unwrap_model(self.model), ckpt["model"], source="resume checkpoint")
+        # A run with a weight EMA stores the average as `model` and the trained weights apart.
+        trained = ckpt.get("train_model", ckpt["model"])
+        load_model_weights(unwrap_model(self.model), trained, source="resume checkpoint")
+        if self.ema is not None:
+            if "train_model" in ckpt:
+                self.ema.load_state_dict({"module": ckpt["model"], **ckpt.get("ema", {})})
+            else:  # a run without an EMA: the average starts (warm-up included) from here
+                self.ema.load_state_dict({"module": trained, "updates": 0})
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and "scheduler" in ckpt:
             self.scheduler.load_state_dict(ckpt["scheduler"])
