@@ -247,7 +247,7 @@ def load_config(
     """Load and validate a config.
 
     Args:
-        name_or_path: a built-in config name (``default``, ``paper``, ``cpu-small``) or a YAML
+        name_or_path: a built-in config name (``default``, ``paper``, ``cpu-small``, ``cpu-crop``) or a YAML
             path; ``None`` means the schema defaults.
         overrides: nested dict of values that win over the file (e.g. from CLI flags);
             entries whose value is ``None`` are ignored, so unset flags change nothing.

@@ -8,12 +8,15 @@ from meddet.errors import MedDetError
 
 def test_builtins_load():
     names = builtin_configs()
-    assert {"default", "paper", "cpu-small"} <= set(names)
+    assert {"default", "paper", "cpu-small", "cpu-crop"} <= set(names)
     for name in names:
         load_config(name)
     paper = load_config("paper")
     assert paper.data.img_size == 512 and paper.train.batch_size == 16
     assert paper.train.lr == pytest.approx(0.01) and paper.train.warmup_iters == 500
+    crop = load_config("cpu-crop")  # the calibrated CPU recipe (docs/training.md)
+    assert crop.data.img_size == 256 and crop.data.augmentation.crop == 128
+    assert crop.train.ema and crop.train.epochs == 80 and crop.train.optimizer == "adamw"
 
 
 def test_overrides_win_and_none_is_ignored():

@@ -20,8 +20,8 @@ def data_option() -> Any:
 
 def config_option() -> Any:
     """``--config``."""
-    return typer.Option(None, "--config", help="Built-in config (paper, cpu-small, default) or "
-                        "a YAML file.")
+    return typer.Option(None, "--config", help="Built-in config (paper, cpu-crop, cpu-small, "
+                        "default) or a YAML file.")
 
 
 def epochs_option() -> Any:

@@ -96,7 +96,7 @@ def build_optimizer(params, *, lr: float, momentum: float, weight_decay: float,
     ``sgd`` is mmdetection's GFL optimiser, SGD with momentum and weight decay on every
     parameter (our choice: the paper gives no optimiser settings).
     ``adamw`` (betas 0.9/0.999, decoupled weight decay) converges far faster when training from
-    scratch on a CPU budget, which is why the ``cpu-small`` config uses it.
+    scratch on a CPU budget, which is why the ``cpu-small`` and ``cpu-crop`` configs use it.
     """
     if isinstance(params, torch.nn.Module):
         params = params.parameters()
