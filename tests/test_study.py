@@ -1,7 +1,8 @@
 """meddet.study and `meddet study`: the plan, the statistics, the verdicts and the report.
 
-Nothing here trains: the report is rendered from hand-written ``row.json`` files in the format
-``Runner.finish`` writes, and the CLI is only driven where it returns before any work.
+The report is rendered from hand-written ``row.json`` files in the format ``Runner.finish``
+writes, and the CLI is only driven where it returns before any work; one test (marked slow)
+runs a toy study for real, ImageNet rows included, with a fake ImageNet file and no network.
 """
 
 from __future__ import annotations
@@ -676,7 +677,8 @@ def test_a_distilled_row_records_its_teachers(tmp_path, monkeypatch):
 
     t = tmp_path / "runs" / "teacher-gfl_r50"
     t.mkdir(parents=True)
-    (t / "row.json").write_text(json.dumps({"id": "teacher-gfl_r50", "test": {"mAP50": 0.75}}))
+    (t / "row.json").write_text(json.dumps({"id": "teacher-gfl_r50",
+                                            "test": {"mAP": 0.5, "mAP50": 0.75}}))
     row = tables.Row("d-s0", "d", ["distill"], needs=("teacher-gfl_r50",), group="d")
     run = runner.Runner(StudyOptions(out=tmp_path), [row])
     test = tmp_path / "runs" / "d-s0" / "test.json"
@@ -685,6 +687,7 @@ def test_a_distilled_row_records_its_teachers(tmp_path, monkeypatch):
     assert run.run() == 0
     info = json.loads((tmp_path / "runs" / "d-s0" / "row.json").read_text())
     assert info["teachers"] == {"teacher-gfl_r50": 0.75} and "segments" not in info
+    assert info["teachers_mAP"] == {"teacher-gfl_r50": 0.5} and "overrides" not in info
 
 
 def test_taught_apart():
@@ -802,3 +805,233 @@ def test_report_says_when_its_rows_came_from_an_older_phantom(tmp_path):
     assert "measured on the synthetic phantom `v1`" in old and DEFAULT_PHANTOM in old
     same = render({}, {"config": "cpu-small", "phantom": DEFAULT_PHANTOM})
     assert "measured on the synthetic phantom" not in same
+
+
+# --------------------------------------------------------------------------------------------
+# the optional ImageNet table, per-row config overrides, the teachers under each table
+
+
+def test_plan_imagenet_rows_and_their_from_scratch_twins():
+    rows = tables.plan([0, 1], {"imagenet"})
+    teachers = ["teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152"]
+    per_seed = ["plain-gfl_mbv2-s{}", "meddet-s{}", "imagenet-plain-gfl_mbv2-s{}",
+                "imagenet-meddet-s{}"]
+    assert [r.id for r in rows] == teachers + [i.format(s) for s in (0, 1) for i in per_seed]
+    by_id = {r.id: r for r in rows}
+    for s in (0, 1):
+        # the same command as its from-scratch twin, with the backbone from ImageNet
+        for twin in (f"plain-gfl_mbv2-s{s}", f"meddet-s{s}"):
+            a, b = by_id[f"imagenet-{twin}"], by_id[twin]
+            assert a.argv == b.argv and a.needs == b.needs and a.checkpoint == b.checkpoint
+            assert a.overrides == {"model": {"pretrained": "imagenet"}} and b.overrides == {}
+            assert a.group == f"imagenet-{b.group}" and a.seed == s
+    assert by_id["imagenet-meddet-s1"].needs == tuple(teachers)
+    # optional: not in `all`, whose plan is unchanged; named, or added to all
+    assert "imagenet" not in tables.parse_tables("all")
+    assert tables.parse_tables("all,imagenet") == set(tables.TABLES) | {"imagenet"}
+    assert not any(r.overrides or r.id.startswith("imagenet-")
+                   for r in tables.plan([0, 1, 2], set(tables.TABLES)))
+    assert StudyOptions(tables={"imagenet", "5"}).command().count("--tables 5,imagenet ") == 1
+    assert "--tables all,imagenet " in StudyOptions(
+        tables=tables.parse_tables("all,imagenet")).command()
+    assert tables.tables_arg(set(tables.TABLES)) == "all"
+    with pytest.raises(MedDetError, match=r"unknown table\(s\) \['imagenet1'\]"):
+        tables.parse_tables("imagenet1")
+
+
+def test_cli_plan_shows_a_rows_config_overrides(capsys):
+    assert cli(["study", "plan", "--seeds", "0", "--tables", "imagenet",
+                "--only", "plain-gfl_mbv2-s0,imagenet-plain-gfl_mbv2-s0"]) == 0
+    plain, inet = capsys.readouterr().out.splitlines()
+    assert plain.endswith("meddet pretrain-teacher --model gfl_mbv2 --seed 0")
+    assert inet.endswith("meddet pretrain-teacher --model gfl_mbv2 --seed 0  "
+                         "[config + model.pretrained=imagenet]")
+
+
+def test_a_row_with_overrides_trains_with_its_own_config_file(tmp_path):
+    import yaml
+
+    from meddet.config import load_config
+
+    rows = {r.id: r for r in tables.plan([0], {"imagenet"})}
+    run = runner.Runner(StudyOptions(out=tmp_path, config="cpu-small"), list(rows.values()))
+    plain = run.steps(rows["plain-gfl_mbv2-s0"])[0]
+    assert plain[plain.index("--config") + 1] == "cpu-small"
+    assert not (tmp_path / "runs" / "plain-gfl_mbv2-s0").exists()
+    train = run.steps(rows["imagenet-meddet-s0"])[0]
+    path = tmp_path / "runs" / "imagenet-meddet-s0" / "study-config.yaml"
+    assert train[train.index("--config") + 1] == str(path)
+    # the study's config (cpu-small's own keys) with the override on top, nothing else
+    doc = yaml.safe_load(path.read_text())
+    base = yaml.safe_load((ROOT / "meddet" / "configs" / "cpu-small.yaml").read_text())
+    assert doc == {**base, "model": {"pretrained": "imagenet"}}
+    assert load_config(str(path)) == load_config("cpu-small", {"model": {"pretrained": "imagenet"}})
+    # an override the schema rejects fails that row when it starts, not the whole study
+    bad = tables.Row("bad-s0", "bad", ["pretrain-teacher"], group="bad",
+                     overrides={"model": {"pretrainedd": "imagenet"}})
+    lines: list[str] = []
+    run = runner.Runner(StudyOptions(out=tmp_path), [bad], echo=lines.append)
+    assert run.run() == 1 and run.failed == {"bad-s0"}
+    assert "FAIL   bad-s0 (unknown key 'model.pretrainedd'" in lines[0]
+
+
+def test_the_imagenet_row_fails_at_run_time_with_one_line_without_weights(
+        tiny_dataset, tmp_path, monkeypatch, capsys):
+    """Planning needs no weights; the row's own command fails (exit 2, one line) when they are
+    neither cached nor downloadable (the autouse fixture makes every download fail)."""
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    rows = {r.id: r for r in tables.plan([0], {"imagenet"})}
+    run = runner.Runner(StudyOptions(out=tmp_path / "s", data=tiny_dataset),
+                        list(rows.values()))
+    train = run.steps(rows["imagenet-plain-gfl_mbv2-s0"])[0]
+    assert train[:3] == runner.meddet_argv()
+    assert cli([*train[3:], "--max-iters", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: no ImageNet weights (MobileNet_V2_Weights.IMAGENET1K_V1) for "
+                          "backbone 'mobilenet_v2'") and "\n" not in err
+
+
+def _teacher_row(out: Path, name: str, ckpt: Path, map_: float, map50: float) -> None:
+    """A finished teacher row (a stand-in checkpoint and its record), as a study run leaves it."""
+    import shutil
+
+    d = out / "runs" / f"teacher-{name}"
+    d.mkdir(parents=True)
+    shutil.copy(ckpt, d / "best.pt")
+    (d / "row.json").write_text(json.dumps({
+        "id": f"teacher-{name}", "label": name, "seed": 0, "group": f"teacher-{name}",
+        "seconds": 1.0, "commands": ["stand-in"], "device": "cpu", "config": "cpu-small",
+        "test": {"mAP": map_, "mAP50": map50}}))
+
+
+@pytest.mark.slow
+def test_toy_study_end_to_end_with_an_imagenet_row(tiny_dataset, tiny_teachers, tmp_path,
+                                                   monkeypatch):
+    """`meddet study run --tables imagenet` for real at toy size (all rows but the plain
+    from-scratch one, to stay short): MedDet from scratch and ImageNet-initialised, distilled
+    from the study's (stand-in) teachers, and the ImageNet GFL-MobileNetV2, from a fake
+    torchvision MobileNetV2 file in TORCH_HOME; the report puts mAP first, mAP50 beside it and
+    names the teachers."""
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # the subprocesses cannot reach out
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("no_proxy", "")
+    fake = torchvision.models.mobilenet_v2().state_dict()
+    fake["features.0.0.weight"].fill_(0.125)  # recognisable, and frozen under ImageNet init
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(fake, cache / "mobilenet_v2-b0353104.pth")
+
+    out = tmp_path / "study"
+    for (name, m, m50), ckpt in zip((("gfl_r50", 0.10, 0.30), ("gfl_r101", 0.20, 0.40),
+                                     ("gfl_r152", 0.25, 0.45)), tiny_teachers):
+        _teacher_row(out, name, ckpt, m, m50)
+    opts = StudyOptions(out=out, data=tiny_dataset, tables={"imagenet"}, seeds=[0],
+                        only="meddet-s0,imagenet-plain-gfl_mbv2-s0,imagenet-meddet-s0",
+                        extra=["--max-iters", "1", "--epochs", "1", "--img-size", "64",
+                               "--batch-size", "2", "--eval-every", "1"])
+    lines: list[str] = []
+    res = runner.run_study(opts, echo=lines.append)
+    assert res.failed == [] and res.exit_code == 0, lines
+    assert res.finished == res.planned == ["meddet-s0", "imagenet-plain-gfl_mbv2-s0",
+                                           "imagenet-meddet-s0"]
+
+    runs = records.load_rows(out)
+    for rid, ckpt in (("meddet-s0", "student.pt"), ("imagenet-plain-gfl_mbv2-s0", "best.pt"),
+                      ("imagenet-meddet-s0", "student.pt")):
+        state = torch.load(out / "runs" / rid / ckpt, map_location="cpu",
+                           weights_only=True)["model"]
+        from_imagenet = torch.equal(state["backbone.features.0.0.weight"],
+                                    fake["features.0.0.weight"])
+        assert from_imagenet == rid.startswith("imagenet-"), rid
+        assert (runs[rid].get("overrides") == {"model": {"pretrained": "imagenet"}}) \
+            == rid.startswith("imagenet-")
+    assert "--config OUT/runs/imagenet-meddet-s0/study-config.yaml" in \
+        runs["imagenet-meddet-s0"]["commands"][0]
+    for rid in ("meddet-s0", "imagenet-meddet-s0"):  # both taught by the study's teachers
+        assert runs[rid]["teachers"] == {"teacher-gfl_r50": 0.30, "teacher-gfl_r101": 0.40,
+                                         "teacher-gfl_r152": 0.45}
+        assert runs[rid]["teachers_mAP"] == {"teacher-gfl_r50": 0.10, "teacher-gfl_r101": 0.20,
+                                             "teacher-gfl_r152": 0.25}
+
+    text = res.report.read_text()
+    sec = text.split("## ImageNet initialisation")[1].split("\n## ")[0]
+    assert _line(sec, "| row |") == ("| row | paper mAP | ours mAP | ours mAP50 | "
+                                     "protrusion AP50 | wall-clock per run |")
+    for label, rid in (("GFL mbv2, ImageNet-initialised", "imagenet-plain-gfl_mbv2-s0"),
+                       ("MedDet, ImageNet-initialised student", "imagenet-meddet-s0")):
+        t = runs[rid]["test"]
+        assert _line(sec, f"| {label} |").startswith(
+            f"| {label} | {80.8 if 'GFL' in label else 85.5} | {100 * t['mAP']:.1f} (n=1) | "
+            f"{100 * t['mAP50']:.1f} (n=1) |")
+    assert ("Teachers: one set taught every distilled row here: GFL-R50 / GFL-R101 / GFL-R152 "
+            "test mAP 10.0 / 20.0 / 25.0 (mAP50 30.0 / 40.0 / 45.0).") in sec
+    assert _line(sec, "| GFL mbv2, from scratch |").count("not run") == 3
+    claims = _line(sec, "Claims: ")
+    assert claims.startswith("Claims: ImageNet vs scratch, GFL-MobileNetV2: not run; ImageNet vs "
+                             "scratch, MedDet: ") and "· mAP50: " in claims
+
+
+def test_teachers_line_names_one_set_or_says_they_differ(fake_study):
+    a = {"teacher-gfl_r50": 0.9, "teacher-gfl_r101": 0.95, "teacher-gfl_r152": 0.97}
+    a_map = {"teacher-gfl_r50": 0.4, "teacher-gfl_r101": 0.5, "teacher-gfl_r152": 0.55}
+    rows = records.load_rows(fake_study)
+    for rid in ("meddet-s0", "meddet-s1", "meddet-s2"):
+        rows[rid] = {**rows[rid], "teachers": a, "teachers_mAP": a_map}
+    rows["fusion-sum"] = {**rows["fusion-sum"], "teachers": a, "teachers_mAP": a_map}
+    text = report.render(rows, {})
+    t5 = text.split("## Table V:")[1].split("\n## ")[0]
+    assert ("Teachers: one set taught every distilled row here: GFL-R50 / GFL-R101 / GFL-R152 "
+            "test mAP 40.0 / 50.0 / 55.0 (mAP50 90.0 / 95.0 / 97.0).") in t5
+    assert "[different teacher sets]" not in t5
+    # fusion-sum retrained elsewhere: Table V says so in one line, the header lists both sets
+    b = {**a, "teacher-gfl_r50": 0.8}
+    rows["fusion-sum"] = {**rows["fusion-sum"], "teachers": b, "teachers_mAP": a_map}
+    text = report.render(rows, {})
+    t5 = text.split("## Table V:")[1].split("\n## ")[0]
+    assert _line(t5, "Teachers: ") == (
+        "Teachers: **2 different sets** taught the distilled rows here (sets 1, 2 of the header: "
+        "teachers retrained on different machines), so a difference between rows of different "
+        "sets mixes the method with its teachers.")
+    assert "LWFF vs sum: " in t5 and "[different teacher sets]" in t5
+    t1 = text.split("## Table I:")[1].split("\n## ")[0]  # only MedDet distilled in Table I
+    assert "Teachers: one set (set 2 of the header) taught every distilled row here" in t1
+    assert report.teachers_line(rows, report.in_groups(rows, ["plain-gfl_mbv2"])) is None
+
+
+def test_teacher_scores_fill_in_mAP_from_the_studys_own_teacher_row():
+    """Records written before the teachers' mAP was stored take it from the teacher row that
+    has exactly the recorded mAP50 (the same training), else leave it unknown."""
+    own = {"teacher-gfl_r50": {"test": {"mAP": 0.378, "mAP50": 0.937}}}
+    row = {"teachers": {"teacher-gfl_r50": 0.937, "teacher-gfl_r101": 0.999}}
+    assert verdicts.teacher_scores(own, row) == {
+        "teacher-gfl_r50": (pytest.approx(37.8), pytest.approx(93.7)),
+        "teacher-gfl_r101": (None, pytest.approx(99.9))}
+    other = {"teachers": {"teacher-gfl_r50": 0.935}}  # retrained elsewhere: not that row
+    assert verdicts.teacher_scores(own, other)["teacher-gfl_r50"][0] is None
+    stored = {**other, "teachers_mAP": {"teacher-gfl_r50": 0.3}}
+    assert verdicts.teacher_scores(own, stored)["teacher-gfl_r50"][0] == pytest.approx(30.0)
+
+
+def test_records_without_the_headline_metric_still_report(tmp_path):
+    """A record older than mAP: its cells show —, its verdicts say so and keep mAP50."""
+    out = tmp_path / "study"
+    for s, v in enumerate((0.80, 0.82, 0.84)):
+        _write_row(out, f"meddet-s{s}", "meddet", s, _test_json(v))
+    for s, v in enumerate((0.70, 0.71, 0.72)):
+        t = _test_json(v)
+        del t["mAP"]
+        _write_row(out, f"plain-gfl_mbv2-s{s}", "plain-gfl_mbv2", s, t)
+    text = report.render(records.load_rows(out), {})
+    assert _line(text, "| GFL mbv2 |").startswith("| GFL mbv2 | 80.8 | — | 71.0 ± 1.0 (n=3) |")
+    assert ("MedDet vs GFL-MobileNetV2: — (mAP not recorded) · mAP50: reproduced (+11.0 > "
+            "spread 2.0)") in text
+    assert _line(text, "| GFL mbv2_1.4 |").count("not run") == 3  # never ran: not run, not —
