@@ -1,7 +1,8 @@
 """meddet.study and `meddet study`: the plan, the statistics, the verdicts and the report.
 
-Nothing here trains: the report is rendered from hand-written ``row.json`` files in the format
-``Runner.finish`` writes, and the CLI is only driven where it returns before any work.
+The report is rendered from hand-written ``row.json`` files in the format ``Runner.finish``
+writes, and the CLI is only driven where it returns before any work; one test (marked slow)
+runs a toy study for real, ImageNet rows included, with a fake ImageNet file and no network.
 """
 
 from __future__ import annotations
@@ -242,12 +243,15 @@ def test_resolve(tmp_path):
 # the report
 
 
-def _test_json(map50: float, *, sweep: list[tuple[str | None, float]] | None = None) -> dict:
+def _test_json(map50: float, *, sweep: list[tuple] | None = None) -> dict:
+    """A ``meddet eval --json`` result with mAP half of ``map50``; ``sweep``: (noise, mAP50)
+    entries as in records older than the headline metric, or (noise, mAP50, mAP)."""
     t = {"mAP": map50 / 2, "mAP50": map50, "recall": 0.9,
          "per_class": {"protrusion": {"mAP": 0.3, "mAP50": map50 - 0.1, "recall": 0.8},
                        "non-protrusion": {"mAP": 0.4, "mAP50": map50 + 0.1, "recall": 0.95}}}
     if sweep is not None:
-        t["noise_sweep"] = [{"noise": n, "mAP50": v} for n, v in sweep]
+        t["noise_sweep"] = [{"noise": e[0], "mAP50": e[1], **({"mAP": e[2]} if e[2:] else {})}
+                            for e in sweep]
     return t
 
 
@@ -284,33 +288,41 @@ def _line(text: str, start: str) -> str:
 
 def test_render(fake_study):
     text = report.render(records.load_rows(fake_study), {})
+    t1 = text.split("## Table I:")[1].split("\n## ")[0]
+    assert _line(t1, "| row | paper mAP |") == (
+        "| row | paper mAP | ours mAP | ours mAP50 | protrusion AP50 | wall-clock per run |")
     med = _line(text, "| **MedDet** (3 teachers) |")
-    # mAP50 80/82/84 -> 82.0 ± 2.0; mAP (half) 40/41/42 -> 41.0 ± 1.0; protrusion 70/72/74;
-    # 100/110/120 s -> 110 s
-    assert med == ("| **MedDet** (3 teachers) | 85.5 | 82.0 ± 2.0 (n=3) | 41.0 ± 1.0 (n=3) | "
+    # mAP (half of mAP50) 40/41/42 -> 41.0 ± 1.0 first; mAP50 80/82/84 -> 82.0 ± 2.0;
+    # protrusion 70/72/74; 100/110/120 s -> 110 s
+    assert med == ("| **MedDet** (3 teachers) | 85.5 | 41.0 ± 1.0 (n=3) | 82.0 ± 2.0 (n=3) | "
                    "72.0 ± 2.0 (n=3) | 110 s |")
     plain = _line(text, "| GFL mbv2 |")
-    assert "| 80.8 | 71.0 ± 1.0 (n=3) |" in plain
-    assert "MedDet vs GFL-MobileNetV2: **reproduced** (+11.0 > spread 2.0)" in text
+    assert "| 80.8 | 35.5 ± 0.5 (n=3) | 71.0 ± 1.0 (n=3) |" in plain
+    # decided on mAP: 41.0 - 35.5 = +5.5 beyond the larger sd 1.0; mAP50 beside it
+    assert ("MedDet vs GFL-MobileNetV2: **reproduced** (+5.5 > spread 1.0) · mAP50: reproduced "
+            "(+11.0 > spread 2.0)") in text
     assert "MedDet vs MGD: not run" in text
     assert "MedDet vs its student alone: not run" in text
     mgd = _line(text, "| MGD (GFL-MobileNetV2 student, best teacher) |")
     assert mgd.count("not run") == 3 and mgd.endswith("| — |")
-    # Table V: fusion-sum one seed, 86.0 vs MedDet 82.0: d = -4 beyond MedDet's spread 2
-    assert _line(text, "| sum |").startswith("| sum | 85.1 | 86.0 (n=1) |")
-    assert "LWFF vs sum: **contradicted** (-4.0, beyond spread 2.0; one row has one seed)" \
-        in text
+    # Table V: fusion-sum one seed, mAP 43.0 vs MedDet 41.0: d = -2 beyond MedDet's spread 1
+    assert _line(text, "| sum |").startswith("| sum | 85.1 | 43.0 (n=1) | 86.0 (n=1) |")
+    assert ("LWFF vs sum: **contradicted** (-2.0, beyond spread 1.0; one row has one seed) · "
+            "mAP50: contradicted (-4.0, beyond spread 2.0; one row has one seed)") in text
     assert "LWFF vs concat: not run" in text
     # Table III rows never ran
     assert "nmODE² adds: not run" in text
-    # noise table: only meddet-s0 has a sweep; clean 80, 75, 50 -> drop 30
-    assert "| model | clean | rician:40 | rician:5 | drop clean → lowest SNR |" in text
-    assert "| label meddet-s0 (`meddet-s0`) | 80.0 | 75.0 | 50.0 | 30.0 |" in text
-    # sweep table: sorted by best val (0.9 first), the default row is meddet-s0
+    # noise table: only meddet-s0 has a sweep, of mAP50 alone (mAP: —); clean 80, 75, 50 ->
+    # drop 30
+    assert "| model | test | clean | rician:40 | rician:5 | drop clean → lowest SNR |" in text
+    assert "| label meddet-s0 (`meddet-s0`) | mAP | — | — | — | — |\n|  | mAP50 | 80.0 | 75.0 | " \
+        "50.0 | 30.0 |" in text
+    # sweep table: sorted by best val (0.9 first), the default row is meddet-s0; mAP first
     sw = text.split("## σ / τ sweep")[1].split("##")[0]
     body = [ln for ln in sw.splitlines() if ln.startswith("| 0.")]
-    assert body == ["| 0.7 | 0.2 | 0.1 | 90.0 | 78.0 |", "| 0.5 | 0.3 | 0.2 | 50.0 | 80.0 |"]
-    assert "seed-to-seed spread at the default σ, τ (2.0 points)" in sw
+    assert body == ["| 0.7 | 0.2 | 0.1 | 90.0 | 39.0 | 78.0 |",
+                    "| 0.5 | 0.3 | 0.2 | 50.0 | 40.0 | 80.0 |"]
+    assert "seed-to-seed spread of test mAP at the default σ, τ (1.0 points)" in sw
     # rows section lists every row with its commands
     assert "| meddet-s1 | cpu | 110 | `meddet train meddet-s1 && meddet eval meddet-s1` |" \
         in text
@@ -336,8 +348,10 @@ def test_render_names_rows_short_of_seeds(fake_study):
 
 
 def _alone(out: Path, q: str, s: int, clean: float, snr5: float) -> None:
+    # mAP half of mAP50 at every level, as in the row's test metrics
     _write_row(out, f"alone-lite-{q}-s{s}", f"alone-lite-{q}", s,
-               _test_json(clean, sweep=[(None, clean), ("rician:5", snr5)]))
+               _test_json(clean, sweep=[(None, clean, clean / 2),
+                                        ("rician:5", snr5, snr5 / 2)]))
 
 
 def test_render_alone_table_and_noise_claim(tmp_path):
@@ -351,28 +365,36 @@ def test_render_alone_table_and_noise_claim(tmp_path):
     rows = records.load_rows(out)
     text = report.render(rows, {"config": "cpu-small", "teacher_epochs": 40})
     sec = text.split("## Table IV, CPU proxy")[1].split("\n## ")[0]
-    # mAP50: head 80/60/70 -> 70.0 ± 10.0; none 50/55/60 -> 55.0 ± 5.0
+    # mAP: head 40/30/35 -> 35.0 ± 5.0, none 25/27.5/30 -> 27.5 ± 2.5; mAP50 twice that
     assert _line(sec, "| nmODE² in the head |").startswith(
-        "| nmODE² in the head | 85.0 | 70.0 ± 10.0 (n=3) |")
-    assert _line(sec, "| nmODE² nowhere |").startswith("| nmODE² nowhere | 84.2 | 55.0 ± 5.0 (n=3) |")
+        "| nmODE² in the head | 85.0 | 35.0 ± 5.0 (n=3) | 70.0 ± 10.0 (n=3) |")
+    assert _line(sec, "| nmODE² nowhere |").startswith(
+        "| nmODE² nowhere | 84.2 | 27.5 ± 2.5 (n=3) | 55.0 ± 5.0 (n=3) |")
     assert _line(sec, "| nmODE² in the backbone |").count("not run") == 3
-    # +15 within the head's spread of 10? no: 15 > 10 -> reproduced; fpn one seed, +69 > 10
-    assert "head vs none: **reproduced** (+15.0 > spread 10.0)" in sec
-    assert "head vs fpn: **reproduced** (+69.0 > spread 10.0; one row has one seed)" in sec
+    # +7.5 beyond the head's spread of 5 -> reproduced; fpn one seed (mAP 0.5), +34.5 > 5
+    assert ("head vs none: **reproduced** (+7.5 > spread 5.0) · mAP50: reproduced (+15.0 > "
+            "spread 10.0)") in sec
+    assert ("head vs fpn: **reproduced** (+34.5 > spread 5.0; one row has one seed) · mAP50: "
+            "reproduced (+69.0 > spread 10.0; one row has one seed)") in sec
     assert "head vs backbone: not run" in sec
     # its regeneration command: CPU, no teacher epochs
     assert ("Regenerate: `meddet study run --config cpu-small --tables alone "
             "--seeds 0,1,2 --device cpu --jobs 2 --threads-per-job 1`") in sec
     assert "--tables 3 --seeds 0,1,2 --device cuda --teacher-epochs 40`" in text
     sweep = text.split("## Noise robustness with and without nmODE²")[1].split("\n## ")[0]
-    # head clean 70.0 ± 10.0, SNR 5 (70+54+62)/3 = 62.0 ± 8.0; drop 8.0 ± 2.0
-    assert _line(sweep, "| in the head (`alone-lite-head`) |") == (
-        "| in the head (`alone-lite-head`) | 70.0 ± 10.0 (n=3) | 62.0 ± 8.0 (n=3) | "
-        "8.0 ± 2.0 (n=3) |")
-    assert "| in the FPN (`alone-lite-fpn`) | 1.0 (n=1) | 0.0 (n=1) | 1.0 (n=1) |" in sweep
-    # the claim: drop without (2.0) - drop with (8.0) = -6.0, beyond the larger sd 2.0
-    assert "difference of the mean drops): **contradicted** (-6.0, beyond spread 2.0)" in sweep
-    assert "drop with − drop without: s0 +9.0, s1 +3.0, s2 +6.0." in sweep
+    # head mAP clean 35.0 ± 5.0, SNR 5 (35+27+31)/3 = 31.0 ± 4.0, drop 4.0 ± 1.0; then mAP50:
+    # clean 70.0 ± 10.0, SNR 5 (70+54+62)/3 = 62.0 ± 8.0; drop 8.0 ± 2.0
+    assert _line(sweep, "| nmODE² | test |").startswith("| nmODE² | test | clean | rician:5 |")
+    head = sweep.split("| in the head (`alone-lite-head`) |")[1].splitlines()
+    assert head[:2] == [" mAP | 35.0 ± 5.0 (n=3) | 31.0 ± 4.0 (n=3) | 4.0 ± 1.0 (n=3) |",
+                        "|  | mAP50 | 70.0 ± 10.0 (n=3) | 62.0 ± 8.0 (n=3) | 8.0 ± 2.0 (n=3) |"]
+    assert "| in the FPN (`alone-lite-fpn`) | mAP | 0.5 (n=1) | 0.0 (n=1) | 0.5 (n=1) |" in sweep
+    # the claim on mAP: drop without (1.0 ± 0.5) - drop with (4.0 ± 1.0) = -3.0, beyond the
+    # larger sd 1.0; on mAP50 -6.0 beyond 2.0
+    assert ("difference of the mean drops): **contradicted** (-3.0, beyond spread 1.0); per "
+            "seed, drop with − drop without: s0 +4.5, s1 +1.5, s2 +3.0 · mAP50: contradicted "
+            "(-6.0, beyond spread 2.0); per seed, drop with − drop without: s0 +9.0, s1 +3.0, "
+            "s2 +6.0.") in sweep
     png = tmp_path / "img" / "results_noise_alone.png"
     noise.plot_noise_alone(rows, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -395,17 +417,20 @@ def test_summary_of_claims(fake_study):
     sec = text.split("## The paper's claims on this benchmark, in one place")[1].split(
         "\n## ")[0]
     # claim 1 carries Table I's verdicts verbatim
-    assert "MedDet vs GFL-MobileNetV2: **reproduced** (+11.0 > spread 2.0)" in _line(sec, "| 1.")
-    # claim 2: MedDet 82.0 ± 2.0 vs R50 83.0 (n=1): -1.0 within 2.0; vs R101 90.0: -8.0 beyond;
-    # R152 never ran; cost from the torch bench rows only: 8/32 = 25 %, 30/50 = 60 %, 2.50x
+    assert ("MedDet vs GFL-MobileNetV2: **reproduced** (+5.5 > spread 1.0) · mAP50: reproduced "
+            "(+11.0 > spread 2.0)") in _line(sec, "| 1.")
+    # claim 2 on mAP: MedDet 41.0 ± 1.0 vs R50 41.5 (n=1): -0.5 within 1.0; vs R101 45.0: -4.0
+    # beyond; mAP50 beside (82.0 ± 2.0 vs 83.0 and 90.0); R152 never ran; cost from the torch
+    # bench rows only: 8/32 = 25 %, 30/50 = 60 %, 2.50x
     c2 = _line(sec, "| 2.")
-    assert ("MedDet − GFL-R50 -1.0 (within the spread 2.0: as accurate, as far as these seeds "
-            "tell); MedDet − GFL-R101 -8.0 (beyond the spread 2.0: **less accurate**); cost "
-            "against GFL-R50: 25% of its parameters, 60% of its GFLOPs, 2.50× its FPS on GPU") \
-        in c2
+    assert ("MedDet − GFL-R50 -0.5 (within the spread 1.0: as accurate, as far as these seeds "
+            "tell) · mAP50: -1.0 (within the spread 2.0: as accurate, as far as these seeds "
+            "tell); MedDet − GFL-R101 -4.0 (beyond the spread 1.0: **less accurate**) · mAP50: "
+            "-8.0 (beyond the spread 2.0: less accurate); cost against GFL-R50: 25% of its "
+            "parameters, 60% of its GFLOPs, 2.50× its FPS on GPU") in c2
     assert "R152" not in c2
     assert _line(sec, "| 5.").startswith(
-        "| 5. LWFF beats sum and concatenation (Table V) | LWFF vs sum: **contradicted** (-4.0")
+        "| 5. LWFF beats sum and concatenation (Table V) | LWFF vs sum: **contradicted** (-2.0")
     assert _line(sec, "| 6.").endswith("| not run | not run |")
 
 
@@ -454,19 +479,23 @@ def test_verdict_marks_a_single_seed_side():
 
 
 def test_paired_and_lite_verdict(fake_study):
-    # lite seeds 0 and 2 only (seed 1 missing): 0.85 - 0.80 = +5, 0.80 - 0.84 = -4
-    for s, v in ((0, 0.85), (2, 0.80)):
+    # lite seeds 0 and 2 only (seed 1 missing): mAP50 0.86 - 0.80 = +6, 0.80 - 0.84 = -4
+    for s, v in ((0, 0.86), (2, 0.80)):
         _write_row(fake_study, f"lite-s{s}", "lite", s, _test_json(v))
     rows = records.load_rows(fake_study)
     diffs = verdicts.paired(rows, "lite", "meddet")
     assert list(diffs) == [0, 2]
-    assert diffs[0] == pytest.approx(5.0) and diffs[2] == pytest.approx(-4.0)
+    assert diffs[0] == pytest.approx(6.0) and diffs[2] == pytest.approx(-4.0)
+    assert verdicts.paired(rows, "lite", "meddet", "mAP") == pytest.approx({0: 3.0, 2: -2.0})
     text = report.render(rows, {})
     sec = text.split("## MedDet-lite: accuracy next to")[1].split("##")[0]
-    # means: MedDet 82.0 ± 2.0 (n=3), lite 82.5 ± 3.5 (n=2) -> +0.5, met; spread 3.5 > 1
-    assert "difference of the means +0.5 points (per seed, lite − MedDet: s0 +5.0, s2 -4.0)" in sec
+    # on mAP (half): MedDet 41.0 ± 1.0 (n=3), lite 41.5 ± 2.1 (n=2) -> +0.5, met; spread 2.1 > 1;
+    # mAP50 82.0 ± 2.0 vs 83.0 ± 4.2 beside
+    assert ("MedDet 41.0 ± 1.0 (n=3) vs MedDet-lite 41.5 ± 2.1 (n=2) test mAP: difference of the "
+            "means +0.5 points (mAP50: MedDet 82.0 ± 2.0 (n=3) vs MedDet-lite 83.0 ± 4.2 (n=2), "
+            "+1.0) (per seed, lite − MedDet: s0 +3.0, s2 -2.0)") in sec
     assert "**met** on the means" in sec
-    assert "spread (3.5 points) is larger than the margin, so these 2 seeds cannot resolve" in sec
+    assert "spread (2.1 points) is larger than the margin, so these 2 seeds cannot resolve" in sec
     # 1.5 points below with no spread: not met, no spread sentence
     v = verdicts.lite_verdict((80.0, 0.2, 3), (78.5, 0.4, 3), {})
     assert "difference of the means -1.5 points." in v and "**not met**" in v
@@ -477,7 +506,7 @@ def test_paired_and_lite_verdict(fake_study):
 def test_render_empty():
     text = report.render({}, {})
     assert "MedDet vs GFL-MobileNetV2: not run" in text
-    assert "## Noise robustness: test mAP50 against Rician SNR\n\nnot run" in text
+    assert "## Noise robustness: test mAP and mAP50 against Rician SNR\n\nnot run" in text
     assert "σ / τ sweep" not in text
 
 
@@ -636,8 +665,10 @@ def test_teacher_sets_group_rows_by_the_teachers_that_taught_them():
     rows = {"x-s0": {"teachers": a}, "y-s0": {"teachers": b}, "z-s1": {"teachers": a},
             "plain-s0": {}}
     lines = report.teacher_sets(rows)
-    assert "2 set(s)" in lines[0] and "GFL-R50 / GFL-R101 / GFL-R152" in lines[0]
-    assert lines[1:] == ["  * 93.9 / 99.6 / 93.2: x-s0, z-s1", "  * 93.7 / 99.9 / 99.2: y-s0"]
+    assert "2 set(s)" in lines[0] and "test mAP of GFL-R50 / GFL-R101 / GFL-R152" in lines[0]
+    # these records predate the teachers' mAP, and the study holds no teacher rows: —
+    assert lines[1:] == ["  * set 1: — / — / — (mAP50 93.9 / 99.6 / 93.2): x-s0, z-s1",
+                         "  * set 2: — / — / — (mAP50 93.7 / 99.9 / 99.2): y-s0"]
     assert report.teacher_sets({"plain-s0": {}}) == []
 
 
@@ -646,7 +677,8 @@ def test_a_distilled_row_records_its_teachers(tmp_path, monkeypatch):
 
     t = tmp_path / "runs" / "teacher-gfl_r50"
     t.mkdir(parents=True)
-    (t / "row.json").write_text(json.dumps({"id": "teacher-gfl_r50", "test": {"mAP50": 0.75}}))
+    (t / "row.json").write_text(json.dumps({"id": "teacher-gfl_r50",
+                                            "test": {"mAP": 0.5, "mAP50": 0.75}}))
     row = tables.Row("d-s0", "d", ["distill"], needs=("teacher-gfl_r50",), group="d")
     run = runner.Runner(StudyOptions(out=tmp_path), [row])
     test = tmp_path / "runs" / "d-s0" / "test.json"
@@ -655,6 +687,7 @@ def test_a_distilled_row_records_its_teachers(tmp_path, monkeypatch):
     assert run.run() == 0
     info = json.loads((tmp_path / "runs" / "d-s0" / "row.json").read_text())
     assert info["teachers"] == {"teacher-gfl_r50": 0.75} and "segments" not in info
+    assert info["teachers_mAP"] == {"teacher-gfl_r50": 0.5} and "overrides" not in info
 
 
 def test_taught_apart():
@@ -739,7 +772,7 @@ def test_run_study_runs_records_and_reports(tmp_path, monkeypatch):
     assert [c["command"] for c in meta["invocations"]] == [opts.command()]
     assert meta["teacher_epochs"] == 3 and meta["seeds"] == [0]
     text = (opts.out / "results.md").read_text()
-    assert "| GFL-R50 | 85.6 | 60.0 (n=1) |" in text
+    assert "| GFL-R50 | 85.6 | 30.0 (n=1) | 60.0 (n=1) |" in text
     assert "rows finished: 1 of 1 planned" in text
 
     def no_work(*a, **k):
@@ -772,3 +805,233 @@ def test_report_says_when_its_rows_came_from_an_older_phantom(tmp_path):
     assert "measured on the synthetic phantom `v1`" in old and DEFAULT_PHANTOM in old
     same = render({}, {"config": "cpu-small", "phantom": DEFAULT_PHANTOM})
     assert "measured on the synthetic phantom" not in same
+
+
+# --------------------------------------------------------------------------------------------
+# the optional ImageNet table, per-row config overrides, the teachers under each table
+
+
+def test_plan_imagenet_rows_and_their_from_scratch_twins():
+    rows = tables.plan([0, 1], {"imagenet"})
+    teachers = ["teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152"]
+    per_seed = ["plain-gfl_mbv2-s{}", "meddet-s{}", "imagenet-plain-gfl_mbv2-s{}",
+                "imagenet-meddet-s{}"]
+    assert [r.id for r in rows] == teachers + [i.format(s) for s in (0, 1) for i in per_seed]
+    by_id = {r.id: r for r in rows}
+    for s in (0, 1):
+        # the same command as its from-scratch twin, with the backbone from ImageNet
+        for twin in (f"plain-gfl_mbv2-s{s}", f"meddet-s{s}"):
+            a, b = by_id[f"imagenet-{twin}"], by_id[twin]
+            assert a.argv == b.argv and a.needs == b.needs and a.checkpoint == b.checkpoint
+            assert a.overrides == {"model": {"pretrained": "imagenet"}} and b.overrides == {}
+            assert a.group == f"imagenet-{b.group}" and a.seed == s
+    assert by_id["imagenet-meddet-s1"].needs == tuple(teachers)
+    # optional: not in `all`, whose plan is unchanged; named, or added to all
+    assert "imagenet" not in tables.parse_tables("all")
+    assert tables.parse_tables("all,imagenet") == set(tables.TABLES) | {"imagenet"}
+    assert not any(r.overrides or r.id.startswith("imagenet-")
+                   for r in tables.plan([0, 1, 2], set(tables.TABLES)))
+    assert StudyOptions(tables={"imagenet", "5"}).command().count("--tables 5,imagenet ") == 1
+    assert "--tables all,imagenet " in StudyOptions(
+        tables=tables.parse_tables("all,imagenet")).command()
+    assert tables.tables_arg(set(tables.TABLES)) == "all"
+    with pytest.raises(MedDetError, match=r"unknown table\(s\) \['imagenet1'\]"):
+        tables.parse_tables("imagenet1")
+
+
+def test_cli_plan_shows_a_rows_config_overrides(capsys):
+    assert cli(["study", "plan", "--seeds", "0", "--tables", "imagenet",
+                "--only", "plain-gfl_mbv2-s0,imagenet-plain-gfl_mbv2-s0"]) == 0
+    plain, inet = capsys.readouterr().out.splitlines()
+    assert plain.endswith("meddet pretrain-teacher --model gfl_mbv2 --seed 0")
+    assert inet.endswith("meddet pretrain-teacher --model gfl_mbv2 --seed 0  "
+                         "[config + model.pretrained=imagenet]")
+
+
+def test_a_row_with_overrides_trains_with_its_own_config_file(tmp_path):
+    import yaml
+
+    from meddet.config import load_config
+
+    rows = {r.id: r for r in tables.plan([0], {"imagenet"})}
+    run = runner.Runner(StudyOptions(out=tmp_path, config="cpu-small"), list(rows.values()))
+    plain = run.steps(rows["plain-gfl_mbv2-s0"])[0]
+    assert plain[plain.index("--config") + 1] == "cpu-small"
+    assert not (tmp_path / "runs" / "plain-gfl_mbv2-s0").exists()
+    train = run.steps(rows["imagenet-meddet-s0"])[0]
+    path = tmp_path / "runs" / "imagenet-meddet-s0" / "study-config.yaml"
+    assert train[train.index("--config") + 1] == str(path)
+    # the study's config (cpu-small's own keys) with the override on top, nothing else
+    doc = yaml.safe_load(path.read_text())
+    base = yaml.safe_load((ROOT / "meddet" / "configs" / "cpu-small.yaml").read_text())
+    assert doc == {**base, "model": {"pretrained": "imagenet"}}
+    assert load_config(str(path)) == load_config("cpu-small", {"model": {"pretrained": "imagenet"}})
+    # an override the schema rejects fails that row when it starts, not the whole study
+    bad = tables.Row("bad-s0", "bad", ["pretrain-teacher"], group="bad",
+                     overrides={"model": {"pretrainedd": "imagenet"}})
+    lines: list[str] = []
+    run = runner.Runner(StudyOptions(out=tmp_path), [bad], echo=lines.append)
+    assert run.run() == 1 and run.failed == {"bad-s0"}
+    assert "FAIL   bad-s0 (unknown key 'model.pretrainedd'" in lines[0]
+
+
+def test_the_imagenet_row_fails_at_run_time_with_one_line_without_weights(
+        tiny_dataset, tmp_path, monkeypatch, capsys):
+    """Planning needs no weights; the row's own command fails (exit 2, one line) when they are
+    neither cached nor downloadable (the autouse fixture makes every download fail)."""
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    rows = {r.id: r for r in tables.plan([0], {"imagenet"})}
+    run = runner.Runner(StudyOptions(out=tmp_path / "s", data=tiny_dataset),
+                        list(rows.values()))
+    train = run.steps(rows["imagenet-plain-gfl_mbv2-s0"])[0]
+    assert train[:3] == runner.meddet_argv()
+    assert cli([*train[3:], "--max-iters", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: no ImageNet weights (MobileNet_V2_Weights.IMAGENET1K_V1) for "
+                          "backbone 'mobilenet_v2'") and "\n" not in err
+
+
+def _teacher_row(out: Path, name: str, ckpt: Path, map_: float, map50: float) -> None:
+    """A finished teacher row (a stand-in checkpoint and its record), as a study run leaves it."""
+    import shutil
+
+    d = out / "runs" / f"teacher-{name}"
+    d.mkdir(parents=True)
+    shutil.copy(ckpt, d / "best.pt")
+    (d / "row.json").write_text(json.dumps({
+        "id": f"teacher-{name}", "label": name, "seed": 0, "group": f"teacher-{name}",
+        "seconds": 1.0, "commands": ["stand-in"], "device": "cpu", "config": "cpu-small",
+        "test": {"mAP": map_, "mAP50": map50}}))
+
+
+@pytest.mark.slow
+def test_toy_study_end_to_end_with_an_imagenet_row(tiny_dataset, tiny_teachers, tmp_path,
+                                                   monkeypatch):
+    """`meddet study run --tables imagenet` for real at toy size (all rows but the plain
+    from-scratch one, to stay short): MedDet from scratch and ImageNet-initialised, distilled
+    from the study's (stand-in) teachers, and the ImageNet GFL-MobileNetV2, from a fake
+    torchvision MobileNetV2 file in TORCH_HOME; the report puts mAP first, mAP50 beside it and
+    names the teachers."""
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # the subprocesses cannot reach out
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("no_proxy", "")
+    fake = torchvision.models.mobilenet_v2().state_dict()
+    fake["features.0.0.weight"].fill_(0.125)  # recognisable, and frozen under ImageNet init
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(fake, cache / "mobilenet_v2-b0353104.pth")
+
+    out = tmp_path / "study"
+    for (name, m, m50), ckpt in zip((("gfl_r50", 0.10, 0.30), ("gfl_r101", 0.20, 0.40),
+                                     ("gfl_r152", 0.25, 0.45)), tiny_teachers):
+        _teacher_row(out, name, ckpt, m, m50)
+    opts = StudyOptions(out=out, data=tiny_dataset, tables={"imagenet"}, seeds=[0],
+                        only="meddet-s0,imagenet-plain-gfl_mbv2-s0,imagenet-meddet-s0",
+                        extra=["--max-iters", "1", "--epochs", "1", "--img-size", "64",
+                               "--batch-size", "2", "--eval-every", "1"])
+    lines: list[str] = []
+    res = runner.run_study(opts, echo=lines.append)
+    assert res.failed == [] and res.exit_code == 0, lines
+    assert res.finished == res.planned == ["meddet-s0", "imagenet-plain-gfl_mbv2-s0",
+                                           "imagenet-meddet-s0"]
+
+    runs = records.load_rows(out)
+    for rid, ckpt in (("meddet-s0", "student.pt"), ("imagenet-plain-gfl_mbv2-s0", "best.pt"),
+                      ("imagenet-meddet-s0", "student.pt")):
+        state = torch.load(out / "runs" / rid / ckpt, map_location="cpu",
+                           weights_only=True)["model"]
+        from_imagenet = torch.equal(state["backbone.features.0.0.weight"],
+                                    fake["features.0.0.weight"])
+        assert from_imagenet == rid.startswith("imagenet-"), rid
+        assert (runs[rid].get("overrides") == {"model": {"pretrained": "imagenet"}}) \
+            == rid.startswith("imagenet-")
+    assert "--config OUT/runs/imagenet-meddet-s0/study-config.yaml" in \
+        runs["imagenet-meddet-s0"]["commands"][0]
+    for rid in ("meddet-s0", "imagenet-meddet-s0"):  # both taught by the study's teachers
+        assert runs[rid]["teachers"] == {"teacher-gfl_r50": 0.30, "teacher-gfl_r101": 0.40,
+                                         "teacher-gfl_r152": 0.45}
+        assert runs[rid]["teachers_mAP"] == {"teacher-gfl_r50": 0.10, "teacher-gfl_r101": 0.20,
+                                             "teacher-gfl_r152": 0.25}
+
+    text = res.report.read_text()
+    sec = text.split("## ImageNet initialisation")[1].split("\n## ")[0]
+    assert _line(sec, "| row |") == ("| row | paper mAP | ours mAP | ours mAP50 | "
+                                     "protrusion AP50 | wall-clock per run |")
+    for label, rid in (("GFL mbv2, ImageNet-initialised", "imagenet-plain-gfl_mbv2-s0"),
+                       ("MedDet, ImageNet-initialised student", "imagenet-meddet-s0")):
+        t = runs[rid]["test"]
+        assert _line(sec, f"| {label} |").startswith(
+            f"| {label} | {80.8 if 'GFL' in label else 85.5} | {100 * t['mAP']:.1f} (n=1) | "
+            f"{100 * t['mAP50']:.1f} (n=1) |")
+    assert ("Teachers: one set taught every distilled row here: GFL-R50 / GFL-R101 / GFL-R152 "
+            "test mAP 10.0 / 20.0 / 25.0 (mAP50 30.0 / 40.0 / 45.0).") in sec
+    assert _line(sec, "| GFL mbv2, from scratch |").count("not run") == 3
+    claims = _line(sec, "Claims: ")
+    assert claims.startswith("Claims: ImageNet vs scratch, GFL-MobileNetV2: not run; ImageNet vs "
+                             "scratch, MedDet: ") and "· mAP50: " in claims
+
+
+def test_teachers_line_names_one_set_or_says_they_differ(fake_study):
+    a = {"teacher-gfl_r50": 0.9, "teacher-gfl_r101": 0.95, "teacher-gfl_r152": 0.97}
+    a_map = {"teacher-gfl_r50": 0.4, "teacher-gfl_r101": 0.5, "teacher-gfl_r152": 0.55}
+    rows = records.load_rows(fake_study)
+    for rid in ("meddet-s0", "meddet-s1", "meddet-s2"):
+        rows[rid] = {**rows[rid], "teachers": a, "teachers_mAP": a_map}
+    rows["fusion-sum"] = {**rows["fusion-sum"], "teachers": a, "teachers_mAP": a_map}
+    text = report.render(rows, {})
+    t5 = text.split("## Table V:")[1].split("\n## ")[0]
+    assert ("Teachers: one set taught every distilled row here: GFL-R50 / GFL-R101 / GFL-R152 "
+            "test mAP 40.0 / 50.0 / 55.0 (mAP50 90.0 / 95.0 / 97.0).") in t5
+    assert "[different teacher sets]" not in t5
+    # fusion-sum retrained elsewhere: Table V says so in one line, the header lists both sets
+    b = {**a, "teacher-gfl_r50": 0.8}
+    rows["fusion-sum"] = {**rows["fusion-sum"], "teachers": b, "teachers_mAP": a_map}
+    text = report.render(rows, {})
+    t5 = text.split("## Table V:")[1].split("\n## ")[0]
+    assert _line(t5, "Teachers: ") == (
+        "Teachers: **2 different sets** taught the distilled rows here (sets 1, 2 of the header: "
+        "teachers retrained on different machines), so a difference between rows of different "
+        "sets mixes the method with its teachers.")
+    assert "LWFF vs sum: " in t5 and "[different teacher sets]" in t5
+    t1 = text.split("## Table I:")[1].split("\n## ")[0]  # only MedDet distilled in Table I
+    assert "Teachers: one set (set 2 of the header) taught every distilled row here" in t1
+    assert report.teachers_line(rows, report.in_groups(rows, ["plain-gfl_mbv2"])) is None
+
+
+def test_teacher_scores_fill_in_mAP_from_the_studys_own_teacher_row():
+    """Records written before the teachers' mAP was stored take it from the teacher row that
+    has exactly the recorded mAP50 (the same training), else leave it unknown."""
+    own = {"teacher-gfl_r50": {"test": {"mAP": 0.378, "mAP50": 0.937}}}
+    row = {"teachers": {"teacher-gfl_r50": 0.937, "teacher-gfl_r101": 0.999}}
+    assert verdicts.teacher_scores(own, row) == {
+        "teacher-gfl_r50": (pytest.approx(37.8), pytest.approx(93.7)),
+        "teacher-gfl_r101": (None, pytest.approx(99.9))}
+    other = {"teachers": {"teacher-gfl_r50": 0.935}}  # retrained elsewhere: not that row
+    assert verdicts.teacher_scores(own, other)["teacher-gfl_r50"][0] is None
+    stored = {**other, "teachers_mAP": {"teacher-gfl_r50": 0.3}}
+    assert verdicts.teacher_scores(own, stored)["teacher-gfl_r50"][0] == pytest.approx(30.0)
+
+
+def test_records_without_the_headline_metric_still_report(tmp_path):
+    """A record older than mAP: its cells show —, its verdicts say so and keep mAP50."""
+    out = tmp_path / "study"
+    for s, v in enumerate((0.80, 0.82, 0.84)):
+        _write_row(out, f"meddet-s{s}", "meddet", s, _test_json(v))
+    for s, v in enumerate((0.70, 0.71, 0.72)):
+        t = _test_json(v)
+        del t["mAP"]
+        _write_row(out, f"plain-gfl_mbv2-s{s}", "plain-gfl_mbv2", s, t)
+    text = report.render(records.load_rows(out), {})
+    assert _line(text, "| GFL mbv2 |").startswith("| GFL mbv2 | 80.8 | — | 71.0 ± 1.0 (n=3) |")
+    assert ("MedDet vs GFL-MobileNetV2: — (mAP not recorded) · mAP50: reproduced (+11.0 > "
+            "spread 2.0)") in text
+    assert _line(text, "| GFL mbv2_1.4 |").count("not run") == 3  # never ran: not run, not —

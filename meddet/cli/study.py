@@ -11,15 +11,18 @@ from pathlib import Path
 import typer
 
 from meddet.errors import MedDetError
-from meddet.study.tables import DEFAULT_SEEDS, TABLES
+from meddet.study.tables import DEFAULT_SEEDS, OPTIONAL_TABLES, TABLES
 
 app = typer.Typer(help="Run the paper's ablation study (Tables I–V, the noise claim) on a "
                   "dataset: list the rows, run or resume them, rebuild the report.",
                   no_args_is_help=True)
 
-_TABLES_HELP = (f"Comma list of tables ({','.join(TABLES)}) or all. 1-5: the paper's Tables "
-                "I-V; noise: the noise sweep; lite: MedDet-lite; sweep: sigma/tau; alone: "
-                "meddet_lite trained alone (no teachers, CPU-feasible).")
+_TABLES_HELP = (f"Comma list of tables ({','.join(TABLES + OPTIONAL_TABLES)}) or all (every "
+                "table but imagenet; all,imagenet adds it). 1-5: the paper's Tables I-V; noise: "
+                "the noise sweep; lite: MedDet-lite; sweep: sigma/tau; alone: meddet_lite "
+                "trained alone (no teachers, CPU-feasible); imagenet: GFL-MobileNetV2 and MedDet "
+                "with an ImageNet-initialised student beside their from-scratch rows (needs "
+                "torchvision's MobileNetV2 weights: a download or its cache).")
 _SEEDS_HELP = "Comma list of training seeds; the first is also the single-seed rows' seed."
 _ONLY_HELP = ("Comma list of row ids to keep (see `meddet study plan`); the rows they need "
               "must be finished already.")
@@ -38,12 +41,14 @@ def plan(
     only: str | None = typer.Option(None, "--only", help=_ONLY_HELP),
 ) -> None:
     """Print the rows a selection would run, in the order they start, with their commands."""
-    from meddet.study.tables import parse_seeds, parse_tables, select
+    from meddet.study.tables import describe_overrides, parse_seeds, parse_tables, select
     from meddet.study.tables import plan as make_plan
 
     rows = select(make_plan(parse_seeds(seeds), parse_tables(tables), teacher_epochs), only)
     for r in rows:
-        typer.echo(f"{r.id:28s} needs={','.join(r.needs) or '-':40s} meddet {' '.join(r.argv)}")
+        config = f"  [config + {describe_overrides(r.overrides)}]" if r.overrides else ""
+        typer.echo(f"{r.id:28s} needs={','.join(r.needs) or '-':40s} meddet {' '.join(r.argv)}"
+                   + config)
 
 
 def run(

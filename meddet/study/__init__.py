@@ -2,11 +2,13 @@
 
 Every row of every table is one run directory under the study folder: it is trained with the
 ``meddet`` CLI, evaluated on the test split with ``meddet eval``, and finished by a
-``row.json`` holding the test metrics, the best validation mAP50 and the wall-clock cost.
+``row.json`` holding the test metrics (COCO mAP@[.5:.95], the headline, and mAP50), the
+best validation mAP50 and the wall-clock cost.
 A finished row is never re-run; an interrupted one resumes from its ``last.pt``. The report
 is rendered from whatever rows exist, so it can be made at any point.
 
-* :mod:`~meddet.study.tables`: the tables, their rows and the plan (:func:`plan`).
+* :mod:`~meddet.study.tables`: the tables, their rows and the plan (:func:`plan`); the
+  optional ``imagenet`` table adds ImageNet-initialised students beside their from-scratch rows.
 * :mod:`~meddet.study.runner`: running rows as subprocesses under a deadline
   (:func:`run_study`).
 * :mod:`~meddet.study.records`: ``row.json`` and ``study.json`` on disk.

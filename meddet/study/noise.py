@@ -1,8 +1,10 @@
-"""Noise robustness: test mAP50 against Rician SNR, from the ``noise_sweep`` of evaluations.
+"""Noise robustness: test mAP and mAP50 against Rician SNR, from the ``noise_sweep`` of
+evaluations.
 
-The report's two noise sections and their plots (one seed per row of :data:`NOISE_ROWS`; mean
-± sd over seeds for the ``alone`` table), and :func:`compare_runs`, the paired table of two
-groups of run directories that ``meddet eval --noise-sweep`` evaluated.
+The report's two noise sections (one seed per row of :data:`NOISE_ROWS`; mean ± sd over seeds
+for the ``alone`` table; each row's mAP, the headline, then its mAP50) and their plots (mAP),
+and :func:`compare_runs`, the paired table of two groups of run directories that ``meddet eval
+--noise-sweep`` evaluated (mAP50).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from pathlib import Path
 from meddet._io import atomic_save
 from meddet.errors import MedDetError
 from meddet.study.tables import NOISE_ROWS, PLACEMENTS, where
-from meddet.study.verdicts import drops, fmt, level_stats, noise_levels, noise_verdict, stats
+from meddet.study.verdicts import (
+    BESIDE,
+    HEADLINE,
+    drops,
+    fmt,
+    level_stats,
+    noise_beside,
+    noise_levels,
+    stats,
+)
 
 Write = Callable[[str], None]  # appends one line (or paragraph) to the report
 
@@ -27,9 +38,13 @@ def _head(w: Write, title: str, first: str, have: list[dict]) -> list[str]:
         w("not run\n")
         return []
     levels = list(dict.fromkeys(n for r in have for n, _ in noise_levels(r)))
-    w(f"| {first} | " + " | ".join(levels) + " | drop clean → lowest SNR |")
-    w("|---|" + "---:|" * (len(levels) + 1))
+    w(f"| {first} | test | " + " | ".join(levels) + " | drop clean → lowest SNR |")
+    w("|---|---|" + "---:|" * (len(levels) + 1))
     return levels
+
+
+def _one(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
 
 
 def noise_rows(rows: dict[str, dict]) -> list[dict]:
@@ -48,21 +63,23 @@ def alone_noise(rows: dict[str, dict]) -> list[tuple[str, list[dict]]]:
 def write_noise_table(rows: dict[str, dict], w: Write) -> None:
     """The report section of the one-seed noise rows, with the claim's verdict."""
     have = noise_rows(rows)
-    levels = _head(w, "Noise robustness: test mAP50 against Rician SNR", "model", have)
+    levels = _head(w, f"Noise robustness: test {HEADLINE} and {BESIDE} against Rician SNR",
+                   "model", have)
     if not levels:
         return
     for r in have:
-        got = dict(noise_levels(r))
-        vals = [got.get(n) for n in levels]
-        drop = (f"{vals[0] - vals[-1]:.1f}" if vals[0] is not None and vals[-1] is not None
-                else "—")
-        w(f"| {r['label']} (`{r['id']}`) | "
-          + " | ".join("—" if v is None else f"{v:.1f}" for v in vals) + f" | {drop} |")
-    w("\nOne seed per row; the noise is drawn reproducibly per image (`meddet eval "
-      "--noise-sweep`). Plot: `docs/img/results_noise.png`. nmODE²'s robustness claim holds "
-      "here only if the rows with nmODE² lose clearly less than their twins without it: "
-      f"`abl-nmode` vs `abl-base`, every seed swept: {noise_verdict(rows, 'abl-nmode', 'abl-base')}."
-      "\n")
+        for key in (HEADLINE, BESIDE):
+            got = dict(noise_levels(r, key))
+            vals = [got.get(n) for n in levels]
+            drop = (vals[0] - vals[-1] if vals[0] is not None and vals[-1] is not None
+                    else None)
+            name = f"{r['label']} (`{r['id']}`)" if key == HEADLINE else ""
+            w(f"| {name} | {key} | " + " | ".join(_one(v) for v in vals) + f" | {_one(drop)} |")
+    w(f"\nOne seed per row; the noise is drawn reproducibly per image (`meddet eval "
+      f"--noise-sweep`). Plot ({HEADLINE}): `docs/img/results_noise.png`. nmODE²'s robustness "
+      "claim holds here only if the rows with nmODE² lose clearly less than their twins "
+      "without it: `abl-nmode` vs `abl-base`, every seed swept: "
+      f"{noise_beside(rows, 'abl-nmode', 'abl-base')}.\n")
 
 
 def write_noise_alone(rows: dict[str, dict], w: Write) -> None:
@@ -73,19 +90,22 @@ def write_noise_alone(rows: dict[str, dict], w: Write) -> None:
     if not levels:
         return
     for q, rs in have:
-        cells = [fmt(m) for m in level_stats(rs, levels)]
-        drop = fmt(stats(list(drops(rows, f"alone-lite-{q}").values())))
-        w(f"| {where(q)} (`alone-lite-{q}`) | " + " | ".join(cells) + f" | {drop} |")
-    v = noise_verdict(rows, "alone-lite-head", "alone-lite-none")
+        for key in (HEADLINE, BESIDE):
+            cells = [fmt(m) for m in level_stats(rs, levels, key)]
+            drop = fmt(stats(list(drops(rows, f"alone-lite-{q}", key).values())))
+            name = f"{where(q)} (`alone-lite-{q}`)" if key == HEADLINE else ""
+            w(f"| {name} | {key} | " + " | ".join(cells) + f" | {drop} |")
+    v = noise_beside(rows, "alone-lite-head", "alone-lite-none")
     w("\nClaim (nmODE² in the head loses less accuracy to noise than no nmODE², difference "
-      f"of the mean drops): {v}. The noise is drawn reproducibly per image; plot: "
-      "`docs/img/results_noise_alone.png`.\n")
+      f"of the mean drops): {v}. The noise is drawn reproducibly per image; plot "
+      f"({HEADLINE}): `docs/img/results_noise_alone.png`.\n")
 
 
 def plot_noise(rows: dict[str, dict], path: Path) -> None:
     """One line per noise row (one seed each); nothing is written when none was swept."""
-    _plot([(r["id"], noise_levels(r), None) for r in noise_rows(rows)],
-          "Rician noise at evaluation", "test mAP50 (%)", path)
+    _plot([(r["id"], [(n, v) for n, v in noise_levels(r, HEADLINE) if v is not None], None)
+           for r in noise_rows(rows)],
+          "Rician noise at evaluation", f"test {HEADLINE} (%), COCO IoU 0.5:0.95", path)
 
 
 def plot_noise_alone(rows: dict[str, dict], path: Path) -> None:
@@ -93,11 +113,11 @@ def plot_noise_alone(rows: dict[str, dict], path: Path) -> None:
     series = []
     for q, rs in alone_noise(rows):
         levels = [n for n, _ in noise_levels(rs[0])]
-        ms = level_stats(rs, levels)
+        ms = level_stats(rs, levels, HEADLINE)
         series.append((f"nmODE² {where(q)} (n={ms[0][2]})",
                        [(n, m) for n, (m, _, _) in zip(levels, ms)], [sd for _, sd, _ in ms]))
     _plot(series, "meddet_lite trained alone: Rician noise at evaluation",
-          "test mAP50 (%), mean ± sd over seeds", path)
+          f"test {HEADLINE} (%), mean ± sd over seeds", path)
 
 
 def _plot(series: list[tuple[str, list[tuple[str, float]], list[float] | None]], title: str,

@@ -2,10 +2,13 @@
 
 ``row.json`` (written by :class:`meddet.study.runner.Runner` when a row finishes) holds ``id``,
 ``label``, ``seed``, ``group``, ``seconds``, ``commands``, ``device``, ``config`` and either
-``test`` (the ``meddet eval --json`` metrics, fractions in [0, 1], with ``per_class`` and an
-optional ``noise_sweep``) plus ``best_val_mAP50`` and, for a distilled row, ``teachers``
-(their test mAP50), or ``bench`` (the ``meddet bench --json`` result). A row finished across
-several invocations also has ``segments`` (each invocation's seconds).
+``test`` (the ``meddet eval --json`` metrics, fractions in [0, 1]: ``mAP`` (COCO
+mAP@[.5:.95], the report's headline), ``mAP50``, ..., with ``per_class`` and an optional
+``noise_sweep``) plus ``best_val_mAP50`` and, for a distilled row, ``teachers`` (their test
+mAP50, by teacher row id) and ``teachers_mAP`` (their test mAP; absent from older records), or
+``bench`` (the ``meddet bench --json`` result). A row trained with config overrides also has
+``overrides`` (e.g. ``{"model": {"pretrained": "imagenet"}}``), and a row finished across
+several invocations ``segments`` (each invocation's seconds).
 
 ``study.json`` describes the machine and schedule and lists every ``meddet study run``
 invocation (``invocations``: command, rows at a time, device name, finish time). The report is

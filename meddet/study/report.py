@@ -2,31 +2,43 @@
 
 :func:`render` turns the rows (``runs/<row>/row.json``) and ``study.json`` into the report: a
 summary of the paper's claims with their verdicts, then Tables I–V, the noise sections, the
-MedDet-lite bar, the σ/τ sweep and every row with its commands. It is a pure function of the
+ImageNet-initialised rows, the MedDet-lite bar, the σ/τ sweep and every row with its commands.
+Every table shows test COCO mAP@[.5:.95] first (the headline, on which verdicts are decided)
+and mAP50 beside it; every table with distilled rows names the teachers that taught them. It is a pure function of the
 records, so a committed report can be checked to be exactly their rebuild.
 :func:`write_report` writes it and its two noise plots (``img/`` beside the report).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from meddet import paper
 from meddet._io import atomic_write_text
 from meddet.data.generate import DEFAULT_PHANTOM
-from meddet.study.noise import plot_noise, plot_noise_alone, write_noise_alone, write_noise_table
+from meddet.study.noise import (
+    noise_rows,
+    plot_noise,
+    plot_noise_alone,
+    write_noise_alone,
+    write_noise_table,
+)
 from meddet.study.records import load_rows, read_meta
 from meddet.study.tables import CLAIMS, DEFAULT_SIGMA_TAU, KD, PLACEMENTS, PLAIN, TEACHERS, where
 from meddet.study.verdicts import (
+    BESIDE,
+    HEADLINE,
+    Stats,
     fmt,
     group_metric,
     group_seconds,
     lite_verdict,
-    noise_verdict,
+    noise_beside,
     paired,
     taught_apart,
-    verdict,
+    teacher_scores,
+    teacher_set,
+    verdicts_beside,
 )
 
 
@@ -50,23 +62,85 @@ def write_report(out: Path, report: Path, planned: list[str] | None = None) -> s
     return text
 
 
+TeacherSet = tuple[str, dict[str, tuple[float | None, float]], list[str]]
+
+
+def _teacher_sets(rows: dict[str, dict]) -> list[TeacherSet]:
+    """(key, the teachers' test (mAP, mAP50) by teacher row, the rows it taught) per set of
+    teachers, in the order of the first row each taught (rows sorted by id)."""
+    sets: dict[str, TeacherSet] = {}
+    for rid, r in sorted(rows.items()):
+        key = teacher_set(r)
+        if key is not None:
+            sets.setdefault(key, (key, teacher_scores(rows, r), []))[2].append(rid)
+    return list(sets.values())
+
+
+def _teacher_names(scores: dict) -> list[str]:
+    """The teacher row ids of ``scores``, the paper's teachers first in their order."""
+    first = [n for n in (f"teacher-{t}" for t in TEACHERS) if n in scores]
+    return first + sorted(n for n in scores if n not in first)
+
+
+def _label(teacher_row: str) -> str:
+    return teacher_row.removeprefix("teacher-").replace("gfl_", "GFL-").upper()
+
+
+def _scores(scores: dict[str, tuple[float | None, float]], names: list[str]) -> str:
+    """``37.8 / 76.0 / 75.7 (mAP50 93.7 / 99.9 / 99.2)`` (``—``: mAP not recorded)."""
+    maps = " / ".join(_num(scores[n][0], 1) for n in names)
+    return f"{maps} ({BESIDE} {' / '.join(f'{scores[n][1]:.1f}' for n in names)})"
+
+
 def teacher_sets(rows: dict[str, dict]) -> list[str]:
     """One line per set of teachers that taught distilled rows (teachers are retrained, same
     recipe and seed, on every fresh machine, so rows of one table may have different ones)."""
-    sets: dict[tuple, list[str]] = {}
-    for rid, r in sorted(rows.items()):
-        if "teachers" in r:
-            key = tuple(round(100 * r["teachers"].get(f"teacher-{t}", math.nan), 1)
-                        for t in TEACHERS)
-            sets.setdefault(key, []).append(rid)
+    sets = _teacher_sets(rows)
     if not sets:
         return []
+    names = _teacher_names(sets[0][1])
     out = [f"* teachers: retrained on every fresh machine (same recipe and seed); "
-           f"{len(sets)} set(s) taught the distilled rows (test mAP50 of "
-           f"{' / '.join(t.replace('gfl_', 'GFL-').upper() for t in TEACHERS)}):"]
-    for key, ids in sets.items():
-        out.append(f"  * {' / '.join(f'{v:.1f}' for v in key)}: {', '.join(ids)}")
+           f"{len(sets)} set(s) taught the distilled rows (test {HEADLINE} of "
+           f"{' / '.join(_label(n) for n in names)}, then their {BESIDE}; —: not recorded):"]
+    for i, (_, scores, ids) in enumerate(sets, 1):
+        out.append(f"  * set {i}: {_scores(scores, _teacher_names(scores))}: {', '.join(ids)}")
     return out
+
+
+def in_groups(rows: dict[str, dict], groups: list[str]) -> list[dict]:
+    """The rows of ``groups``."""
+    return [r for r in rows.values() if r.get("group") in groups]
+
+
+def teachers_line(rows: dict[str, dict], shown: list[dict]) -> str | None:
+    """The line under a table naming the teachers of its distilled rows (those of ``shown``):
+    their scores when one set taught them all, else how many sets (``None``: none
+    distilled)."""
+    sets = _teacher_sets(rows)
+    index = {key: i for i, (key, _, _) in enumerate(sets, 1)}
+    mine = {teacher_set(r): r for r in shown}
+    mine.pop(None, None)
+    if not mine:
+        return None
+    which = sorted(index[k] for k in mine)
+    if len(mine) > 1:
+        return (f"Teachers: **{len(mine)} different sets** taught the distilled rows here (sets "
+                f"{', '.join(map(str, which))} of the header: teachers retrained on different "
+                "machines), so a difference between rows of different sets mixes the method with "
+                "its teachers.\n")
+    scores = teacher_scores(rows, next(iter(mine.values())))
+    names = _teacher_names(scores)
+    of = f" (set {which[0]} of the header)" if len(sets) > 1 else ""
+    return (f"Teachers: one set{of} taught every distilled row here: "
+            f"{' / '.join(_label(n) for n in names)} test {HEADLINE} {_scores(scores, names)}.\n")
+
+
+def cell(rows: dict[str, dict], group: str, key: str, cls: str | None = None) -> str:
+    """:func:`fmt` of ``group``'s test ``key``; ``—`` when its rows ran but none recorded
+    ``key`` (records older than the metric)."""
+    ms = group_metric(rows, group, key, cls)
+    ran = any(r["group"] == group and "test" in r for r in rows.values())
+    return "—" if ms[2] == 0 and ran else fmt(ms)
 
 
 def _bench(rows: dict[str, dict]) -> tuple[dict | None, dict[str, dict]]:
@@ -82,6 +156,13 @@ def _secs(by_device: dict[str, float]) -> str:
     return " / ".join(f"{v:.0f} s ({d})" for d, v in by_device.items()) or "—"
 
 
+def _spread(rows: dict[str, dict], group: str, key: str,
+            default: float | None = None) -> float | None:
+    """The seed-to-seed spread of ``group``'s test ``key`` (``default`` below two seeds)."""
+    m = group_metric(rows, group, key)
+    return m[1] if m[2] > 1 else default
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
 
@@ -90,23 +171,33 @@ def _num(v: float | None, nd: int) -> str:
     return "—" if v is None else f"{v:.{nd}f}"
 
 
-def _summary(rows: dict[str, dict], verdicts: dict[str, str], spread: float | None,
-             w) -> None:
+def _versus_teacher(med: Stats, m: Stats, spread: float | None) -> str | None:
+    """MedDet's difference to one teacher judged by the spread, e.g. ``-1.0 (within the
+    spread 2.0: as accurate, ...)``; ``None`` when either did not run."""
+    if not (med[2] and m[2]):
+        return None
+    sp = max([x[1] for x in (med, m) if x[2] > 1], default=spread)
+    d = med[0] - m[0]
+    if sp is None:
+        word = "one seed each, spread unknown"
+    elif abs(d) <= sp:
+        word = f"within the spread {sp:.1f}: as accurate, as far as these seeds tell"
+    else:
+        word = f"beyond the spread {sp:.1f}: **{'less' if d < 0 else 'more'} accurate**"
+    return f"{d:+.1f} ({word})"
+
+
+def _summary(rows: dict[str, dict], verdicts: dict[str, str],
+             spread: dict[str, float | None], w) -> None:
     """The six claims, each with the verdicts of the tables below, in one place."""
-    med = group_metric(rows, "meddet")
     cost = []
     for t in TEACHERS:
-        m = group_metric(rows, f"teacher-{t}")
-        if med[2] and m[2]:
-            sp = max([x[1] for x in (med, m) if x[2] > 1], default=spread)
-            d = med[0] - m[0]
-            if sp is None:
-                word = "one seed each, spread unknown"
-            elif abs(d) <= sp:
-                word = f"within the spread {sp:.1f}: as accurate, as far as these seeds tell"
-            else:
-                word = f"beyond the spread {sp:.1f}: **{'less' if d < 0 else 'more'} accurate**"
-            cost.append(f"MedDet − GFL-{t[4:].upper()} {d:+.1f} ({word})")
+        v, v50 = (_versus_teacher(group_metric(rows, "meddet", k),
+                                  group_metric(rows, f"teacher-{t}", k), spread[k])
+                  for k in (HEADLINE, BESIDE))
+        if v50 is not None:  # a record older than mAP has mAP50 alone
+            cost.append(f"MedDet − GFL-{t[4:].upper()} {v or '— (mAP not recorded)'} · "
+                        f"{BESIDE}: {v50.replace('**', '')}")
     bench, b = _bench(rows)
     if "meddet" in b and "gfl_r50" in b:
         cost.append(f"cost against GFL-R50: {b['meddet']['params_m'] / b['gfl_r50']['params_m']:.0%} "
@@ -114,11 +205,13 @@ def _summary(rows: dict[str, dict], verdicts: dict[str, str], spread: float | No
                     f"its GFLOPs, {b['meddet']['fps'] / b['gfl_r50']['fps']:.2f}× its FPS on "
                     f"{bench.get('device_name')} (on a CPU: `docs/performance.md`)")
     w("## The paper's claims on this benchmark, in one place\n")
-    w("**reproduced**: the difference has the paper's sign and exceeds the seed-to-seed spread; "
-      "**contradicted**: it exceeds the spread with the opposite sign; not resolved: it is "
-      "within the spread; not run: a row is missing; [different teacher sets]: the two "
-      "sides were distilled from teachers retrained on different machines (listed above), so the "
-      "difference mixes the method with its teachers. Details under each table.\n")
+    w(f"Decided on test {HEADLINE} (COCO mAP@[.5:.95]); the same rule on {BESIDE} follows each "
+      "verdict after ·. **reproduced**: the difference has the paper's sign and exceeds the "
+      "seed-to-seed spread; **contradicted**: it exceeds the spread with the opposite sign; not "
+      "resolved: it is within the spread; not run: a row is missing; [different teacher sets]: "
+      "the two sides were distilled from teachers retrained on different machines (listed "
+      "above), so the difference mixes the method with its teachers. Details under each "
+      "table.\n")
     w("| claim (paper) | the paper's setting: distilled student | proxy: `meddet_lite` "
       "trained alone (CPU) |")
     w("|---|---|---|")
@@ -130,8 +223,10 @@ def _summary(rows: dict[str, dict], verdicts: dict[str, str], spread: float | No
       f"| {verdicts['alone']} |")
     w(f"| 5. LWFF beats sum and concatenation (Table V) | {verdicts['5']} | — |")
     w("| 6. nmODE² makes the detector more robust to MRI noise (clean → lowest SNR, with vs "
-      f"without) | {noise_verdict(rows, 'abl-nmode', 'abl-base')} | "
-      f"{noise_verdict(rows, 'alone-lite-head', 'alone-lite-none')} |")
+      f"without) | {noise_beside(rows, 'abl-nmode', 'abl-base')} | "
+      f"{noise_beside(rows, 'alone-lite-head', 'alone-lite-none')} |")
+    w("| (not a claim of the paper, whose detectors start from ImageNet) what ImageNet "
+      f"initialisation buys the student | {verdicts['imagenet']} | — |")
     w("")
 
 
@@ -140,7 +235,8 @@ def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
     """The title, what the figures are, where the records are, and how the rows were run."""
     w("# Reproduction study: Tables I–V and the noise claim on the synthetic benchmark\n")
     w("Generated by `meddet study` from the run directories it trained; every "
-      "figure below is a measurement. Ours: **test mAP50 in %** on the synthetic CDH test "
+      "figure below is a measurement. Ours: **test mAP in %** (COCO mAP@[.5:.95], the headline "
+      "every verdict is decided on) with test mAP50 beside it, on the synthetic CDH test "
       "split (pycocotools), mean ± sample standard deviation over seeds (n = seeds). The "
       "paper's figures are on the private CDH-1848 set and are shown for orientation only: "
       "the two columns are not comparable in absolute terms, only in their ordering. What the "
@@ -200,14 +296,13 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
     """
     L: list[str] = []
     w = L.append
-    med = group_metric(rows, "meddet")
-    spread = med[1] if med[2] > 1 else None
-    nm = group_metric(rows, "abl-nmode")
-    # the spread a single-seed row is judged by: its own table's multi-seed row
-    spreads = {"1": spread, "3": spread, "4": nm[1] if nm[2] > 1 else spread, "5": spread,
-               "alone": None}
+    metrics = (HEADLINE, BESIDE)
+    # the spread a single-seed row is judged by, per metric: its own table's multi-seed row
+    spread = {k: _spread(rows, "meddet", k) for k in metrics}
+    nm = {k: _spread(rows, "abl-nmode", k, spread[k]) for k in metrics}
+    spreads = {"1": spread, "3": spread, "4": nm, "5": spread, "alone": {}, "imagenet": spread}
     verdicts = {k: "; ".join(
-        f"{label}: {verdict(group_metric(rows, a_), group_metric(rows, b_), spreads[k])}"
+        f"{label}: {verdicts_beside(rows, a_, b_, spreads[k])}"
         + (" [different teacher sets]" if taught_apart(rows, a_, b_) else "")
         for label, a_, b_ in pairs) for k, pairs in CLAIMS.items()}
     _header(rows, meta, planned, source, w)
@@ -220,15 +315,17 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
         w(f"## {title}\n")
         if note:
             w(note + "\n")
-        w("| row | paper mAP | ours mAP50 | ours mAP (0.5:0.95) | protrusion AP50 | "
+        w(f"| row | paper mAP | ours {HEADLINE} | ours {BESIDE} | protrusion AP50 | "
           "wall-clock per run |")
         w("|---|---:|---:|---:|---:|---:|")
         for label, group, paper_map in items:
-            w(f"| {label} | {paper_map or '—'} | {fmt(group_metric(rows, group))} | "
-              f"{fmt(group_metric(rows, group, 'mAP'))} | "
-              f"{fmt(group_metric(rows, group, 'mAP50', 'protrusion'))} | "
+            w(f"| {label} | {paper_map or '—'} | {cell(rows, group, HEADLINE)} | "
+              f"{cell(rows, group, BESIDE)} | {cell(rows, group, 'mAP50', 'protrusion')} | "
               f"{_secs(group_seconds(rows, group))} |")
         w("")
+        line = teachers_line(rows, in_groups(rows, [group for _, group, _ in items]))
+        if line:
+            w(line)
         short = [(label.strip("*"), n) for label, group, _ in items
                  if 0 < (n := group_metric(rows, group)[2]) < min_seeds]
         if short:
@@ -286,6 +383,9 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
     regen("5")
 
     write_noise_table(rows, w)
+    line = teachers_line(rows, noise_rows(rows))
+    if line:
+        w(line)
     regen("noise")
 
     table("Table IV, CPU proxy: nmODE² placement in `meddet_lite` trained alone (no teachers)",
@@ -297,12 +397,29 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
     regen("alone", "cpu", " --jobs 2 --threads-per-job 1")
     write_noise_alone(rows, w)
 
-    lite = group_metric(rows, "lite")
-    if lite[2]:
-        w("## MedDet-lite: accuracy next to the paper-architecture student\n")
-        w(lite_verdict(med, lite, paired(rows, "lite", "meddet")))
+    table("ImageNet initialisation: what pretraining buys the student",
+          [("GFL mbv2, from scratch", "plain-gfl_mbv2", p("gfl_mbv2")),
+           ("GFL mbv2, ImageNet-initialised", "imagenet-plain-gfl_mbv2", p("gfl_mbv2")),
+           ("MedDet, from scratch", "meddet", p("meddet")),
+           ("MedDet, ImageNet-initialised student", "imagenet-meddet", p("meddet"))],
+          "The paper's detectors start from ImageNet weights; ours train from scratch unless "
+          "asked. These rows repeat GFL-MobileNetV2 and MedDet with the student's MobileNetV2 "
+          "backbone initialised from torchvision's ImageNet weights (`model.pretrained: "
+          "imagenet`), distilled from the same teachers; optional (`--tables imagenet` or "
+          "`all,imagenet`), as the weights must be downloaded or cached.", min_seeds=3)
+    claims("imagenet")
+    regen("imagenet")
 
-    _sweep(rows, spread, w)
+    if group_metric(rows, "lite", BESIDE)[2]:
+        w("## MedDet-lite: accuracy next to the paper-architecture student\n")
+        med, lite = ([group_metric(rows, g, k) for k in metrics] for g in ("meddet", "lite"))
+        w(lite_verdict(med[0], lite[0], paired(rows, "lite", "meddet", HEADLINE), key=HEADLINE,
+                       beside=(med[1], lite[1])))
+        line = teachers_line(rows, in_groups(rows, ["meddet", "lite"]))
+        if line:
+            w(line)
+
+    _sweep(rows, spread[HEADLINE], w)
 
     w("## Rows\n")
     w("| row | device | seconds | command |")
@@ -319,19 +436,22 @@ def _table2(rows: dict[str, dict], w) -> None:
     p = paper.MAP.get
     w("## Table II: teachers and student, accuracy and cost\n")
     bench, brow = _bench(rows)
-    w("| model | paper mAP | ours mAP50 | ours AR100 | ours recall@.5 | FPS (ours) "
-      "| params M (ours / paper) | GFLOPs (ours / paper) |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    w(f"| model | paper mAP | ours {HEADLINE} | ours {BESIDE} | ours AR100 | ours recall@.5 "
+      "| FPS (ours) | params M (ours / paper) | GFLOPs (ours / paper) |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, group, name in [*[(f"GFL-{t[4:].upper()}", f"teacher-{t}", t) for t in TEACHERS],
                                ("MedDet", "meddet", "meddet"),
                                ("MedDet-lite (ours)", "lite", "meddet_lite")]:
         b = brow.get(name, {})
         pp = paper.TABLE2.get(name, (None, None))
-        w(f"| {label} | {p(name) or '—'} | {fmt(group_metric(rows, group))} | "
-          f"{fmt(group_metric(rows, group, 'AR100'))} | "
-          f"{fmt(group_metric(rows, group, 'recall'))} | {_num(b.get('fps'), 2)} | "
+        w(f"| {label} | {p(name) or '—'} | {cell(rows, group, HEADLINE)} | "
+          f"{cell(rows, group, BESIDE)} | {cell(rows, group, 'AR100')} | "
+          f"{cell(rows, group, 'recall')} | {_num(b.get('fps'), 2)} | "
           f"{_num(b.get('params_m'), 2)} / {pp[0] or '—'} | "
           f"{_num(b.get('gflops'), 2)} / {pp[1] or '—'} |")
+    line = teachers_line(rows, in_groups(rows, ["meddet", "lite"]))
+    if line:
+        w("\n" + line.rstrip("\n"))
     if bench:
         ref = brow.get("gfl_r50", {}).get("fps")
         ratios = ", ".join(f"{n} {b['fps'] / ref:.2f}×" for n, b in brow.items()
@@ -358,12 +478,16 @@ def _sweep(rows: dict[str, dict], spread: float | None, w) -> None:
     w(f"## σ / τ sweep (eq. 14), seed {sweep[0]['seed']}\n")
     if spread is not None:
         w(f"One seed per row: a difference counts only if it is larger than the MedDet "
-          f"rows' seed-to-seed spread at the default σ, τ ({spread:.1f} points).\n")
-    w("| σ | τ | 1 − σ − τ | best val mAP50 | test mAP50 |")
-    w("|---:|---:|---:|---:|---:|")
+          f"rows' seed-to-seed spread of test {HEADLINE} at the default σ, τ ({spread:.1f} "
+          "points).\n")
+    w(f"| σ | τ | 1 − σ − τ | best val mAP50 | test {HEADLINE} | test {BESIDE} |")
+    w("|---:|---:|---:|---:|---:|---:|")
     for r in sorted(sweep, key=lambda r: -(r.get("best_val_mAP50") or 0)):
         sig, tau = (DEFAULT_SIGMA_TAU if r["group"] == "meddet" else
                     (float(r["group"].split("-")[1][5:]), float(r["group"].split("-")[2][3:])))
         w(f"| {sig} | {tau} | {1 - sig - tau:.1f} | {_pct(r.get('best_val_mAP50'))} | "
-          f"{100 * r['test']['mAP50']:.1f} |")
+          f"{_pct(r['test'].get(HEADLINE))} | {_pct(r['test'].get(BESIDE))} |")
     w("")
+    line = teachers_line(rows, sweep)
+    if line:
+        w(line)

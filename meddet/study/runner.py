@@ -2,7 +2,9 @@
 
 Each row runs in its own process group as one ``bash -c "TRAIN && EVAL"`` line with
 ``OMP_NUM_THREADS`` set to the threads per row, ``jobs`` rows at a time, a row starting once
-the rows it needs (the teachers) are finished. A finished row (its ``row.json`` exists) is
+the rows it needs (the teachers) are finished. A row with config overrides (an
+ImageNet-initialised student) trains with ``--config runs/<row>/study-config.yaml``: the
+study's config with the overrides on top, written when the row starts. A finished row (its ``row.json`` exists) is
 never run again; an interrupted one resumes from its ``last.pt``. At the deadline the running
 rows are stopped and what they ran, and for how long, is appended to their ``partial.json``,
 so that a row finished over several invocations reports every one of them.
@@ -23,10 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
+from meddet._io import atomic_write_text
 from meddet.errors import MedDetError
 from meddet.study.records import record_invocation, write_json
 from meddet.study.report import write_report
-from meddet.study.tables import NOISE_SPEC, TABLES, TEACHERS, Row, plan, select
+from meddet.study.tables import NOISE_SPEC, TABLES, TEACHERS, Row, plan, select, tables_arg
 
 
 @dataclass
@@ -40,7 +45,8 @@ class StudyOptions:
         config: the config every row trains with (a preset name or a YAML file).
         device: ``cpu``, ``cuda`` or ``cuda:N`` for every command.
         seeds: training seeds; the first is also the single-seed rows' seed.
-        tables: the tables to run, a subset of :data:`~meddet.study.tables.TABLES`.
+        tables: the tables to run, a subset of :data:`~meddet.study.tables.TABLES` and
+            :data:`~meddet.study.tables.OPTIONAL_TABLES`.
         teacher_epochs: the teachers' epochs (``None``: the config's).
         jobs: rows run at a time.
         threads_per_job: ``OMP_NUM_THREADS`` of each row.
@@ -88,8 +94,7 @@ class StudyOptions:
 
     def command(self) -> str:
         """The ``meddet study run`` line these options stand for (recorded in study.json)."""
-        tables = "all" if self.tables == set(TABLES) else ",".join(
-            t for t in TABLES if t in self.tables)
+        tables = tables_arg(self.tables)
         argv = ["--out", str(self.out), "--data", str(self.data), "--config", self.config,
                 "--device", self.device, "--seeds", ",".join(map(str, self.seeds)),
                 "--tables", tables, "--jobs", str(self.jobs),
@@ -215,8 +220,24 @@ class Runner:
         """Whether row ``rid`` is finished (its ``row.json`` exists)."""
         return (self.runs / rid / "row.json").is_file()
 
+    def row_config(self, row: Row) -> str:
+        """The ``--config`` of ``row``: the study's, or for a row with overrides the path of
+        ``runs/<row>/study-config.yaml``, written here (the study's config with the overrides
+        on top, checked against the schema)."""
+        if not row.overrides:
+            return self.o.config
+        from meddet.config import load_config
+
+        doc = load_config(self.o.config, row.overrides).model_dump(mode="json",
+                                                                   exclude_unset=True)
+        path = self.runs / row.id / "study-config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+        return str(path)
+
     def steps(self, row: Row) -> list[list[str]]:
-        """The row's commands: train (or resume) then evaluate; ``meddet bench`` for ``bench``."""
+        """The row's commands: train (or resume) then evaluate; ``meddet bench`` for ``bench``.
+        A row with overrides gets its ``study-config.yaml`` written (:meth:`row_config`)."""
         run = self.runs / row.id
         dev = ["--device", self.o.device]
         if row.kind == "bench":
@@ -225,10 +246,11 @@ class Runner:
                      "--img-size", str(self.o.bench_img_size), "--threads",
                      str(self.o.bench_threads), "--iters", str(self.o.bench_iters), *dev,
                      "--json", str(run / "bench.json")]]
-        common = ["--data", str(self.o.data), "--config", self.o.config, *self.o.extra]
         if (run / "last.pt").is_file():
             train = [*meddet_argv(), row.argv[0], "--resume", str(run)]
         else:
+            common = ["--data", str(self.o.data), "--config", self.row_config(row),
+                      *self.o.extra]
             # The row's own flags come last so that they win over --extra (e.g. --epochs).
             argv = resolve_teachers(row.argv, self.runs)
             train = [*meddet_argv(), argv[0], *common, *argv[1:], "--out", str(run), *dev]
@@ -243,7 +265,12 @@ class Runner:
         """Start row ``rid`` in its own process group, logging to ``logs/<rid>.log``."""
         row = self.rows[rid]
         (self.runs / rid).mkdir(parents=True, exist_ok=True)
-        steps = self.steps(row)
+        try:
+            steps = self.steps(row)
+        except MedDetError as exc:  # e.g. a row's overrides the config schema rejects
+            self.failed.add(rid)
+            self.echo(f"[{_now()}] FAIL   {rid} ({exc})")
+            return
         log = (self.logs / f"{rid}.log").open("a")
         env = dict(os.environ, OMP_NUM_THREADS=str(self.o.threads_per_job),
                    PYTHONUNBUFFERED="1")
@@ -290,15 +317,18 @@ class Runner:
                         "seconds": round(secs, 1), "commands": self._cmds(steps),
                         "device": self.o.device, "config": self.o.config},
                        run / "partial.json")
+        if row.overrides:
+            info["overrides"] = row.overrides
         if row.kind == "bench":
             info["bench"] = json.loads((run / "bench.json").read_text())
         else:
             info["test"] = json.loads((run / "test.json").read_text())
             info["best_val_mAP50"] = best_val(run)
-            taught = {n: self.runs / n / "row.json" for n in row.needs if n.startswith("teacher-")}
+            taught = {n: json.loads((self.runs / n / "row.json").read_text())["test"]
+                      for n in row.needs if n.startswith("teacher-")}
             if taught:  # say which teachers taught the row: they may differ between machines
-                info["teachers"] = {n: json.loads(p.read_text())["test"]["mAP50"]
-                                    for n, p in taught.items()}
+                info["teachers"] = {n: t["mAP50"] for n, t in taught.items()}
+                info["teachers_mAP"] = {n: t.get("mAP") for n, t in taught.items()}
         write_json(run / "row.json", info)
         self.echo(f"[{_now()}] done   {rid} ({secs:.0f}s)")
 

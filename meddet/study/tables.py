@@ -21,13 +21,19 @@ differ only by seed share a *group*, the unit the report averages over. Row ids:
 * ``alone-lite-{head,none,fpn,backbone}-sS`` (table ``alone``, no teachers, CPU-feasible):
   ``meddet_lite`` trained alone with nmODE² in that place (``none``: nowhere), each with the
   noise sweep: a proxy for Table IV and the noise claim that a 2-core CPU can run.
+* ``imagenet-plain-gfl_mbv2-sS`` and ``imagenet-meddet-sS`` (table ``imagenet``, optional: not
+  in ``all``): ``plain-gfl_mbv2-sS`` and ``meddet-sS`` with the student's backbone initialised
+  from torchvision's ImageNet weights (``model.pretrained: imagenet``, passed as a per-row
+  config, :attr:`Row.overrides`), distilled from the same teachers; the table also runs their
+  from-scratch twins. Without the weights (offline, not cached) these rows fail when they run,
+  with the library's one-line error.
 
 ``S`` is the seed; teachers and single-seed rows use the first seed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meddet.errors import MedDetError
 
@@ -41,6 +47,11 @@ NOISE_ROWS = ("teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152", "plain-
 SWEEP = ((0.5, 0.3), (0.7, 0.2), (0.3, 0.5), (0.8, 0.1), (0.4, 0.2))
 DEFAULT_SIGMA_TAU = (0.5, 0.3)
 TABLES = ("1", "2", "3", "4", "5", "noise", "lite", "sweep", "alone")
+# Tables that run only when named: ``all`` means :data:`TABLES`. ``imagenet`` needs torchvision's
+# MobileNetV2 weights (a download or the cache), which an offline machine may not have.
+OPTIONAL_TABLES = ("imagenet",)
+# The config overrides of the ImageNet-initialised rows (``model.pretrained``).
+IMAGENET = {"model": {"pretrained": "imagenet"}}
 # Table "alone" (CPU-feasible, no teachers): meddet_lite trained alone with nmODE² here, each
 # row re-evaluated under noise. The proxy for Table IV and the noise claim without a GPU.
 PLACEMENTS = ("head", "none", "fpn", "backbone")
@@ -58,6 +69,10 @@ CLAIMS: dict[str, list[tuple[str, str, str]]] = {
         ("none", "abl-base"), ("backbone", "nmode-backbone"), ("fpn", "nmode-fpn"))],
     "5": [(f"LWFF vs {q}", "meddet", f"fusion-{q}") for q in ("sum", "concat")],
     "alone": [(f"head vs {q}", "alone-lite-head", f"alone-lite-{q}") for q in PLACEMENTS[1:]],
+    # not a claim of the paper (its detectors start from ImageNet): what pretraining buys
+    "imagenet": [("ImageNet vs scratch, GFL-MobileNetV2", "imagenet-plain-gfl_mbv2",
+                  "plain-gfl_mbv2"), ("ImageNet vs scratch, MedDet", "imagenet-meddet",
+                                      "meddet")],
 }
 # Table III's cumulative rows and Table IV's placements: 3-teacher feature distillation
 # without LWFF (teachers summed) and without AATM is the paper's "KD" baseline.
@@ -77,6 +92,9 @@ class Row:
     noise: bool = False
     group: str = ""                     # rows that differ only by seed share a group
     kind: str = "train"                 # train | bench
+    # config values the row trains with on top of the study's config (nested sections, e.g.
+    # IMAGENET); the runner writes them into a per-row YAML that the row's --config names
+    overrides: dict = field(default_factory=dict)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -92,14 +110,36 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_tables(text: str) -> set[str]:
-    """``"1,noise"`` -> ``{"1", "noise"}``; ``"all"`` -> every table of :data:`TABLES`."""
-    if text == "all":
-        return set(TABLES)
+    """``"1,noise"`` -> ``{"1", "noise"}``; ``"all"`` -> every table of :data:`TABLES`;
+    ``"all,imagenet"`` -> those and the optional ``imagenet`` table."""
     tables = set(text.split(","))
-    unknown = tables - set(TABLES)
+    if "all" in tables:
+        tables = (tables - {"all"}) | set(TABLES)
+    unknown = tables - set(TABLES) - set(OPTIONAL_TABLES)
     if unknown:
-        raise MedDetError(f"unknown table(s) {sorted(unknown)}; use {','.join(TABLES)} or all")
+        raise MedDetError(f"unknown table(s) {sorted(unknown)}; use "
+                          f"{','.join(TABLES + OPTIONAL_TABLES)} or all (all,imagenet adds the "
+                          "optional table)")
     return tables
+
+
+def tables_arg(tables: set[str]) -> str:
+    """The ``--tables`` value that :func:`parse_tables` turns into ``tables``."""
+    rest = [t for t in TABLES + OPTIONAL_TABLES if t in tables]
+    if set(TABLES) <= tables:
+        rest = ["all", *(t for t in OPTIONAL_TABLES if t in tables)]
+    return ",".join(rest)
+
+
+def describe_overrides(overrides: dict, prefix: str = "") -> str:
+    """``{"model": {"pretrained": "imagenet"}}`` -> ``"model.pretrained=imagenet"``."""
+    parts = []
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            parts.append(describe_overrides(v, f"{prefix}{k}."))
+        else:
+            parts.append(f"{prefix}{k}={v}")
+    return " ".join(parts)
 
 
 def select(rows: list[Row], only: str | None) -> list[Row]:
@@ -123,7 +163,7 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
 
     Args:
         seeds: training seeds; the first one is also the single-seed rows' seed.
-        tables: a subset of :data:`TABLES`.
+        tables: a subset of :data:`TABLES` and :data:`OPTIONAL_TABLES`.
         teacher_epochs: train the teachers this many epochs (``None``: the config's).
 
     Returns:
@@ -154,7 +194,7 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
              *longer])
 
     def per_seed(s: int) -> None:
-        for m in PLAIN if "1" in t else ("gfl_mbv2",) if t & {"noise"} else ():
+        for m in PLAIN if "1" in t else ("gfl_mbv2",) if t & {"noise", "imagenet"} else ():
             add(f"plain-{m}-s{s}", f"GFL {m[4:]}",
                 ["pretrain-teacher", "--model", m, "--seed", str(s)], s)
         if "1" in t:
@@ -163,7 +203,7 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
                 ["pretrain-teacher", "--model", "meddet", "--seed", str(s)], s)
             for k in KD:
                 distill(f"{k}-s{s}", k.upper(), s, student="gfl_mbv2", method=k)
-        if t & {"1", "2", "3", "4", "5", "lite", "noise", "sweep"}:
+        if t & {"1", "2", "3", "4", "5", "lite", "noise", "sweep", "imagenet"}:
             distill(f"meddet-s{s}", "MedDet", s)
         if t & {"3", "4", "noise"}:
             # every seed of this pair is swept: it is claim 6's distilled with/without pair
@@ -174,6 +214,13 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
             distill(f"abl-lwff-s{s}", "+ nmODE² + LWFF", s, "--no-aatm")
         if "lite" in t:
             distill(f"lite-s{s}", "MedDet-lite", s, student="meddet_lite")
+        if "imagenet" in t:
+            # the same commands as plain-gfl_mbv2-sS and meddet-sS, ImageNet-initialised
+            add(f"imagenet-plain-gfl_mbv2-s{s}", "GFL mbv2, ImageNet-initialised",
+                ["pretrain-teacher", "--model", "gfl_mbv2", "--seed", str(s)], s,
+                overrides=IMAGENET)
+            distill(f"imagenet-meddet-s{s}", "MedDet, ImageNet-initialised student", s,
+                    overrides=IMAGENET)
         if "alone" in t:
             for q in PLACEMENTS:
                 add(f"alone-lite-{q}-s{s}", f"meddet_lite alone, nmODE² {where(q)}",

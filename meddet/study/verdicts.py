@@ -5,6 +5,8 @@ rows are fractions; everything returned here is in percent points. A *group* is 
 differ only by seed. A difference between two groups is judged against the seed-to-seed
 spread (the larger sample standard deviation of the two): beyond it with the paper's sign it
 is *reproduced*, beyond it with the opposite sign *contradicted*, inside it *not resolved*.
+Verdicts are decided on the headline metric, COCO mAP@[.5:.95] (:data:`HEADLINE`); the same
+rule on mAP50 (:data:`BESIDE`) is stated beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import math
 import statistics
 
 Stats = tuple[float, float, int]  # mean, sample standard deviation, count
+
+HEADLINE = "mAP"    # COCO mAP@[.5:.95] on the test split: the metric verdicts are decided on
+BESIDE = "mAP50"    # shown beside it (the paper's tables and older records report it)
 
 
 def stats(values: list[float]) -> Stats:
@@ -79,19 +84,50 @@ def verdict(a: Stats, b: Stats, spread: float | None = None) -> str:
     return f"not resolved ({d:+.1f}, within spread {sp:.1f}{one})"
 
 
+def verdicts_beside(rows: dict[str, dict], a: str, b: str,
+                    spreads: dict[str, float | None] | None = None) -> str:
+    """:func:`verdict` of group ``a`` against ``b`` on :data:`HEADLINE`, then on
+    :data:`BESIDE` (unbolded: it does not decide), e.g. ``**reproduced** (+3.0 > spread
+    1.0) · mAP50: not resolved (+1.0, within spread 2.0)``.
+
+    Args:
+        spreads: the spread of single-seed comparisons per metric (``None``: unknown).
+    """
+    spreads = spreads or {}
+    v, v50 = (verdict(group_metric(rows, a, k), group_metric(rows, b, k), spreads.get(k))
+              for k in (HEADLINE, BESIDE))
+    return _beside(v, v50)
+
+
+def _beside(v: str, v50: str) -> str:
+    """The headline verdict ``v``, then the unbolded mAP50 verdict ``v50``."""
+    if v50 == "not run":
+        return v50
+    if v == "not run":  # records older than the headline metric hold mAP50 alone
+        v = f"— ({HEADLINE} not recorded)"
+    return f"{v} · {BESIDE}: {v50.replace('**', '')}"
+
+
 def paired(rows: dict[str, dict], a: str, b: str, key: str = "mAP50") -> dict[int, float]:
-    """Per seed that both groups ran: ``100 * (a - b)`` of ``key`` on the test split."""
+    """Per seed that both groups ran (and recorded ``key``): ``100 * (a - b)`` of ``key`` on
+    the test split."""
     by = {g: {r["seed"]: 100.0 * r["test"][key] for r in rows.values()
-              if r["group"] == g and "test" in r} for g in (a, b)}
+              if r["group"] == g and r.get("test", {}).get(key) is not None} for g in (a, b)}
     return {s: by[a][s] - by[b][s] for s in sorted(by[a].keys() & by[b].keys())}
 
 
-def lite_verdict(med: Stats, lite: Stats, diffs: dict[int, float], margin: float = 1.0) -> str:
+def lite_verdict(med: Stats, lite: Stats, diffs: dict[int, float], margin: float = 1.0, *,
+                 key: str = "mAP50", beside: tuple[Stats, Stats] | None = None,
+                 beside_key: str = BESIDE) -> str:
     """The MedDet-lite bar: at most ``margin`` points below MedDet (same schedule), as a
-    paragraph; ``diffs`` are the per-seed differences (:func:`paired`)."""
+    paragraph; ``diffs`` are the per-seed differences (:func:`paired`), all of test ``key``.
+    ``beside``: MedDet's and MedDet-lite's test ``beside_key``, named after the means."""
     d = lite[0] - med[0]
-    text = (f"MedDet {fmt(med)} vs MedDet-lite {fmt(lite)} test mAP50: difference of the means "
+    text = (f"MedDet {fmt(med)} vs MedDet-lite {fmt(lite)} test {key}: difference of the means "
             f"{d:+.1f} points")
+    if beside is not None:
+        text += (f" ({beside_key}: MedDet {fmt(beside[0])} vs MedDet-lite {fmt(beside[1])}, "
+                 f"{beside[1][0] - beside[0][0]:+.1f})")
     if diffs:
         text += " (per seed, lite − MedDet: " + ", ".join(
             f"s{s} {v:+.1f}" for s, v in diffs.items()) + ")"
@@ -106,30 +142,36 @@ def lite_verdict(med: Stats, lite: Stats, diffs: dict[int, float], margin: float
     return text + ".\n"
 
 
-def noise_levels(r: dict) -> list[tuple[str, float]]:
-    """A row's noise sweep as ``[(level, test mAP50 %)]``, clean first (``[]``: not swept)."""
-    return [(x["noise"] or "clean", 100 * x["mAP50"]) for x in r["test"].get("noise_sweep", [])]
+def noise_levels(r: dict, key: str = "mAP50") -> list[tuple[str, float | None]]:
+    """A row's noise sweep as ``[(level, test key %)]``, clean first (``[]``: not swept; the
+    value ``None`` where the record lacks ``key``)."""
+    return [(x["noise"] or "clean", None if x.get(key) is None else 100 * x[key])
+            for x in r["test"].get("noise_sweep", [])]
 
 
-def level_stats(rs: list[dict], levels: list[str]) -> list[Stats]:
-    """Mean, sample sd and count over the runs ``rs`` at each noise level."""
-    return [stats([v for r in rs for n_, v in noise_levels(r) if n_ == n]) for n in levels]
+def level_stats(rs: list[dict], levels: list[str], key: str = "mAP50") -> list[Stats]:
+    """Mean, sample sd and count of test ``key`` over the runs ``rs`` at each noise level."""
+    return [stats([v for r in rs for n_, v in noise_levels(r, key) if n_ == n and v is not None])
+            for n in levels]
 
 
-def drops(rows: dict[str, dict], group: str) -> dict[int, float]:
-    """Per seed of ``group``: test mAP50 (%) clean minus at the sweep's last (noisiest) level."""
+def drops(rows: dict[str, dict], group: str, key: str = "mAP50") -> dict[int, float]:
+    """Per seed of ``group``: test ``key`` (%) clean minus at the sweep's last (noisiest)
+    level."""
     out = {}
     for r in rows.values():
-        lv = noise_levels(r) if r["group"] == group and "test" in r else []
-        if len(lv) > 1:
+        lv = noise_levels(r, key) if r["group"] == group and "test" in r else []
+        if len(lv) > 1 and lv[0][1] is not None and lv[-1][1] is not None:
             out[r["seed"]] = lv[0][1] - lv[-1][1]
     return out
 
 
-def noise_verdict(rows: dict[str, dict], with_g: str, without_g: str) -> str:
-    """Does ``with_g`` (nmODE²) lose less from clean to the noisiest level than ``without_g``?
-    The verdict of the mean drops (without − with), then the paired per-seed differences."""
-    with_, without = drops(rows, with_g), drops(rows, without_g)
+def noise_verdict(rows: dict[str, dict], with_g: str, without_g: str,
+                  key: str = "mAP50") -> str:
+    """Does ``with_g`` (nmODE²) lose less of test ``key`` from clean to the noisiest level than
+    ``without_g``? The verdict of the mean drops (without − with), then the paired per-seed
+    differences."""
+    with_, without = drops(rows, with_g, key), drops(rows, without_g, key)
     if not (with_ and without):
         return "not run"
     per = {s: with_[s] - without[s] for s in sorted(with_.keys() & without.keys())}
@@ -138,8 +180,41 @@ def noise_verdict(rows: dict[str, dict], with_g: str, without_g: str) -> str:
                 + ", ".join(f"s{s} {d:+.1f}" for s, d in per.items()) if per else "")
 
 
+def teacher_set(r: dict) -> str | None:
+    """Which set of teachers taught the distilled row ``r`` (``None``: not distilled).
+
+    Teachers are known by their test mAP50 at full precision, recorded with every distilled
+    row (``teachers``); two trainings of a teacher do not give the same float.
+    """
+    return json.dumps(r["teachers"], sort_keys=True) if "teachers" in r else None
+
+
+def teacher_scores(rows: dict[str, dict], r: dict) -> dict[str, tuple[float | None, float]]:
+    """The test (mAP, mAP50) in % of each teacher that taught ``r``, by teacher row id.
+
+    mAP comes from the row's ``teachers_mAP``; records without it take it from the study's own
+    teacher row when that row's mAP50 is exactly the recorded one (the same training), else
+    ``None``.
+    """
+    known = r.get("teachers_mAP") or {}
+    out = {}
+    for n, m50 in r["teachers"].items():
+        m = known.get(n)
+        own = rows.get(n, {}).get("test", {})
+        if m is None and own.get("mAP50") == m50:
+            m = own.get("mAP")
+        out[n] = (None if m is None else 100.0 * m, 100.0 * m50)
+    return out
+
+
 def taught_apart(rows: dict[str, dict], a: str, b: str) -> bool:
     """Whether two groups' rows were distilled from different sets of teachers."""
-    sets = [{json.dumps(r["teachers"], sort_keys=True) for r in rows.values()
-             if r.get("group") == g and "teachers" in r} for g in (a, b)]
+    sets = [{teacher_set(r) for r in rows.values() if r.get("group") == g and "teachers" in r}
+            for g in (a, b)]
     return all(sets) and sets[0] != sets[1]
+
+
+def noise_beside(rows: dict[str, dict], with_g: str, without_g: str) -> str:
+    """:func:`noise_verdict` on :data:`HEADLINE`, then (unbolded) on :data:`BESIDE`."""
+    return _beside(noise_verdict(rows, with_g, without_g, HEADLINE),
+                   noise_verdict(rows, with_g, without_g, BESIDE))
