@@ -575,7 +575,7 @@ def test_options_parsing():
     assert a.seeds == [0, 2] and a.tables == {"1", "noise"} and a.data == Path("x/data")
     assert a.report == Path("x/results.md")
     assert StudyOptions().tables == set(tables.TABLES) == tables.parse_tables("all")
-    assert a.command() == ("meddet study run --out x --data x/data --config cpu-small "
+    assert a.command() == ("meddet study run --out x --data x/data --config cpu-crop "
                            "--device cpu --seeds 0,2 --tables 1,noise --jobs 1 "
                            "--threads-per-job 1")
     b = StudyOptions(out="x", teacher_epochs=40, extra=["--max-iters", "2"], bench_iters=50)

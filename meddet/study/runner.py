@@ -59,7 +59,7 @@ class StudyOptions:
 
     out: Path = Path("runs/study")
     data: Path | None = None
-    config: str = "cpu-small"
+    config: str = "cpu-crop"
     device: str = "cpu"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tables: set[str] = field(default_factory=lambda: set(TABLES))
