@@ -16,7 +16,7 @@ def test_builtins_load():
     assert paper.train.lr == pytest.approx(0.01) and paper.train.warmup_iters == 500
     crop = load_config("cpu-crop")  # the calibrated CPU recipe (docs/training.md)
     assert crop.data.img_size == 256 and crop.data.augmentation.crop == 128
-    assert crop.train.ema and crop.train.epochs == 80 and crop.train.optimizer == "adamw"
+    assert not crop.train.ema and crop.train.epochs == 80 and crop.train.optimizer == "adamw"
 
 
 def test_overrides_win_and_none_is_ignored():
