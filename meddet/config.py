@@ -42,8 +42,9 @@ class AugmentConfig(_Strict):
     gamma: float = Field(0.1, ge=0, description="max relative gamma change")
     crop: int | None = Field(
         None, description="train on a random crop x crop window of the (resized, padded) input "
-        "that holds a randomly chosen object whole (a multiple of 32, at most img_size); "
-        "evaluation keeps the whole image. Cuts the cost of a step by about (img_size/crop)^2")
+        "that holds a randomly chosen object whole (a multiple of 32; at or above img_size the whole "
+        "image is used); evaluation keeps the whole image. Cuts the cost of a step by about "
+        "(img_size/crop)^2")
 
     @model_validator(mode="after")
     def _check_crop(self) -> AugmentConfig:
@@ -73,10 +74,6 @@ class DataConfig(_Strict):
             check_img_size(self.img_size, what="img_size", minimum=64)
         except MedDetError as exc:
             raise ValueError(str(exc)) from None
-        crop = self.augmentation.crop
-        if crop is not None and crop > self.img_size:
-            raise ValueError(f"augmentation.crop ({crop}) must not exceed img_size "
-                             f"({self.img_size})")
         return self
 
 

@@ -204,12 +204,25 @@ def test_crop_is_a_window_of_the_full_input_holding_an_object(synth_root):
     assert len(seen) > 1  # random
 
 
-@pytest.mark.parametrize("crop, needle", [(100, "multiple of 32"), (512, "must not exceed")])
-def test_bad_crop_is_a_config_error(crop, needle):
+def test_bad_crop_is_a_config_error():
     from meddet.config import load_config
 
-    with pytest.raises(MedDetError, match=needle):
-        load_config(None, {"data": {"img_size": 256, "augmentation": {"crop": crop}}})
+    with pytest.raises(MedDetError, match="multiple of 32"):
+        load_config(None, {"data": {"img_size": 256, "augmentation": {"crop": 100}}})
+
+
+def test_crop_at_or_above_the_input_size_keeps_the_whole_image(synth_root):
+    still = dict(hflip=0.0, scale_jitter=(1.0, 1.0), brightness=0, contrast=0, gamma=0)
+    whole = CocoDetection(synth_root, "train", img_size=128, train=True,
+                          augment=AugmentConfig(**still))
+    for crop in (128, 256):  # e.g. `--config cpu-crop --img-size 128`
+        same = CocoDetection(synth_root, "train", img_size=128, train=True,
+                             augment=AugmentConfig(**still, crop=crop))
+        torch.manual_seed(0)
+        a = whole[0]
+        torch.manual_seed(0)
+        b = same[0]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
 
 
 # --- bad data -----------------------------------------------------------------------------

@@ -910,9 +910,9 @@ def _teacher_row(out: Path, name: str, ckpt: Path, map_: float, map50: float) ->
 @pytest.mark.slow
 def test_toy_study_end_to_end_with_an_imagenet_row(tiny_dataset, tiny_teachers, tmp_path,
                                                    monkeypatch):
-    """`meddet study run --tables imagenet` for real at toy size (all rows but the plain
-    from-scratch one, to stay short): MedDet from scratch and ImageNet-initialised, distilled
-    from the study's (stand-in) teachers, and the ImageNet GFL-MobileNetV2, from a fake
+    """`meddet study run --tables imagenet` for real at toy size (the two ImageNet rows only, to
+    stay short): MedDet with an ImageNet-initialised student, distilled from the study's
+    (stand-in) teachers, and the ImageNet GFL-MobileNetV2, from a fake
     torchvision MobileNetV2 file in TORCH_HOME; the report puts mAP first, mAP50 beside it and
     names the teachers."""
     import torch
@@ -935,28 +935,25 @@ def test_toy_study_end_to_end_with_an_imagenet_row(tiny_dataset, tiny_teachers, 
                                      ("gfl_r152", 0.25, 0.45)), tiny_teachers):
         _teacher_row(out, name, ckpt, m, m50)
     opts = StudyOptions(out=out, data=tiny_dataset, tables={"imagenet"}, seeds=[0],
-                        only="meddet-s0,imagenet-plain-gfl_mbv2-s0,imagenet-meddet-s0",
+                        only="imagenet-plain-gfl_mbv2-s0,imagenet-meddet-s0",
                         extra=["--max-iters", "1", "--epochs", "1", "--img-size", "64",
                                "--batch-size", "2", "--eval-every", "1"])
     lines: list[str] = []
     res = runner.run_study(opts, echo=lines.append)
     assert res.failed == [] and res.exit_code == 0, lines
-    assert res.finished == res.planned == ["meddet-s0", "imagenet-plain-gfl_mbv2-s0",
-                                           "imagenet-meddet-s0"]
+    assert res.finished == res.planned == ["imagenet-plain-gfl_mbv2-s0", "imagenet-meddet-s0"]
 
     runs = records.load_rows(out)
-    for rid, ckpt in (("meddet-s0", "student.pt"), ("imagenet-plain-gfl_mbv2-s0", "best.pt"),
+    for rid, ckpt in (("imagenet-plain-gfl_mbv2-s0", "best.pt"),
                       ("imagenet-meddet-s0", "student.pt")):
         state = torch.load(out / "runs" / rid / ckpt, map_location="cpu",
                            weights_only=True)["model"]
-        from_imagenet = torch.equal(state["backbone.features.0.0.weight"],
-                                    fake["features.0.0.weight"])
-        assert from_imagenet == rid.startswith("imagenet-"), rid
-        assert (runs[rid].get("overrides") == {"model": {"pretrained": "imagenet"}}) \
-            == rid.startswith("imagenet-")
+        # The stem is frozen under ImageNet initialisation: it still holds the file's values.
+        assert torch.equal(state["backbone.features.0.0.weight"], fake["features.0.0.weight"])
+        assert runs[rid].get("overrides") == {"model": {"pretrained": "imagenet"}}
     assert "--config OUT/runs/imagenet-meddet-s0/study-config.yaml" in \
         runs["imagenet-meddet-s0"]["commands"][0]
-    for rid in ("meddet-s0", "imagenet-meddet-s0"):  # both taught by the study's teachers
+    for rid in ("imagenet-meddet-s0",):  # taught by the study's teachers
         assert runs[rid]["teachers"] == {"teacher-gfl_r50": 0.30, "teacher-gfl_r101": 0.40,
                                          "teacher-gfl_r152": 0.45}
         assert runs[rid]["teachers_mAP"] == {"teacher-gfl_r50": 0.10, "teacher-gfl_r101": 0.20,
@@ -975,9 +972,11 @@ def test_toy_study_end_to_end_with_an_imagenet_row(tiny_dataset, tiny_teachers, 
     assert ("Teachers: one set taught every distilled row here: GFL-R50 / GFL-R101 / GFL-R152 "
             "test mAP 10.0 / 20.0 / 25.0 (mAP50 30.0 / 40.0 / 45.0).") in sec
     assert _line(sec, "| GFL mbv2, from scratch |").count("not run") == 3
+    assert _line(sec, "| MedDet, from scratch |").count("not run") == 3
     claims = _line(sec, "Claims: ")
-    assert claims.startswith("Claims: ImageNet vs scratch, GFL-MobileNetV2: not run; ImageNet vs "
-                             "scratch, MedDet: ") and "· mAP50: " in claims
+    # The from-scratch twins were left out of this run: no verdict without both sides.
+    assert claims == ("Claims: ImageNet vs scratch, GFL-MobileNetV2: not run; ImageNet vs "
+                      "scratch, MedDet: not run.")
 
 
 def test_teachers_line_names_one_set_or_says_they_differ(fake_study):
