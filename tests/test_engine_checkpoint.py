@@ -95,3 +95,30 @@ def test_weights_that_do_not_fit(tmp_path):
     p = save_checkpoint(tmp_path / "unk.pt", {"model": {}, "meta": meta(model_name="gfl_nope")})
     with pytest.raises(MedDetError, match="not in this meddet's zoo"):
         build_model_from_checkpoint(p)
+
+
+def test_skip_weight_init_is_scoped_and_the_rebuilt_model_is_exact(tmp_path):
+    from meddet.engine.checkpoint import skip_weight_init
+    from meddet.models import build_detector
+
+    before = {n: getattr(torch.nn.init, n) for n in ("normal_", "kaiming_uniform_", "constant_")}
+    with pytest.raises(RuntimeError), skip_weight_init():
+        w = torch.full((3,), 7.0)
+        assert torch.nn.init.normal_(w) is w and torch.equal(w, torch.full((3,), 7.0))
+        raise RuntimeError("body fails")
+    # Restored, also after an exception: initialisers work again.
+    assert all(getattr(torch.nn.init, n) is f for n, f in before.items())
+    assert not torch.equal(torch.nn.init.normal_(torch.full((64,), 7.0)), torch.full((64,), 7.0))
+
+    # A student with nmODE² in the head, rebuilt without initialisation, predicts exactly
+    # what the saved model predicts.
+    torch.manual_seed(0)
+    model = build_detector("meddet").eval()
+    p = save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(),
+                                            "meta": meta(model_name="meddet")})
+    rebuilt, _ = build_model_from_checkpoint(p)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model.forward_raw(x), rebuilt.forward_raw(x)):
+            for ta, tb in zip(a, b):
+                assert torch.equal(ta, tb)

@@ -182,3 +182,31 @@ def test_download_checks_the_hash_in_the_file_name(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="invalid hash"):
         _DOWNLOAD(SHARED_MBV2.as_uri(), bad)
     assert not bad.exists()
+
+
+def test_no_network_is_tried_once_per_process(tmp_path, monkeypatch):
+    """Offline, `auto` for the demo's four backbones waits on the network once, not four times
+    (a hanging connection costs the download timeout each time)."""
+    from urllib.error import URLError
+
+    calls = []
+
+    def unreachable(url, dst):
+        calls.append(url)
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(pretrained, "_download", unreachable)
+    notes = [resolve_pretrained(b, "auto") for b in ("resnet50", "resnet101", "mobilenet_v2")]
+    assert len(calls) == 1 and all(w.path is None for w in notes)
+    assert all("Name or service not known" in w.note for w in notes)
+    # A failure of one file (a hash mismatch) is not taken for a missing network.
+    monkeypatch.setattr(pretrained, "_FAILED_DOWNLOADS", {})
+
+    def bad_hash(url, dst):
+        calls.append(url)
+        raise RuntimeError('invalid hash value (expected "b0353104", got "00000000")')
+
+    monkeypatch.setattr(pretrained, "_download", bad_hash)
+    resolve_pretrained("resnet50", "auto")
+    resolve_pretrained("mobilenet_v2", "auto")
+    assert len(calls) == 3

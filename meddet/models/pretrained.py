@@ -22,6 +22,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
+from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
@@ -52,6 +53,7 @@ _DOWNLOAD_TIMEOUT_S = 30.0
 # URLs whose download already failed in this process, with the reason: a run building several
 # models offline tries each file once instead of waiting on the network again and again.
 _FAILED_DOWNLOADS: dict[str, str] = {}
+_NETWORK = "<network>"  # key of _FAILED_DOWNLOADS once a failure showed there is no network
 
 
 class PretrainedWeights(NamedTuple):
@@ -119,7 +121,7 @@ def _fetch_imagenet(backbone: str) -> tuple[Path | None, str]:
     _, url, path = imagenet_cache_path(backbone)
     if path.is_file():
         return path, ""
-    reason = _FAILED_DOWNLOADS.get(url)
+    reason = _FAILED_DOWNLOADS.get(url) or _FAILED_DOWNLOADS.get(_NETWORK)
     if reason is None:
         try:
             _download(url, path)
@@ -127,6 +129,9 @@ def _fetch_imagenet(backbone: str) -> tuple[Path | None, str]:
             first = str(exc).splitlines()[0] if str(exc) else ""
             reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
             _FAILED_DOWNLOADS[url] = reason
+            if isinstance(exc, (URLError, ConnectionError, TimeoutError, socket.timeout)):
+                # The network itself is unreachable: do not wait on it for the next file.
+                _FAILED_DOWNLOADS[_NETWORK] = reason
         else:
             if path.is_file():
                 return path, ""
