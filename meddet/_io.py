@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,25 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` hold the bytes of ``src``, atomically: a hard link where the file system
+    allows one (no bytes copied; safe because every writer here replaces files by renaming,
+    never rewrites them in place), else a byte copy."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        return
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    with open(src, "rb") as fh:
+        atomic_save(dst, lambda out: shutil.copyfileobj(fh, out))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

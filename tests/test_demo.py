@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from meddet.cli import main
 from meddet.demo import (
@@ -22,14 +24,16 @@ from meddet.errors import MedDetError
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--json", "-"]) == 0
+    assert main(["demo", "--quick", "--pretrained", "none", "--out", str(out), "--json",
+                 "-"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)           # --json -: JSON alone on stdout
     human = captured.err
-    assert "Expected time: about" in human and "not comparable" in human
+    assert "Expected time: about" in human and "pipeline check" in human
     assert "Table I" in human and "Table II" in human
+    assert "Initial weights: random for every model (--pretrained none)" in human
 
-    students = default_students()
+    students = ["meddet"]  # the quick plan's (and the CPU plan's) default
     names = [*TEACHERS, PLAIN_STUDENT, *students]
     assert set(result["models"]) == set(names)
     for name in names:
@@ -51,15 +55,26 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert (out / "students" / "meddet" / "student.pt").is_file()
     assert all((out / "teachers" / t / "best.pt").is_file() for t in TEACHERS)
     md = (out / "results.md").read_text()
-    assert "Table I" in md and "Table II" in md and "not comparable" in md
+    assert "Table I" in md and "Table II" in md and "pipeline check" in md
+    assert "(curves.png)" in md and "(preview.png)" in md
     assert json.loads((out / "results.json").read_text())["plan"]["name"] == "quick"
 
 
 def test_estimates_cover_every_step_and_fit_the_budgets():
     quick, full = estimate_seconds("quick", ["meddet"]), estimate_seconds("full", ["meddet"])
     assert list(quick) == list(full) and all(v > 0 for v in full.values())
+    # The CPU plan at the reference speeds (2 idle cores, measured) fits the 15 minutes.
     assert sum(quick.values()) < 3 * 60 and sum(full.values()) < 15 * 60
+    assert estimate_seconds("full") == full  # the CPU plan's default students: MedDet only
+    # The GPU plan distils both students (its speeds are not measured yet: no budget test).
+    assert {"distill meddet", "distill meddet_lite"} <= set(estimate_seconds("gpu"))
     assert sum(estimate_seconds("full", ["meddet", "gfl_mbv2_1.4"]).values()) > sum(full.values())
+    # Training cost follows the crop, evaluation the whole image.
+    p = PLANS["full"]
+    bigger = estimate_seconds(dataclasses.replace(p, crop=2 * p.crop))
+    assert bigger["train gfl_mbv2"] > 1.5 * full["train gfl_mbv2"]
+    assert bigger["pretrain gfl_r152"] > 3 * full["pretrain gfl_r152"]  # follows the area
+    assert bigger["evaluate"] == full["evaluate"]
 
 
 def test_students_are_validated():
@@ -75,6 +90,51 @@ def test_bad_students_flag_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error:") and "no_such_model" in err and len(err.splitlines()) == 1
     assert not out.exists()  # nothing made before the input was checked
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--pretrained", "sometimes"], ["--pretrained", "sometimes", "auto, none or imagenet"]),
+    pytest.param(["--device", "cuda"], ["--device cuda", "CUDA is not available"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")),
+])
+def test_bad_device_or_pretrained_is_one_line_exit_2(tmp_path, capsys, flags, words):
+    out = tmp_path / "never"
+    assert main(["demo", "--quick", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert not out.exists()
+
+
+def test_initial_weights_say_which_models_got_imagenet(tmp_path, monkeypatch):
+    """`auto` with only MobileNetV2's file in torchvision's cache and no network: the two
+    MobileNetV2 students get ImageNet weights, the ResNet teachers random ones, with the reason;
+    `none` gives random weights to all without looking."""
+    import torchvision
+
+    from meddet.demo.run import initial_weights
+    from meddet.models import pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(pretrained, "_FAILED_DOWNLOADS", {})
+    calls = []
+
+    def offline(url, dst):
+        calls.append(url)
+        raise OSError("no network")
+
+    monkeypatch.setattr(pretrained, "_download", offline)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), cache / "mobilenet_v2-b0353104.pth")
+    got = initial_weights(["gfl_r50", "gfl_mbv2", "meddet"], "auto")
+    assert got["gfl_mbv2"] == got["meddet"] == "imagenet"
+    assert got["gfl_r50"].startswith("random: ") and "no network" in got["gfl_r50"]
+    assert initial_weights(["gfl_r50", "gfl_mbv2"], "none") == {"gfl_r50": "random",
+                                                                "gfl_mbv2": "random"}
+    assert len(calls) == 1  # only ResNet-50's file was looked for on the network, once
+    with pytest.raises(MedDetError, match="no ImageNet weights"):
+        initial_weights(["gfl_r50"], "imagenet")
 
 
 def test_tables_from_a_result():

@@ -238,3 +238,27 @@ def test_every_torch_load_in_the_package_is_weights_only():
                 kw["weights_only"].value is True, f"{where}: torch.load without weights_only=True"
             found.append(where)
     assert any("engine/checkpoint.py" in w for w in found)
+
+
+def test_atomic_copy_survives_later_writes_of_its_source(tmp_path, monkeypatch):
+    """best.pt is made from last.pt by atomic_copy (a hard link where possible): rewriting
+    last.pt afterwards (always by rename) must leave the copy's bytes as they were, with a
+    link and with the byte-copy fallback alike."""
+    import meddet._io as mio
+
+    for link_works in (True, False):
+        if not link_works:
+            def no_link(src, dst):
+                raise OSError("links not supported here")
+
+            monkeypatch.setattr(mio.os, "link", no_link)
+        last, best = tmp_path / f"last{link_works}.pt", tmp_path / f"best{link_works}.pt"
+        mio.atomic_write_bytes(last, b"epoch 1")
+        mio.atomic_copy(last, best)
+        assert best.read_bytes() == b"epoch 1"
+        assert (os.stat(best).st_ino == os.stat(last).st_ino) is link_works
+        mio.atomic_write_bytes(last, b"epoch 2")
+        assert best.read_bytes() == b"epoch 1" and last.read_bytes() == b"epoch 2"
+        mio.atomic_copy(last, best)  # over an existing copy
+        assert best.read_bytes() == b"epoch 2"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left

@@ -30,37 +30,50 @@ def demo(
                                "images, one iteration per model (for CI and a first look)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and of every training run."),
     students: str | None = typer.Option(None, "--students", help="Distilled students, "
-                                           "comma-separated zoo names (default: meddet, plus "
-                                           "meddet_lite when the zoo has it)."),
+                                           "comma-separated zoo names (default: meddet on the "
+                                           "CPU; meddet and meddet_lite on a GPU)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else "
+                               "cpu), cpu, cuda or cuda:N; a GPU runs the larger GPU plan."),
+    pretrained: str = typer.Option("auto", "--pretrained", help="auto: torchvision's ImageNet "
+                                   "weights for every backbone that has them (its cache, or a "
+                                   "download), random weights otherwise; none: random weights "
+                                   "for all; imagenet: ImageNet weights or an error."),
     json_dest: str | None = typer.Option(None, "--json", metavar="PATH|-",
                                             help="Also write results.json here ('-' = stdout)."),
 ) -> None:
     """Run the whole paper on synthetic CDH-MRI data at reduced size: synthesise data,
     pretrain the GFL R50/R101/R152 teachers, distil MedDet, train the plain student, evaluate,
     benchmark, and print Tables I and II (also in results.md / results.json)."""
-    from meddet.demo import PLANS, check_students, estimate_seconds, run_demo
+    from meddet.demo import PLANS, check_students, estimate_seconds, run_demo, scale_note
+    from meddet.device import resolve_device
+    from meddet.errors import MedDetError
     from meddet.runs import new_run_dir
 
     con = human_console(json_dest)
-    plan = PLANS["quick" if quick else "full"]
+    if pretrained not in ("auto", "none", "imagenet"):
+        raise MedDetError(f"--pretrained {pretrained!r}: use auto, none or imagenet")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = resolve_device(device)
+    plan = PLANS["quick" if quick else ("gpu" if dev.type == "cuda" else "full")]
     names = check_students(parse_csv_list(students, "--students") if students is not None
-                           else None)
+                           else None, plan)
     expected = sum(estimate_seconds(plan, names).values())
     run_dir = new_run_dir(COMMAND, out)
     con.print(f"[bold]meddet demo{' --quick' if quick else ''}[/]: the whole MedDet pipeline on "
               f"synthetic CDH-MRI data -> {escape(str(run_dir))}")
-    con.print(f"Expected time: about {max(1, round(expected / 60))} minute(s) on 2 idle CPU "
-              "cores (longer on a busy machine; each step prints its own estimate and the "
-              "time left).")
-    con.print(f"Reduced scale: {plan.img_size} px, {plan.num_train}/{plan.num_val}/"
-              f"{plan.num_test} train/val/test images, teachers {plan.teacher_epochs} and "
-              f"students {plan.student_epochs} epoch(s) of batch {plan.batch_size}"
-              + (f" (at most {plan.max_iters} iteration(s) each)" if plan.max_iters else "")
-              + ". A pipeline demonstration: the numbers are not comparable with the paper's "
-              "(CDH-1848; full-scale training is `--config paper`, 512 px, on a GPU).")
-    result = run_demo(run_dir, plan=plan, seed=seed, students=names, console=con)
+    where = "2 idle CPU cores" if plan.device == "cpu" else "one H100/H200-class GPU"
+    con.print(f"Expected time: about {max(1, round(expected / 60))} minute(s) on {where} "
+              "(longer on a busy machine; each step prints its own estimate and the time left).")
+    con.print(f"Scale ({plan.name} plan, {dev}): {plan.scale_line()}. {scale_note(plan)}")
+    result = run_demo(run_dir, plan=plan, seed=seed, students=names, device=str(dev),
+                      pretrained=pretrained, console=con)
 
-    t1 = Table(title="Table I: detection on the synthetic test split", box=box.SIMPLE_HEAD)
+    t1 = Table(title="Table I: detection on the synthetic test split", box=box.SIMPLE_HEAD,
+               caption=f"{plan.num_test} test images; {plan.scale_line()}. {scale_note(plan)}",
+               caption_justify="left")
     t1.add_column("model")
     for c in ("mAP", "mAP50", "AR100", "recall@.5"):
         t1.add_column(c, justify="right")
@@ -68,7 +81,10 @@ def demo(
         t1.add_row(r["name"], _cell(r["mAP"]), _cell(r["mAP50"]), _cell(r.get("AR100")),
                    _cell(r["recall"]))
     t2 = Table(title=f"Table II: accuracy and cost (FPS at {plan.img_size} px, "
-               "params/GFLOPs at 512 px)", box=box.SIMPLE_HEAD)
+               "params/GFLOPs at 512 px)", box=box.SIMPLE_HEAD,
+               caption="Parameters and GFLOPs are the models' own, comparable with the paper's "
+               f"Table II; FPS is this machine's ({dev}, batch 1, random weights).",
+               caption_justify="left")
     t2.add_column("model")
     for c in ("mAP", "recall@.5", "FPS", "params M", "GFLOPs", "paper params M", "paper GFLOPs"):
         t2.add_column(c, justify="right")

@@ -33,10 +33,11 @@ from meddet.demo.plan import (
     check_students,
     default_students,
     estimate_seconds,
+    scale_note,
 )
 from meddet.demo.run import run_demo
 from meddet.demo.tables import DISPLAY_NAMES, build_tables, format_tables
 
 __all__ = ["DISPLAY_NAMES", "PAPER_IMG_SIZE", "PLAIN_STUDENT", "PLANS", "TEACHERS", "DemoPlan",
            "build_tables", "check_students", "default_students", "estimate_seconds",
-           "format_tables", "run_demo"]
+           "format_tables", "run_demo", "scale_note"]

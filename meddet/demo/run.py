@@ -26,6 +26,7 @@ from meddet.demo.plan import (
     check_students,
     estimate_seconds,
     resolve_plan,
+    scale_note,
 )
 from meddet.demo.tables import build_tables, format_tables
 from meddet.errors import MedDetError
@@ -111,6 +112,7 @@ def run_demo(
     students: Sequence[str] | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    pretrained: str = "none",
     console: Any = None,
 ) -> dict[str, Any]:
     """Run the whole paper at reduced scale: data, teachers, distillation, baseline, eval,
@@ -125,6 +127,9 @@ def run_demo(
         device: ``cpu`` or ``cuda``.
         threads: torch CPU threads during the run (default ``$OMP_NUM_THREADS`` when set, else
             ``min(2, os.cpu_count())``), restored afterwards.
+        pretrained: backbone initialisation of every model: ``none`` (random), ``auto``
+            (torchvision's ImageNet weights where they can be had, else random) or
+            ``imagenet`` (those weights, else an error); see :mod:`meddet.models.pretrained`.
         console: a ``rich.console.Console`` for progress; ``None`` runs silently.
 
     Returns:
@@ -138,7 +143,7 @@ def run_demo(
             (its message names the step).
     """
     p = resolve_plan(plan)
-    students = check_students(students)
+    students = check_students(students, p)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -153,8 +158,14 @@ def run_demo(
     machine = _machine(threads)
     root = out / "data"
     names = [*TEACHERS, PLAIN_STUDENT, *students]
+    init = steps.guard("looking for ImageNet weights", initial_weights, names, pretrained)
+    if console is not None:
+        got = [n for n, note in init.items() if note.startswith("imagenet")]
+        console.print("Initial weights: " + (
+            f"ImageNet for {', '.join(got)}; random for the rest" if got
+            else "random for every model") + f" (--pretrained {pretrained}).")
     where = {"plan": p, "root": root, "out": out, "seed": seed, "device": device,
-             "console": console}
+             "console": console, "pretrained": pretrained}
     models: dict[str, dict[str, Any]] = {}
     try:
         clock.run("synth", f"synthesise CDH-MRI data: {p.num_train}/{p.num_val}/{p.num_test} "
@@ -163,7 +174,7 @@ def run_demo(
         for t in TEACHERS:
             models[t] = clock.run(
                 f"pretrain {t}", f"pretrain teacher {t} ({p.iters(p.teacher_epochs)} "
-                f"iterations of batch {p.batch_size} at {p.img_size} px)",
+                f"iterations of batch {p.batch_size} at {p.train_size} px)",
                 steps.train, t, "teacher", p.teacher_epochs, **where)
         teacher_ckpts = [models[t]["checkpoint"] for t in TEACHERS]
         for s in students:
@@ -197,6 +208,8 @@ def run_demo(
         "preview": drawn,
         "plan": dataclasses.asdict(p),
         "seed": seed,
+        "pretrained": pretrained,
+        "initial_weights": init,
         "students": students,
         "teachers": list(TEACHERS),
         "plain_student": PLAIN_STUDENT,
@@ -211,10 +224,9 @@ def run_demo(
                   "curves": "curves.png", "preview": "preview.png", "data": "data",
                   **{n: str(Path(m["run_dir"]).relative_to(out)) for n, m in models.items()}},
         "notes": [
-            ("reduced image size and schedule: a demonstration of the pipeline; the numbers "
-             "are not comparable with the paper's CDH-1848 results"),
-            ("full-scale training: meddet pretrain-teacher / distill --config paper (512 px, "
-             "mmdetection's 12-epoch GFL schedule) on a GPU"),
+            scale_note(p),
+            ("the paper's setting: meddet pretrain-teacher / distill --config paper (512 px, "
+             "mmdetection's 12-epoch GFL schedule) on a GPU, on the private CDH-1848 data"),
             ("FPS: random-weight models, batch 1, forward + post-processing; GFLOPs and "
              f"parameters at {PAPER_IMG_SIZE} px"),
         ],
@@ -226,6 +238,30 @@ def run_demo(
     except OSError as exc:
         raise MedDetError(f"cannot write the demo results to {out}: {exc.strerror}") from exc
     return result
+
+
+def initial_weights(names: Sequence[str], pretrained: str) -> dict[str, str]:
+    """Where each model's backbone starts from under ``pretrained``: ``"imagenet"`` or
+    ``"random"``, with the reason after a colon when ``auto`` found no weights (downloading
+    them into torchvision's cache when there is a network, so that training finds them).
+
+    Raises:
+        MedDetError: ``pretrained="imagenet"`` and some backbone has no weights to be had.
+    """
+    from meddet.models import DETECTORS
+    from meddet.models.pretrained import resolve_pretrained
+
+    out: dict[str, str] = {}
+    for name in names:
+        backbone = DETECTORS[name].keywords["backbone_name"]
+        weights = resolve_pretrained(backbone, pretrained)
+        if weights.path is not None:
+            out[name] = "imagenet"
+        elif pretrained in (None, "none"):
+            out[name] = "random"
+        else:
+            out[name] = "random: " + weights.note.split("(", 1)[-1].rstrip(")")
+    return out
 
 
 def _json_safe(obj: Any) -> Any:

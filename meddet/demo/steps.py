@@ -56,16 +56,22 @@ def synthesise(root: Path, plan: DemoPlan, *, seed: int, console: Any) -> None:
 
 
 def _train_cfg(plan: DemoPlan, root: Path, *, model: str, epochs: int, seed: int,
-               device: str, distill: dict[str, Any] | None = None) -> Any:
+               device: str, pretrained: str = "none",
+               distill: dict[str, Any] | None = None) -> Any:
     from meddet.config import load_config
 
+    data: dict[str, Any] = {"root": str(root), "img_size": plan.img_size,
+                            "workers": plan.workers}
+    if plan.crop:
+        data["augmentation"] = {"crop": plan.crop}
     overrides: dict[str, Any] = {
-        "data": {"root": str(root), "img_size": plan.img_size, "workers": 0},
-        "model": {"name": model},
+        "data": data,
+        "model": {"name": model, "pretrained": pretrained},
         "train": {"epochs": epochs, "batch_size": plan.batch_size, "lr": plan.lr,
-                  "base_batch_size": plan.batch_size, "warmup_iters": plan.warmup_iters,
-                  "lr_steps": [0.75, 0.9], "max_iters": plan.max_iters, "seed": seed,
-                  "eval_every": plan.eval_every, "device": device},
+                  "optimizer": plan.optimizer, "base_batch_size": plan.batch_size,
+                  "warmup_iters": plan.warmup_iters, "lr_steps": list(plan.lr_steps),
+                  "max_iters": plan.max_iters, "seed": seed, "eval_every": plan.eval_every,
+                  "device": device},
     }
     if distill is not None:
         overrides["distill"] = distill
@@ -73,13 +79,14 @@ def _train_cfg(plan: DemoPlan, root: Path, *, model: str, epochs: int, seed: int
 
 
 def train(name: str, role: str, epochs: int, *, plan: DemoPlan, root: Path, out: Path,
-          seed: int, device: str, console: Any) -> dict[str, Any]:
+          seed: int, device: str, console: Any, pretrained: str = "none") -> dict[str, Any]:
     """Train a teacher (``role="teacher"``) or the plain student (``"baseline"``) without
     distillation; returns its entry of ``results.json``'s ``models``."""
     from meddet.engine.defaults import pretrain
     from meddet.runs import write_run_config
 
-    cfg = _train_cfg(plan, root, model=name, epochs=epochs, seed=seed, device=device)
+    cfg = _train_cfg(plan, root, model=name, epochs=epochs, seed=seed, device=device,
+                     pretrained=pretrained)
     run_dir = out / ("teachers" if role == "teacher" else "students") / name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, cfg.model_dump(mode="json"), "demo")
@@ -89,14 +96,17 @@ def train(name: str, role: str, epochs: int, *, plan: DemoPlan, root: Path, out:
 
 
 def distill_student(name: str, teachers: Sequence[str], *, plan: DemoPlan, root: Path,
-                    out: Path, seed: int, device: str, console: Any) -> dict[str, Any]:
+                    out: Path, seed: int, device: str, console: Any,
+                    pretrained: str = "none") -> dict[str, Any]:
     """Distil student ``name`` from the teacher checkpoints (method ``meddet``); returns its
     entry of ``results.json``'s ``models``."""
     from meddet.distill.trainer import distill
     from meddet.runs import write_run_config
 
     cfg = _train_cfg(plan, root, model=name, epochs=plan.student_epochs, seed=seed,
-                     device=device, distill={"method": "meddet", "student": name})
+                     device=device, pretrained=pretrained,
+                     distill={"method": "meddet", "student": name,
+                              "teacher_cache": plan.teacher_cache})
     run_dir = out / "students" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, {**cfg.model_dump(mode="json"), "teachers": list(teachers)},

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from meddet import paper
-from meddet.demo.plan import PAPER_IMG_SIZE, PLAIN_STUDENT, TEACHERS
+from meddet.demo.plan import PAPER_IMG_SIZE, PLAIN_STUDENT, TEACHERS, DemoPlan, scale_note
 
 DISPLAY_NAMES = {
     "gfl_r50": "GFL ResNet50 (teacher)",
@@ -61,16 +61,19 @@ def format_tables(result: dict[str, Any]) -> str:
     """Both tables as Markdown (what ``results.md`` holds, and what the CLI prints)."""
     p = result["plan"]
     t = build_tables(result)
+    plan = DemoPlan(**{**p, "lr_steps": tuple(p.get("lr_steps", (0.75, 0.9)))})
+    init = result.get("initial_weights") or {}
+    got = [n for n, v in init.items() if v == "imagenet"]
     lines = [
         "# MedDet demo results",
         "",
-        f"Reduced scale: synthetic CDH-MRI ({p['num_train']} train / {p['num_val']} val / "
-        f"{p['num_test']} test images) at {p['img_size']} px; teachers {p['teacher_epochs']} "
-        f"epoch(s), students {p['student_epochs']} epoch(s) of batch {p['batch_size']}"
-        + (f", capped at {p['max_iters']} iteration(s) per model" if p["max_iters"] else "")
-        + ". These numbers demonstrate the pipeline; they are **not comparable** with the "
-        "paper's CDH-1848 results (full-scale training: `--config paper`, 512 px, 12 epochs, "
-        "on a GPU).",
+        f"Scale ({plan.name} plan): {plan.scale_line()}.",
+        "",
+        scale_note(plan),
+        "",
+        "Initial weights: " + (f"torchvision's ImageNet weights for {', '.join(got)}, random "
+                               "for the rest" if got else "random for every model")
+        + f" (`--pretrained {result.get('pretrained', 'none')}`).",
         "",
         f"## Table I: detection on the synthetic test split ({p['num_test']} images)",
         "",
@@ -101,6 +104,17 @@ def format_tables(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"GFLOPs: {bench['flops']}, backbone + FPN + head. FPS: forward + post-processing.",
+        "",
+        "## Learning curves and predictions",
+        "",
+        "Training loss and validation mAP50 of every model: [curves.png](curves.png).",
+        "",
+        "![learning curves](curves.png)",
+        "",
+        "The distilled student's detections on test images (ground truth in white): "
+        "[preview.png](preview.png).",
+        "",
+        "![predicted vs true boxes](preview.png)",
         "",
         "Time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items())
         + f"; total {result['elapsed_s']:.0f} s on {result['machine']['cpu']} "

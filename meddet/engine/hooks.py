@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from meddet._io import atomic_save, atomic_write_text
+from meddet._io import atomic_copy, atomic_write_text
 from meddet.engine import distributed as du
 from meddet.engine.checkpoint import save_checkpoint, unwrap_model
 from meddet.engine.events import HookBase
@@ -251,9 +250,9 @@ class CheckpointHook(HookBase):
         if write_last:
             self._save_last(row)
         if write_best and write_last:
-            # A byte copy of last.pt: same content, no second serialisation of a large model.
-            with open(self.last_path, "rb") as src:
-                atomic_save(self.best_path, lambda fh: shutil.copyfileobj(src, fh))
+            # last.pt's bytes (a hard link where possible): no second serialisation or copy
+            # of a large model.
+            atomic_copy(self.last_path, self.best_path)
             self.saved.append(self.best_path.name)
         elif write_best:
             self._save(self.best_path, row)
