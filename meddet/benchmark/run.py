@@ -100,7 +100,7 @@ def _prepare(name: str, *, img_size: int, batch_size: int, dev: torch.device, wa
             call()
         row["peak_mem_mb"] = memory.peak_mb()
         prepared.append(_Prepared(row, call, model if runtime == "torch" else None, images))
-    gc.collect()
+    # No gc.collect() here: the next model's PeakMemory.start() collects before it measures.
     return [p.row for p in prepared], prepared
 
 
