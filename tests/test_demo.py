@@ -50,13 +50,15 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
              "benchmark", "report"]
     assert list(result["seconds"]) == steps == list(result["expected_s"])
 
-    for f in ("results.md", "results.json", "curves.png", "preview.png"):
+    for f in ("results.md", "results.json", "curves.png", "preview.png", "preview_plain.png"):
         assert (out / f).is_file()
     assert (out / "students" / "meddet" / "student.pt").is_file()
     assert all((out / "teachers" / t / "best.pt").is_file() for t in TEACHERS)
     md = (out / "results.md").read_text()
     assert "Table I" in md and "Table II" in md and "pipeline check" in md
-    assert "(curves.png)" in md and "(preview.png)" in md
+    assert "(curves.png)" in md and "(preview.png)" in md and "(preview_plain.png)" in md
+    assert result["preview"]["model"] == "meddet"
+    assert result["preview"]["plain"]["model"] == PLAIN_STUDENT
     assert json.loads((out / "results.json").read_text())["plan"]["name"] == "quick"
 
 

@@ -99,7 +99,8 @@ def demo(
     for note in result["notes"]:
         con.print(f"note: {escape(note)}")
     con.print(f"finished in {result['elapsed_s'] / 60:.1f} min; wrote results.md, results.json, "
-              f"curves.png, preview.png and the run directories to {escape(str(run_dir))}")
+              f"curves.png, preview.png, preview_plain.png and the run directories to "
+              f"{escape(str(run_dir))}")
     emit_json(_load_json(run_dir / "results.json"), json_dest)
 
 

@@ -93,12 +93,17 @@ def _default_threads() -> int:
 
 def _report(out: Path, root: Path, models: dict[str, dict[str, Any]], names: Sequence[str],
             shown: str, plan: DemoPlan, device: str) -> dict[str, Any]:
-    """``preview.png`` of model ``shown`` and ``curves.png`` of every model in ``names``."""
+    """``preview.png`` of model ``shown`` (the distilled student), ``preview_plain.png`` of the
+    plain student and ``curves.png`` of every model in ``names``."""
     from meddet.engine.plots import plot_training_curves
 
     drawn = steps.guard("drawing the preview", preview, Path(models[shown]["checkpoint"]),
                         root, out / "preview.png", n=plan.preview_images,
                         device=torch.device(device))
+    drawn["plain"] = steps.guard("drawing the preview", preview,
+                                 Path(models[PLAIN_STUDENT]["checkpoint"]), root,
+                                 out / "preview_plain.png", n=plan.preview_images,
+                                 device=torch.device(device))
     steps.guard("plotting curves", plot_training_curves,
                 {n: models[n]["history"] for n in names}, out / "curves.png")
     return drawn
@@ -199,7 +204,7 @@ def run_demo(
                           console=console)
         for n in names:
             models[n]["bench"] = bench["models"][n]
-        drawn = clock.run("report", "write results.md, results.json, curves.png, preview.png",
+        drawn = clock.run("report", "write results.md, results.json, curves.png and the previews",
                           _report, out, root, models, names, students[0], p, device)
     finally:
         torch.set_num_threads(old_threads)
@@ -221,7 +226,8 @@ def run_demo(
         "bench": {k: v for k, v in bench.items() if k != "models"},
         "out_dir": str(out),
         "files": {"results_md": "results.md", "results_json": "results.json",
-                  "curves": "curves.png", "preview": "preview.png", "data": "data",
+                  "curves": "curves.png", "preview": "preview.png",
+                  "preview_plain": "preview_plain.png", "data": "data",
                   **{n: str(Path(m["run_dir"]).relative_to(out)) for n, m in models.items()}},
         "notes": [
             scale_note(p),

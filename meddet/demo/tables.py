@@ -116,6 +116,10 @@ def format_tables(result: dict[str, Any]) -> str:
         "",
         "![predicted vs true boxes](preview.png)",
         "",
+        "The plain student's, on the same images: [preview_plain.png](preview_plain.png).",
+        "",
+        "![plain student: predicted vs true boxes](preview_plain.png)",
+        "",
         "Time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items())
         + f"; total {result['elapsed_s']:.0f} s on {result['machine']['cpu']} "
         f"({result['machine']['threads']} torch threads, load average "
