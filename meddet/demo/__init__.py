@@ -10,13 +10,16 @@
 5. evaluate every model on the test split (:func:`meddet.engine.evaluate_checkpoint`);
 6. benchmark them (:func:`meddet.benchmark.benchmark_models`: parameters, GFLOPs at the paper's
    512 px, FPS at the demo size);
-7. write ``results.md``, ``results.json``, ``curves.png`` and ``preview.png`` (predictions of the
-   distilled student on test images, ground truth in white).
+7. write ``results.md``, ``results.json``, ``curves.png``, ``preview.png`` and
+   ``preview_plain.png`` (predictions of the distilled and of the plain student on test images,
+   ground truth in white).
 
-The image size and the schedule are reduced (:data:`PLANS`): the numbers show that the
-pipeline runs and how the models compare in cost, not the paper's accuracy; full-scale
-training is the ``paper`` config (512 px, mmdetection's 12-epoch GFL schedule) on a GPU with
-the private CDH-1848 data.
+The plans (:data:`PLANS`): ``full`` fits 15 minutes on 2 CPU cores (256 px images, 96 px
+crops, a short constant-rate AdamW schedule; the plain student starts to learn, the teachers
+and the distilled student do not get far enough in that budget: ``docs/demo.md``), ``gpu``
+trains every model with the study's ``cpu-crop`` recipe, ``quick`` runs every step once. The
+paper's own setting is the ``paper`` config (512 px, mmdetection's 12-epoch GFL schedule) on a
+GPU with the private CDH-1848 data.
 
 Modules: :mod:`~meddet.demo.plan` (the plans, the models, the time estimate),
 :mod:`~meddet.demo.steps` (the work of each step), :mod:`~meddet.demo.run` (the steps in order,
