@@ -98,8 +98,7 @@ def test_weights_that_do_not_fit(tmp_path):
 
 
 def test_skip_weight_init_is_scoped_and_the_rebuilt_model_is_exact(tmp_path):
-    from meddet.engine.checkpoint import skip_weight_init
-    from meddet.models import build_detector
+    from meddet.models import build_detector, skip_weight_init
 
     before = {n: getattr(torch.nn.init, n) for n in ("normal_", "kaiming_uniform_", "constant_")}
     with pytest.raises(RuntimeError), skip_weight_init():

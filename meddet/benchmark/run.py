@@ -57,8 +57,7 @@ def _prepare(name: str, *, img_size: int, batch_size: int, dev: torch.device, wa
     timing itself happens later, interleaved with the other models (:func:`time_rounds`).
     """
     from meddet.benchmark.onnx import export_onnx, onnx_call
-    from meddet.engine.checkpoint import skip_weight_init
-    from meddet.models import build_detector, optimize_for_inference
+    from meddet.models import build_detector, optimize_for_inference, skip_weight_init
 
     # Counting needs the graph, not the values: skip the random initialisation (seconds for
     # a ResNet-152). The timed copy below is initialised normally.

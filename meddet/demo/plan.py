@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from meddet.config import DistillConfig
 from meddet.errors import MedDetError
 from meddet.geometry import check_img_size
 
@@ -235,13 +236,14 @@ def estimate_seconds(plan: str | DemoPlan, students: Sequence[str] | None = None
 
     # The teachers' forward pass at every distillation step, or once per cached (image,
     # augmentation variant).
+    variants = DistillConfig.model_fields["teacher_cache_variants"].default
     teacher_fwd = sum(_s_per_img(p, t) * train_px(t) for t in TEACHERS) * _EVAL_S_PER_IMG_FACTOR
     out = {"synth": 1.0 + 0.01 * eval_px * (p.num_train + p.num_val + p.num_test)}
     for t in TEACHERS:
         out[f"pretrain {t}"] = train(t, p.teacher_epochs)
     for s in students:
         imgs = p.iters(p.student_epochs) * p.batch_size
-        fwd = min(imgs, 2 * p.num_train) if p.teacher_cache else imgs
+        fwd = min(imgs, variants * p.num_train) if p.teacher_cache else imgs
         out[f"distill {s}"] = train(s, p.student_epochs, extra=fwd * teacher_fwd) + 3.0
     out[f"train {PLAIN_STUDENT}"] = train(PLAIN_STUDENT, p.student_epochs)
     models = [*TEACHERS, PLAIN_STUDENT, *students]

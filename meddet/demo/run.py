@@ -28,7 +28,7 @@ from meddet.demo.plan import (
     resolve_plan,
     scale_note,
 )
-from meddet.demo.tables import build_tables, format_tables
+from meddet.demo.tables import build_tables, format_tables, initial_weights_line
 from meddet.errors import MedDetError
 
 
@@ -165,10 +165,7 @@ def run_demo(
     names = [*TEACHERS, PLAIN_STUDENT, *students]
     init = steps.guard("looking for ImageNet weights", initial_weights, names, pretrained)
     if console is not None:
-        got = [n for n, note in init.items() if note.startswith("imagenet")]
-        console.print("Initial weights: " + (
-            f"ImageNet for {', '.join(got)}; random for the rest" if got
-            else "random for every model") + f" (--pretrained {pretrained}).")
+        console.print(initial_weights_line(init, pretrained))
     where = {"plan": p, "root": root, "out": out, "seed": seed, "device": device,
              "console": console, "pretrained": pretrained}
     models: dict[str, dict[str, Any]] = {}

@@ -57,13 +57,20 @@ def build_tables(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return {"table1": table1, "table2": table2}
 
 
+def initial_weights_line(init: dict[str, str], pretrained: str) -> str:
+    """One line: which models started from ImageNet weights (``init`` as in ``results.json``'s
+    ``initial_weights``)."""
+    got = [n for n, v in init.items() if v == "imagenet"]
+    return ("Initial weights: " + (f"ImageNet for {', '.join(got)}; random for the rest" if got
+                                   else "random for every model")
+            + f" (--pretrained {pretrained}).")
+
+
 def format_tables(result: dict[str, Any]) -> str:
     """Both tables as Markdown (what ``results.md`` holds, and what the CLI prints)."""
     p = result["plan"]
     t = build_tables(result)
     plan = DemoPlan(**{**p, "lr_steps": tuple(p.get("lr_steps", (0.75, 0.9)))})
-    init = result.get("initial_weights") or {}
-    got = [n for n, v in init.items() if v == "imagenet"]
     lines = [
         "# MedDet demo results",
         "",
@@ -71,9 +78,8 @@ def format_tables(result: dict[str, Any]) -> str:
         "",
         scale_note(plan),
         "",
-        "Initial weights: " + (f"torchvision's ImageNet weights for {', '.join(got)}, random "
-                               "for the rest" if got else "random for every model")
-        + f" (`--pretrained {result.get('pretrained', 'none')}`).",
+        initial_weights_line(result.get("initial_weights") or {},
+                             result.get("pretrained", "none")),
         "",
         f"## Table I: detection on the synthetic test split ({p['num_test']} images)",
         "",

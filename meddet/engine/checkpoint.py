@@ -28,12 +28,11 @@ Format versions: 1 had no checksum (still read, without verification); 2 adds
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pickle
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -187,33 +186,6 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict[str
     return ckpt
 
 
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
-                   "eye_", "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
-                   "kaiming_normal_", "orthogonal_", "sparse_")
-
-
-@contextlib.contextmanager
-def skip_weight_init() -> Iterator[None]:
-    """Make ``torch.nn.init``'s in-place initialisers no-ops while models are built.
-
-    Only for models whose every parameter and buffer is then loaded from a state dict with
-    all keys checked (:func:`load_model_weights`): the skipped tensors hold whatever memory
-    they were allocated with until then.
-    """
-    saved = {n: getattr(torch.nn.init, n) for n in _INIT_FUNCTIONS if hasattr(torch.nn.init, n)}
-
-    def keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return tensor
-
-    try:
-        for n in saved:
-            setattr(torch.nn.init, n, keep)
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.nn.init, n, fn)
-
-
 def build_model_from_checkpoint(ckpt_or_path: str | os.PathLike | Mapping[str, Any],
                                 device: str | torch.device = "cpu",
                                 **overrides: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -232,7 +204,7 @@ def build_model_from_checkpoint(ckpt_or_path: str | os.PathLike | Mapping[str, A
         MedDetError: the checkpoint is not a detector, names an unknown model, or its weights do
             not fit the rebuilt model (the message names the first missing/unexpected keys).
     """
-    from meddet.models import DETECTORS, build_detector
+    from meddet.models import DETECTORS, build_detector, skip_weight_init
 
     ckpt = ckpt_or_path if isinstance(ckpt_or_path, Mapping) else load_checkpoint(ckpt_or_path)
     meta = dict(ckpt["meta"])

@@ -9,7 +9,7 @@ from meddet.models.fpn import FPN
 from meddet.models.fuse import optimize_for_inference
 from meddet.models.gfl_head import GFLHead
 from meddet.models.nmode import NmODE, NmODE2
-from meddet.models.zoo import DETECTORS, build_detector
+from meddet.models.zoo import DETECTORS, build_detector, skip_weight_init
 
 __all__ = [
     "DETECTORS",
@@ -22,4 +22,5 @@ __all__ = [
     "build_backbone",
     "build_detector",
     "optimize_for_inference",
+    "skip_weight_init",
 ]

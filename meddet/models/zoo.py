@@ -22,9 +22,12 @@ meddet_lite         mobilenet_v2         head         CPU student: 128-ch neck/h
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import torch
 
 from meddet.errors import MedDetError
 from meddet.geometry import STRIDES
@@ -44,6 +47,7 @@ from meddet.models.pretrained import resolve_pretrained
 
 __all__ = [
     "DETECTORS", "LITE_ARCH", "OVERRIDES", "PAPER_ARCH", "build_detector", "build_gfl",
+    "skip_weight_init",
 ]
 
 FPN_CHANNELS = 256
@@ -155,6 +159,33 @@ def build_gfl(
     # back to random initialisation).
     model.pretrained_note = weights.note
     return model
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+                   "eye_", "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+                   "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+@contextlib.contextmanager
+def skip_weight_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s in-place initialisers no-ops while models are built.
+
+    Only for models whose values are then overwritten (a state dict loaded with every key
+    checked, :func:`meddet.engine.checkpoint.load_model_weights`) or never used (counting
+    parameters and FLOPs): the skipped tensors hold whatever memory they were allocated with.
+    """
+    saved = {n: getattr(torch.nn.init, n) for n in _INIT_FUNCTIONS if hasattr(torch.nn.init, n)}
+
+    def keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    try:
+        for n in saved:
+            setattr(torch.nn.init, n, keep)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
 
 
 def _entry(name: str, backbone_name: str, default_nmode: str,
