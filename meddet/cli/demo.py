@@ -43,7 +43,11 @@ def demo(
 ) -> None:
     """Run the whole paper on synthetic CDH-MRI data at reduced size: synthesise data,
     pretrain the GFL R50/R101/R152 teachers, distil MedDet, train the plain student, evaluate,
-    benchmark, and print Tables I and II (also in results.md / results.json)."""
+    benchmark, and print Tables I and II (also in results.md / results.json).
+
+    About 14 minutes on 2 CPU cores (docs/demo.md); a GPU runs the study's recipe.
+
+    --quick: one minute, every step once."""
     from meddet.demo import PLANS, check_students, estimate_seconds, run_demo, scale_note
     from meddet.device import resolve_device
     from meddet.errors import MedDetError
