@@ -164,7 +164,8 @@ class DistillConfig(_Strict):
     aatm: bool = Field(True, description="use the adversarial auxiliary teacher module")
     sigma: float = Field(0.5, ge=0, le=1, description="σ of eq. 14 (detection loss weight)")
     tau: float = Field(0.3, ge=0, le=1, description="τ of eq. 14 (distillation loss weight)")
-    disc_lr: float = Field(1e-4, gt=0, description="discriminator learning rate (Adam)")
+    disc_lr: float = Field(1e-4, gt=0, description="discriminator base learning rate (Adam), "
+                           "scaled by the student's schedule (warm-up, steps)")
     disc_mode: Literal["pixel", "global"] = Field(
         "pixel", description="D on every location's feature vector, or on pooled features")
     teacher_img_size: int | None = Field(

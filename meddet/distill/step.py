@@ -35,6 +35,13 @@ from meddet.engine.trainer import Trainer
 __all__ = ["PHASES", "DistillStep", "SplitClock"]
 
 
+def _schedule_scale(trainer: Trainer) -> float:
+    """The student's current rate over its base rate (1 without a scheduler)."""
+    group = trainer.optimizer.param_groups[0]
+    base = group.get("initial_lr")
+    return float(group["lr"]) / float(base) if base else 1.0
+
+
 class SplitClock:
     """Seconds spent in the phases of each step, without making the host wait for the device.
 
@@ -188,7 +195,7 @@ class DistillStep:
             stepped = trainer.apply_losses(losses)
         clock.mark()
         if disc is not None:
-            self.method.discriminator_step(disc, stepped=stepped)
+            self.method.discriminator_step(disc, stepped=stepped, lr_scale=_schedule_scale(trainer))
         clock.mark()
         for dt in clock.collect():
             trainer.storage.put_scalars(**{f"time_{k}": v for k, v in dt.items()})

@@ -152,15 +152,22 @@ class DistillMethod(ABC):
     def losses(self, student: StudentPass, teachers: Sequence[TeacherPass]) -> MethodLosses:
         """The losses of one iteration (called inside the trainer's autocast)."""
 
-    def discriminator_step(self, disc: Tensor, *, stepped: bool) -> None:
+    def discriminator_step(self, disc: Tensor, *, stepped: bool, lr_scale: float = 1.0) -> None:
         """Update the discriminator side after the student's update.
 
         Args:
             disc: :attr:`MethodLosses.disc` of this iteration (finite when ``stepped``).
             stepped: whether the student's optimiser stepped; a skipped iteration updates
                 nothing.
+            lr_scale: the student's schedule factor for this iteration (its rate over its base
+                rate). The discriminator's rate is its base rate times this factor, so warm-up
+                and steps apply to both players: a discriminator left at full rate while the
+                student's rate drops ×100 overpowers the generator (its adversarial loss grows).
         """
         assert self.disc_optimizer is not None, "only a method with a disc_optimizer has a D"
+        for group in self.disc_optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * lr_scale
         self.disc_optimizer.zero_grad(set_to_none=True)
         if stepped:
             # D's loss is fp32 from logits; it needs no loss scaling even under fp16 AMP.
