@@ -324,11 +324,27 @@ def test_render(fake_study):
                     "| 0.5 | 0.3 | 0.2 | 50.0 | 40.0 | 80.0 |"]
     assert "seed-to-seed spread of test mAP at the default σ, τ (1.0 points)" in sw
     # rows section lists every row with its commands
-    assert "| meddet-s1 | cpu | 110 | `meddet train meddet-s1 && meddet eval meddet-s1` |" \
+    assert "| meddet-s1 | cpu | 110 | — | `meddet train meddet-s1 && meddet eval meddet-s1` |" \
         in text
+    assert "no row here records its learning curve" in text
     assert "## MedDet-lite:" not in text  # no lite rows
     # every Table I row that ran has 3 seeds: no shortfall line; Table III never ran
     assert "Fewer than the 3 seeds" not in text
+
+
+def test_rows_table_says_which_rows_reached_a_plateau(fake_study):
+    rows = records.load_rows(fake_study)
+    rows["meddet-s0"]["last_quarter"] = {"start_iter": 1400, "end_iter": 2000,
+                                         "start_mAP50": 0.770, "end_mAP50": 0.806}
+    rows["meddet-s1"]["last_quarter"] = {"start_iter": 1400, "end_iter": 2000,
+                                         "start_mAP50": 0.800, "end_mAP50": 0.805}
+    text = report.render(rows, {})
+    assert _line(text, "| meddet-s0 |").startswith("| meddet-s0 | cpu | 100 | 0.770 → 0.806 (+3.6) |")
+    assert _line(text, "| meddet-s1 |").startswith("| meddet-s1 | cpu | 110 | 0.800 → 0.805 (+0.5) |")
+    plateau = _line(text, "Plateau: ")
+    # 2 of 8 trained rows have a curve: meddet-s1 gains 0.5 < 1 point, meddet-s0 3.6
+    assert plateau.endswith("1 of 2 rows with a learning curve are on one; not: meddet-s0; "
+                            "6 row(s) record no curve.")
 
 
 def test_render_names_rows_short_of_seeds(fake_study):
@@ -959,6 +975,12 @@ def test_toy_study_end_to_end_with_an_imagenet_row(tiny_dataset, tiny_teachers, 
                                          "teacher-gfl_r152": 0.45}
         assert runs[rid]["teachers_mAP"] == {"teacher-gfl_r50": 0.10, "teacher-gfl_r101": 0.20,
                                              "teacher-gfl_r152": 0.25}
+
+    for rid in res.planned:  # the learning curve is recorded: one validation, at iteration 1
+        curve = runs[rid]["val_curve"]
+        assert len(curve) == 1 and curve[0][0] == 1
+        assert curve[0][1] == runs[rid]["best_val_mAP50"]
+        assert runs[rid]["last_quarter"] is None  # one validation cannot tell
 
     text = res.report.read_text()
     sec = text.split("## ImageNet initialisation")[1].split("\n## ")[0]

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The distillation table on one GPU in under 10 minutes:
-#   the three teachers (TEACHER_EPOCHS, default 40: cpu-small's 20 left them weaker than the
-#   student), the two students alone, then MGD, LD, FGD, MedDet and the sigma/tau sweep at
+# The distillation table on one GPU, in slots of a few minutes:
+#   the three teachers (trained once, on the students' schedule unless TEACHER_EPOCHS says
+#   otherwise), the two students alone, then MGD, LD, FGD, MedDet and the sigma/tau sweep at
 #   seed 0 once the teachers are done; JOBS rows share the card; everything stops at
 #   DEADLINE_MIN; results.md and the rows' JSON/CSV/logs (no weights) are packed into OUT.
-#   OUT=<folder that comes back> DATA=<synthetic set> bash examples/reproduce/gpu_distill.sh
-#   CONFIG=paper TEACHER_EPOCHS= ...: the paper's scale (teachers on the config's own schedule)
+#   Run again on a machine that kept S: finished rows are kept, cut ones resume from last.pt.
+#   OUT=<folder that comes back> bash examples/reproduce/gpu_distill.sh
+#   DATA: the data set (default: S/data, the default phantom, made here when missing)
+#   CONFIG (default cpu-crop, the shipped recipe); CONFIG=cpu-small TEACHER_EPOCHS=40: the
+#   recipe of the recorded study; CONFIG=paper: the paper's scale
 set -u
-OUT=${OUT:-/tmp/out}; DATA=${DATA:-.whl/data}; S=${S:-/tmp/study}; DEV=${DEV:-cuda}
-TEACHER_EPOCHS=${TEACHER_EPOCHS-40}; CONFIG=${CONFIG:-cpu-small}; DEADLINE_MIN=${DEADLINE_MIN:-8.3}; JOBS=${JOBS:-6}
+OUT=${OUT:-/tmp/out}; S=${S:-/tmp/study}; DATA=${DATA:-$S/data}; DEV=${DEV:-cuda}
+TEACHER_EPOCHS=${TEACHER_EPOCHS-}; CONFIG=${CONFIG:-cpu-crop}; DEADLINE_MIN=${DEADLINE_MIN:-8.3}; JOBS=${JOBS:-6}
 mkdir -p "$OUT" "$S"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+[ -d "$DATA/annotations" ] || python3 -m meddet data synth "$DATA" --seed 0 >/dev/null || exit 3
 # ROWS/SEEDS/TABLES pick another set, e.g. the MedDet-lite accuracy bar:
 #   SEEDS=0,1,2 TABLES=1,lite ROWS=meddet-s0,meddet-s1,meddet-s2,lite-s0,lite-s1,lite-s2
 SEEDS=${SEEDS:-0}; TABLES=${TABLES:-1,sweep}

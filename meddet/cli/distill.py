@@ -130,6 +130,10 @@ def _print_summary(con: Any, s: dict[str, Any]) -> None:
     best = "-" if s["best_mAP50"] is None else f"{s['best_mAP50']:.4f}"
     table.add_row(s["run_dir"], str(s["iters"]), best, s["student"], f"{s['seconds']:.1f}s")
     con.print(table)
+    from meddet.engine.curves import LastQuarter
+
+    if s.get("last_quarter"):
+        con.print(LastQuarter.from_dict(s["last_quarter"]).describe())
     split = s["time_split"]
     total = sum(split.values()) or 1.0
     con.print("time split: " + ", ".join(

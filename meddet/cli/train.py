@@ -162,3 +162,9 @@ def _print_summary(summaries: list[dict[str, Any]]) -> None:
         table.add_row(escape(s["run_dir"]), str(s["iters"]), fmt(s["best_mAP50"]), fmt(last.get("mAP")),
                       fmt(last.get("mAP50")), fmt(last.get("recall")), f"{s['seconds']:.1f}s")
     console.print(table)
+    from meddet.engine.curves import LastQuarter
+
+    for s in summaries:
+        if s.get("last_quarter"):
+            prefix = f"{s['run_dir']}: " if len(summaries) > 1 else ""
+            console.print(escape(prefix + LastQuarter.from_dict(s["last_quarter"]).describe()))

@@ -23,6 +23,7 @@ import torch
 from meddet.config import Config, ModelConfig
 from meddet.engine import distributed as du
 from meddet.engine.checkpoint import load_checkpoint, make_meta, seed_everything, unwrap_model
+from meddet.engine.curves import last_quarter, val_curve
 from meddet.engine.ema import ModelEMA
 from meddet.engine.evaluate import evaluate_model
 from meddet.engine.hooks import (
@@ -346,9 +347,11 @@ def run_training(run: AssembledTrainer, *, console: Any = None,
         started: ``time.perf_counter()`` when the job began (default: now), for ``seconds``.
 
     Returns:
-        ``{"run_dir", "last", "best", "best_mAP50", "history", "iters", "seconds"}``: the
-        checkpoint paths, the best val mAP50 (``None`` when never evaluated or without a
-        run directory), the ``results.csv`` rows, the iterations done and the wall time.
+        ``{"run_dir", "last", "best", "best_mAP50", "history", "iters", "seconds",
+        "last_quarter"}``: the checkpoint paths, the best val mAP50 (``None`` when never
+        evaluated or without a run directory), the ``results.csv`` rows, the iterations done,
+        the wall time, and val mAP50 over the last quarter of the run
+        (:meth:`meddet.engine.curves.LastQuarter.to_dict`, ``None`` with too few validations).
     """
     started = time.perf_counter() if started is None else started
     trainer = run.trainer
@@ -364,8 +367,11 @@ def run_training(run: AssembledTrainer, *, console: Any = None,
     trainer.train()
     du.barrier()
     run_dir = Path(run.run_dir) if run.run_dir is not None else Path(".")
+    quarter = (last_quarter(val_curve(run_dir / "results.csv"))
+               if run.run_dir is not None else None)
     return {
         "run_dir": str(run.run_dir),
+        "last_quarter": quarter.to_dict() if quarter is not None else None,
         "last": str(run_dir / "last.pt"),
         "best": str(run_dir / "best.pt"),
         "best_mAP50": run.checkpoint.best if run.checkpoint is not None else None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from meddet import paper
 from meddet._io import atomic_write_text
 from meddet.data.generate import DEFAULT_PHANTOM
+from meddet.engine.curves import PLATEAU_POINTS, LastQuarter
 from meddet.study.noise import (
     noise_rows,
     plot_noise,
@@ -422,13 +423,40 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
     _sweep(rows, spread[HEADLINE], w)
 
     w("## Rows\n")
-    w("| row | device | seconds | command |")
-    w("|---|---|---:|---|")
+    w(_plateau_line(rows))
+    w("| row | device | seconds | val mAP50, last quarter | command |")
+    w("|---|---|---:|---|---|")
     for r in sorted(rows.values(), key=lambda r: r["id"]):
-        w(f"| {r['id']} | {r.get('device', '?')} | {r['seconds']:.0f} | "
+        w(f"| {r['id']} | {r.get('device', '?')} | {r['seconds']:.0f} | {_quarter(r)} | "
           f"`{' && '.join(r['commands'])}` |")
     w("")
     return "\n".join(L)
+
+
+def _quarter(row: dict) -> str:
+    """``0.770 → 0.806 (+3.6)`` from a row's ``last_quarter`` record; ``—`` without one."""
+    q = row.get("last_quarter")
+    if not q:
+        return "—"
+    lq = LastQuarter.from_dict(q)
+    return f"{lq.start:.3f} → {lq.end:.3f} ({lq.gain_points:+.1f})"
+
+
+def _plateau_line(rows: dict[str, dict]) -> str:
+    """Which trained rows reached a plateau (val mAP50 gains under 1 point over the last
+    quarter of their schedule), as far as their records tell."""
+    trained = [r for r in rows.values() if "test" in r]
+    known = [r for r in trained if r.get("last_quarter")]
+    rule = (f"a row is on a plateau when its validation mAP50 gains under {PLATEAU_POINTS:g} "
+            "point over the last quarter of its schedule (from the last validation at or "
+            "before 75 % of its iterations to its end; column *val mAP50, last quarter*)")
+    if not known:
+        return f"Plateau: {rule}; no row here records its learning curve.\n"
+    rising = sorted(r["id"] for r in known if not LastQuarter.from_dict(r["last_quarter"]).plateau)
+    unknown = len(trained) - len(known)
+    return (f"Plateau: {rule}. {len(known) - len(rising)} of {len(known)} rows with a "
+            f"learning curve are on one" + (f"; not: {', '.join(rising)}" if rising else "")
+            + (f"; {unknown} row(s) record no curve" if unknown else "") + ".\n")
 
 
 def _table2(rows: dict[str, dict], w) -> None:

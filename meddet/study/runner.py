@@ -12,7 +12,6 @@ so that a row finished over several invocations reports every one of them.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shlex
@@ -28,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from meddet._io import atomic_write_text
+from meddet.engine.curves import last_quarter, val_curve
 from meddet.errors import MedDetError
 from meddet.study.records import record_invocation, write_json
 from meddet.study.report import write_report
@@ -151,23 +151,6 @@ def resolve_teachers(argv: list[str], runs: Path) -> list[str]:
                          for p in a.split(","))
         out.append(a)
     return out
-
-
-def best_val(run_dir: Path) -> float | None:
-    """The best validation mAP50 (a fraction) in ``run_dir/results.csv``; ``None`` if none."""
-    path = run_dir / "results.csv"
-    if not path.is_file():
-        return None
-    vals = []
-    with path.open() as fh:
-        for r in csv.DictReader(fh):
-            v = r.get("val_mAP50") or r.get("mAP50")
-            if v not in (None, ""):
-                try:
-                    vals.append(float(v))
-                except ValueError:
-                    pass
-    return max(vals) if vals else None
 
 
 def resumed(info: dict, partial: Path) -> dict:
@@ -323,7 +306,12 @@ class Runner:
             info["bench"] = json.loads((run / "bench.json").read_text())
         else:
             info["test"] = json.loads((run / "test.json").read_text())
-            info["best_val_mAP50"] = best_val(run)
+            curve = val_curve(run / "results.csv")
+            info["best_val_mAP50"] = max(p.mAP50 for p in curve) if curve else None
+            # The learning curve (iteration, val mAP50, val mAP) and its last quarter.
+            info["val_curve"] = [[p.iter, p.mAP50, p.mAP] for p in curve]
+            quarter = last_quarter(curve)
+            info["last_quarter"] = quarter.to_dict() if quarter is not None else None
             taught = {n: json.loads((self.runs / n / "row.json").read_text())["test"]
                       for n in row.needs if n.startswith("teacher-")}
             if taught:  # say which teachers taught the row: they may differ between machines
