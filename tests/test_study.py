@@ -332,6 +332,34 @@ def test_render(fake_study):
     assert "Fewer than the 3 seeds" not in text
 
 
+def test_resolution_sets_the_spreads_beside_the_papers_effects(fake_study):
+    text = report.render(records.load_rows(fake_study), {})
+    # MedDet mAP 40/41/42 (sd 1.0) vs plain 35/35.5/36 (sd 0.5): judged by 1.0; MGD, LD, FGD
+    # and the student alone did not run. The paper: 85.5 - 80.8 = +4.7, MGD +1.3, LD +0.8,
+    # FGD +1.0; none is compared here, so none is "within our spread".
+    t1 = text.split("## Table I:")[1].split("\n## ")[0]
+    assert _line(t1, "What the spreads resolve: ") == (
+        "What the spreads resolve: differences above 1.0 mAP points; the paper's effects: "
+        "MedDet vs GFL-MobileNetV2 +4.7, MedDet vs MGD +1.3, MedDet vs LD +0.8, "
+        "MedDet vs FGD +1.0.")
+    # Table V: LWFF (MedDet, sd 1.0) vs the single-seed sum row: judged by 1.0; the paper's
+    # LWFF - sum = 85.5 - 85.1 = +0.4 is within it; concat did not run
+    t5 = text.split("## Table V:")[1].split("\n## ")[0]
+    assert _line(t5, "What the spreads resolve: ") == (
+        "What the spreads resolve: differences above 1.0 mAP points; the paper's effects: "
+        "LWFF vs sum +0.4, LWFF vs concat +0.5 (within our spread: LWFF vs sum).")
+    summary = text.split("## The paper's claims")[1].split("\n## ")[0]
+    assert "| what the spreads resolve |" in summary
+    assert _line(summary, "| 5. LWFF").endswith(
+        "| differences above 1.0 mAP points; the paper's effects: LWFF vs sum +0.4, LWFF vs "
+        "concat +0.5 (within our spread: LWFF vs sum) | — |")
+    # no comparison measured: Table III
+    t3 = text.split("## Table III:")[1].split("\n## ")[0]
+    assert _line(t3, "What the spreads resolve: ").startswith(
+        "What the spreads resolve: unknown (no comparison with a measured spread); the "
+        "paper's effects: nmODE² adds +0.8, LWFF adds +0.3, AATM adds +0.2")
+
+
 def test_rows_table_says_which_rows_reached_a_plateau(fake_study):
     rows = records.load_rows(fake_study)
     rows["meddet-s0"]["last_quarter"] = {"start_iter": 1400, "end_iter": 2000,
@@ -447,7 +475,7 @@ def test_summary_of_claims(fake_study):
     assert "R152" not in c2
     assert _line(sec, "| 5.").startswith(
         "| 5. LWFF beats sum and concatenation (Table V) | LWFF vs sum: **contradicted** (-2.0")
-    assert _line(sec, "| 6.").endswith("| not run | not run |")
+    assert _line(sec, "| 6.").endswith("| not run | — | not run |")
 
 
 def test_noise_verdict(tmp_path):

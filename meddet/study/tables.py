@@ -74,6 +74,19 @@ CLAIMS: dict[str, list[tuple[str, str, str]]] = {
                   "plain-gfl_mbv2"), ("ImageNet vs scratch, MedDet", "imagenet-meddet",
                                       "meddet")],
 }
+# The paper's figure (a key of meddet.paper.MAP) for each group a claim compares, so that its
+# effect sizes can be set beside what our seed spreads resolve. The student alone, the CPU
+# proxy and the ImageNet rows have no figure in the paper.
+PAPER_FIGURES: dict[str, dict[str, str]] = {
+    "1": {"meddet": "meddet", "plain-gfl_mbv2": "gfl_mbv2", "mgd": "mgd", "ld": "ld",
+          "fgd": "fgd"},
+    "3": {"abl-base": "abl_base", "abl-nmode": "abl_nmode", "abl-lwff": "abl_lwff",
+          "meddet": "abl_aatm"},
+    "4": {"abl-nmode": "nmode_head", "abl-base": "nmode_none",
+          "nmode-backbone": "nmode_backbone", "nmode-fpn": "nmode_fpn"},
+    "5": {"meddet": "fusion_lwff", "fusion-sum": "fusion_sum",
+          "fusion-concat": "fusion_concat"},
+}
 # Table III's cumulative rows and Table IV's placements: 3-teacher feature distillation
 # without LWFF (teachers summed) and without AATM is the paper's "KD" baseline.
 KD_BASE = ("--fusion", "sum", "--no-aatm")

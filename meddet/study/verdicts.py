@@ -62,6 +62,54 @@ def fmt(ms: Stats) -> str:
     return f"{m:.1f} ± {sd:.1f} (n={n})" if n > 1 else f"{m:.1f} (n=1)"
 
 
+def judged_spread(a: Stats, b: Stats, spread: float | None = None) -> float | None:
+    """The spread :func:`verdict` judges ``a − b`` by: the larger sample standard deviation
+    of the rows with several seeds, else ``spread``; ``None`` when a row is missing or the
+    spread is unknown. A difference must exceed it to count: it is the smallest difference
+    the comparison resolves."""
+    if a[2] == 0 or b[2] == 0:
+        return None
+    sds = [x[1] for x in (a, b) if x[2] > 1]
+    sp = max(sds) if sds else spread
+    return None if sp is None or math.isnan(sp) else sp
+
+
+def resolution(rows: dict[str, dict], pairs: list[tuple[str, str, str]],
+               spreads: dict[str, float | None], paper_effects: dict[str, float]) -> str:
+    """What a claim's comparisons can resolve on :data:`HEADLINE`, beside the paper's effects.
+
+    Args:
+        pairs: ``(label, a, b)`` comparisons of groups (:data:`~meddet.study.tables.CLAIMS`).
+        spreads: the spread of single-seed comparisons per metric.
+        paper_effects: the paper's ``a − b`` in mAP points by comparison label (those it
+            reports).
+
+    Returns:
+        e.g. ``differences above 1.0 mAP points; the paper's effects: nmODE² adds +0.8, LWFF
+        adds +0.3 (within our spread: nmODE² adds, LWFF adds)``.
+    """
+    judged = {}
+    for label, a, b in pairs:
+        sp = judged_spread(group_metric(rows, a, HEADLINE), group_metric(rows, b, HEADLINE),
+                           spreads.get(HEADLINE))
+        if sp is not None:
+            judged[label] = sp
+    if judged:
+        lo, hi = min(judged.values()), max(judged.values())
+        text = (f"differences above {lo:.1f}–{hi:.1f} {HEADLINE} points (each comparison its "
+                "own spread)" if hi > lo else f"differences above {lo:.1f} {HEADLINE} points")
+    else:
+        text = "unknown (no comparison with a measured spread)"
+    if paper_effects:
+        text += "; the paper's effects: " + ", ".join(
+            f"{label} {d:+.1f}" for label, d in paper_effects.items())
+        below = [label for label, d in paper_effects.items()
+                 if label in judged and abs(d) <= judged[label]]
+        if below:
+            text += f" (within our spread: {', '.join(below)})"
+    return text
+
+
 def verdict(a: Stats, b: Stats, spread: float | None = None) -> str:
     """Does ``a`` beat ``b`` by more than the seed-to-seed spread?
 
@@ -71,7 +119,7 @@ def verdict(a: Stats, b: Stats, spread: float | None = None) -> str:
     if a[2] == 0 or b[2] == 0:
         return "not run"
     sds = [x[1] for x in (a, b) if x[2] > 1]
-    sp = max(sds) if sds else spread
+    sp = judged_spread(a, b, spread)
     d = a[0] - b[0]
     if sp is None or math.isnan(sp):
         return f"{d:+.1f}: one seed, spread unknown, not assessable"
