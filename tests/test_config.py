@@ -17,6 +17,7 @@ def test_builtins_load():
     crop = load_config("cpu-crop")  # the calibrated CPU recipe (docs/training.md)
     assert crop.data.img_size == 256 and crop.data.augmentation.crop == 128
     assert not crop.train.ema and crop.train.epochs == 80 and crop.train.optimizer == "adamw"
+    assert crop.train.lr == pytest.approx(2e-3) and crop.train.batch_size == 8
 
 
 def test_overrides_win_and_none_is_ignored():

@@ -62,6 +62,19 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["plan"]["name"] == "quick"
 
 
+def test_gpu_plan_is_the_studys_recipe():
+    from meddet.config import load_config
+
+    gpu, crop = PLANS["gpu"], load_config("cpu-crop")
+    assert (gpu.img_size, gpu.crop, gpu.batch_size) == (crop.data.img_size,
+                                                         crop.data.augmentation.crop,
+                                                         crop.train.batch_size)
+    assert (gpu.lr, gpu.warmup_iters, tuple(gpu.lr_steps), gpu.optimizer) == (
+        crop.train.lr, crop.train.warmup_iters, tuple(crop.train.lr_steps), crop.train.optimizer)
+    assert gpu.student_epochs == gpu.teacher_epochs == crop.train.epochs
+    assert gpu.eval_every == crop.train.eval_every
+
+
 def test_estimates_cover_every_step_and_fit_the_budgets():
     quick, full = estimate_seconds("quick", ["meddet"]), estimate_seconds("full", ["meddet"])
     assert list(quick) == list(full) and all(v > 0 for v in full.values())

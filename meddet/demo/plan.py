@@ -126,7 +126,7 @@ PLANS: dict[str, DemoPlan] = {
     # 128 px crops of 256 px images) for every model, the default 200/50/50 split.
     "gpu": DemoPlan(name="gpu", img_size=256, num_train=200, num_val=50, num_test=50,
                     batch_size=8, teacher_epochs=80, student_epochs=80, eval_every=8,
-                    lr=1e-3, warmup_iters=100, bench_warmup=5, bench_iters=50,
+                    lr=2e-3, warmup_iters=100, bench_warmup=5, bench_iters=50,
                     preview_images=4, optimizer="adamw", crop=128, device="cuda",
                     workers=4),
     # CI / first impression: every step runs once, on a handful of images.
