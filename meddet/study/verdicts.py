@@ -121,7 +121,7 @@ def verdict(a: Stats, b: Stats, spread: float | None = None) -> str:
     sds = [x[1] for x in (a, b) if x[2] > 1]
     sp = judged_spread(a, b, spread)
     d = a[0] - b[0]
-    if sp is None or math.isnan(sp):
+    if sp is None:
         return f"{d:+.1f}: one seed, spread unknown, not assessable"
     # one row of several seeds against a single run: that run may be a lucky or unlucky seed
     one = "; one row has one seed" if sds and min(a[2], b[2]) == 1 else ""
