@@ -572,6 +572,21 @@ def test_render_meta(fake_study):
     assert "* machine: cuda (H100)\n" in report.render(rows, merged)
     assert f"rows finished: {len(rows)} of {len(rows) + 2} planned; not run (yet): mgd-s0, ld-s0" \
         in text
+    assert "  * 2 of them need the three ResNet teachers" in text
+    assert "need no teachers" not in text  # no CPU row is missing
+    text = report.render(rows, meta, planned=[*rows, "mgd-s0", "alone-lite-fpn-s7"])
+    assert "  * 1 of them need the three ResNet teachers" in text
+    assert "  * 1 need no teachers and can run on a CPU" in text
+
+
+def test_need_teachers_names_the_teachers_and_every_distilled_row():
+    ids = ["teacher-gfl_r50", "plain-gfl_mbv2-s1", "alone-meddet-s4", "alone-lite-head-s3",
+           "imagenet-plain-gfl_mbv2-s0", "bench", "meddet-s2", "lite-s0", "fusion-sum",
+           "nmode-fpn", "sweep-sigma0.7-tau0.2", "imagenet-meddet-s1", "mgd-s5", "abl-lwff-s9",
+           "no-such-row"]
+    assert tables.need_teachers(ids) == {
+        "teacher-gfl_r50", "meddet-s2", "lite-s0", "fusion-sum", "nmode-fpn",
+        "sweep-sigma0.7-tau0.2", "imagenet-meddet-s1", "mgd-s5", "abl-lwff-s9"}
 
 
 def test_write_report(fake_study, tmp_path):
@@ -743,31 +758,50 @@ def test_taught_apart():
     assert not verdicts.taught_apart(rows, "x", "p")  # a row without teachers: nothing to compare
 
 
-def test_the_committed_report_is_rendered_from_the_committed_rows():
+# The committed studies: the live one on the default phantom, and the archived first study on
+# phantom v1 (records, report and plots under docs/archive/). Each: (records, report, the
+# fewest rows it holds, the plots its report writes).
+COMMITTED = [("docs/results", "docs/results.md", 3, ["results_noise.png"]),
+             ("docs/archive/results-v1", "docs/archive/results-v1.md", 58,
+              ["results_noise.png", "results_noise_alone.png"])]
+
+
+@pytest.mark.parametrize("out,dest,least,_plots", COMMITTED)
+def test_the_committed_report_is_rendered_from_the_committed_rows(out, dest, least, _plots):
     """docs/results.md is exactly what `meddet study report docs/results --out
-    docs/results.md` makes from docs/results/: no figure in it was edited by hand, and none of
-    the records behind it is missing."""
-    out, dest = Path("docs/results"), Path("docs/results.md")
+    docs/results.md` makes from docs/results/ (and the archived study likewise): no figure in
+    it was edited by hand, and none of the records behind it is missing."""
+    out, dest = Path(out), Path(dest)
     a = StudyOptions(out=out, report=dest)
     planned = [r.id for r in tables.plan(a.seeds, a.tables, a.teacher_epochs)]
     rows = records.load_rows(ROOT / out)
-    assert len(rows) >= 58 and all("test" in r or "bench" in r for r in rows.values())
+    assert len(rows) >= least and all("test" in r or "bench" in r for r in rows.values())
     text = report.render(rows, records.read_meta(ROOT / out), planned, source=(out, dest))
     assert text == (ROOT / dest).read_text()
 
 
-def test_cli_report_rebuilds_the_committed_report(tmp_path, monkeypatch, capsys):
+def test_the_live_study_is_on_the_default_phantom_and_the_archive_says_it_is_not():
+    from meddet.data.generate import DEFAULT_PHANTOM
+
+    assert records.read_meta(ROOT / "docs/results")["phantom"] == DEFAULT_PHANTOM
+    assert records.read_meta(ROOT / "docs/archive/results-v1")["phantom"] == "v1"
+    assert "These rows were measured on the synthetic phantom `v1`" in \
+        (ROOT / "docs/archive/results-v1.md").read_text()
+    assert "These rows were measured" not in (ROOT / "docs/results.md").read_text()
+
+
+@pytest.mark.parametrize("out,dest,_least,plots", COMMITTED)
+def test_cli_report_rebuilds_the_committed_report(out, dest, _least, plots, tmp_path,
+                                                  monkeypatch, capsys):
     """`meddet study report docs/results --out docs/results.md`, run on a copy of the records,
     writes exactly the committed report and its plots; a folder without rows is an error."""
     import shutil
 
-    shutil.copytree(ROOT / "docs" / "results", tmp_path / "docs" / "results")
+    shutil.copytree(ROOT / out, tmp_path / out)
     monkeypatch.chdir(tmp_path)
-    assert cli(["study", "report", "docs/results", "--out", "docs/results.md"]) == 0
-    assert (tmp_path / "docs" / "results.md").read_text() == \
-        (ROOT / "docs" / "results.md").read_text()
-    assert sorted(p.name for p in (tmp_path / "docs" / "img").iterdir()) == [
-        "results_noise.png", "results_noise_alone.png"]
+    assert cli(["study", "report", out, "--out", dest]) == 0
+    assert (tmp_path / dest).read_text() == (ROOT / dest).read_text()
+    assert sorted(p.name for p in (tmp_path / dest).parent.joinpath("img").iterdir()) == plots
     (tmp_path / "empty").mkdir()
     assert cli(["study", "report", "empty"]) == 2
     assert "holds no runs/<row>/row.json" in capsys.readouterr().err
@@ -776,8 +810,10 @@ def test_cli_report_rebuilds_the_committed_report(tmp_path, monkeypatch, capsys)
 
 def test_the_committed_records_describe_hardware_not_history():
     diary = re.compile(r"session|lent (H100|H200)|issue [0-9]", re.IGNORECASE)
-    files = [ROOT / "docs" / "results.md", *sorted((ROOT / "docs" / "results").rglob("*.json"))]
-    assert len(files) > 58
+    files = [ROOT / "docs" / "results.md", *sorted((ROOT / "docs" / "results").rglob("*.json")),
+             ROOT / "docs" / "archive" / "results-v1.md",
+             *sorted((ROOT / "docs" / "archive" / "results-v1").rglob("*.json"))]
+    assert len(files) > 62
     hits = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files
             for m in diary.finditer(p.read_text())]
     assert hits == []

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reproduction study on one GPU (how the first GPU rows of docs/results.md were made).
+# The reproduction study on one GPU (how the GPU rows of the first study, docs/archive/results-v1.md, were made).
 #   OUT=<folder that comes back>  DATA=<synthetic set>  DEADLINE_MIN=<study minutes>
 #   bash examples/reproduce/gpu_run.sh
 # 1. a 40-second CUDA smoke test of every command (stops early, with logs, if one fails);

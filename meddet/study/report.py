@@ -33,6 +33,7 @@ from meddet.study.tables import (
     PLACEMENTS,
     PLAIN,
     TEACHERS,
+    need_teachers,
     where,
 )
 from meddet.study.verdicts import (
@@ -267,9 +268,12 @@ def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
       "every verdict is decided on) with test mAP50 beside it, on the synthetic CDH test "
       "split (pycocotools), mean ± sample standard deviation over seeds (n = seeds). The "
       "paper's figures are on the private CDH-1848 set and are shown for orientation only: "
-      "the two columns are not comparable in absolute terms, only in their ordering. What the "
-      "numbers mean, what is missing and why: `docs/distillation.md`, section *Measured on the synthetic benchmark*."
-      "\n")
+      "the two columns are not comparable in absolute terms, only in their ordering. "
+      + ("The recipe and how it was calibrated: `docs/training.md`, section *The CPU recipe "
+         "on the default phantom*; the rows not run yet are listed below, with what they need."
+         if meta.get("phantom") == DEFAULT_PHANTOM else
+         "What the numbers mean, what is missing and why: `docs/distillation.md`, section "
+         "*Measured on the synthetic benchmark*.") + "\n")
     if source:
         out, report = source
         w(f"Records: every row's measurements are in `{out}/runs/<row>/row.json` and the "
@@ -280,8 +284,9 @@ def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
     phantom = meta.get("phantom")
     if phantom and phantom != DEFAULT_PHANTOM:
         w(f"**These rows were measured on the synthetic phantom `{phantom}`** (`meddet data synth "
-          f"--phantom {phantom}`); the default phantom is now `{DEFAULT_PHANTOM}` and this study "
-          "has not been re-run on it, so the figures describe the older, easier images.\n")
+          f"--phantom {phantom}`); the default phantom is now `{DEFAULT_PHANTOM}`, so the figures "
+          "describe the older, easier images and are not comparable with a study on the "
+          "default phantom.\n")
     calls = meta.get("invocations") or [meta]  # a study.json of one call: flat
     for c in calls:
         on = f"on {c['device_name']}, " if c.get("device_name") else ""
@@ -300,6 +305,14 @@ def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
         missing = [r for r in planned if r not in rows]
         w(f"* rows finished: {len(planned) - len(missing)} of {len(planned)} planned"
           + (f"; not run (yet): {', '.join(missing)}" if missing else ""))
+        bound = need_teachers(missing)
+        if bound:
+            w(f"  * {len(bound)} of them need the three ResNet teachers (the teachers "
+              "themselves and every distilled row): GPU rows, "
+              "`examples/reproduce/gpu_distill.sh` runs them in resumable slots")
+        if len(bound) < len(missing):
+            w(f"  * {len(missing) - len(bound)} need no teachers and can run on a CPU: "
+              "`meddet study run --device cpu --only ROW,...`")
     w("* wall-clock per row: training + test evaluation of one run, measured with the "
       "rows of one command sharing the machine (so it overstates a run alone); where a "
       "table's seeds ran on different devices, the mean per device.")

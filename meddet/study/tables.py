@@ -33,6 +33,7 @@ differ only by seed share a *group*, the unit the report averages over. Row ids:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from meddet.errors import MedDetError
@@ -258,6 +259,17 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
     for s in seeds[1:]:
         per_seed(s)
     return list(rows.values())
+
+
+def need_teachers(ids: list[str]) -> set[str]:
+    """The row ids among ``ids`` that are teachers or are distilled from them: the rows that
+    cannot run before the three ResNet teachers are trained (on a 2-core CPU the teachers
+    alone take hours each, so these are the GPU rows). Ids the plan does not know count as
+    needing none."""
+    seeds = sorted({int(m.group(1)) for i in ids if (m := re.search(r"-s(\d+)$", i))} | {0})
+    full = plan(seeds, set(TABLES) | set(OPTIONAL_TABLES))
+    bound = {r.id for r in full if r.needs or r.id.startswith("teacher-")}
+    return {i for i in ids if i in bound}
 
 
 def where(placement: str) -> str:
