@@ -2,7 +2,7 @@
 
 import pytest
 
-from meddet.engine.curves import LastQuarter, ValPoint, last_quarter, val_curve
+from meddet.engine.curves import LastQuarter, ValPoint, last_quarter, training_cost, val_curve
 
 HEADER = "epoch,iter,loss,lr,mAP,mAP50,AR100,recall,seconds,nonfinite\n"
 
@@ -74,3 +74,16 @@ def test_pretrain_and_distill_summaries_print_the_last_quarter(capsys):
                                            "last_quarter": quarter})
     assert "val mAP50 over the last quarter (it 1400 -> 2000)" in " ".join(
         capsys.readouterr().out.split())
+
+
+def test_training_cost_sums_each_epoch_once_and_counts_images_by_the_config_batch(tmp_path):
+    (tmp_path / "config.yaml").write_text("train:\n  batch_size: 8\n  epochs: 3\n")
+    rows = [_row(1, 25), _row(2, 50, "0.1"), _row(3, 75)]
+    rows = [r.replace(",1.0,0\n", f",{sec},0\n") for r, sec in zip(rows, (60.5, 70.0, 50.0))]
+    # epoch 2 run again after a resume: its last row (40 s) counts, not the cut one
+    rows.insert(2, _row(2, 50, "0.2").replace(",1.0,0\n", ",40.0,0\n"))
+    _csv(tmp_path, rows)
+    assert training_cost(tmp_path) == {"train_seconds": 150.5, "train_images": 75 * 8}
+    (tmp_path / "config.yaml").write_text("train: {}\n")  # no batch size: nothing to say
+    assert training_cost(tmp_path) is None
+    assert training_cost(tmp_path / "missing") is None

@@ -290,12 +290,13 @@ def test_render(fake_study):
     text = report.render(records.load_rows(fake_study), {})
     t1 = text.split("## Table I:")[1].split("\n## ")[0]
     assert _line(t1, "| row | paper mAP |") == (
-        "| row | paper mAP | ours mAP | ours mAP50 | protrusion AP50 | wall-clock per run |")
+        "| row | paper mAP | ours mAP | ours mAP50 | protrusion AP50 | wall-clock per run "
+        "| training s per image |")
     med = _line(text, "| **MedDet** (3 teachers) |")
     # mAP (half of mAP50) 40/41/42 -> 41.0 ± 1.0 first; mAP50 80/82/84 -> 82.0 ± 2.0;
     # protrusion 70/72/74; 100/110/120 s -> 110 s
     assert med == ("| **MedDet** (3 teachers) | 85.5 | 41.0 ± 1.0 (n=3) | 82.0 ± 2.0 (n=3) | "
-                   "72.0 ± 2.0 (n=3) | 110 s |")
+                   "72.0 ± 2.0 (n=3) | 110 s | — |")
     plain = _line(text, "| GFL mbv2 |")
     assert "| 80.8 | 35.5 ± 0.5 (n=3) | 71.0 ± 1.0 (n=3) |" in plain
     # decided on mAP: 41.0 - 35.5 = +5.5 beyond the larger sd 1.0; mAP50 beside it
@@ -511,7 +512,8 @@ def test_wall_clock_per_device(tmp_path):
         json.dumps({**info, "device": "cuda"}))
     rows = records.load_rows(out)
     assert verdicts.group_seconds(rows, "plain-gfl_mbv2") == {"cpu": 3100.0, "cuda": 200.0}
-    assert _line(report.render(rows, {}), "| GFL mbv2 |").endswith("| 3100 s (cpu) / 200 s (cuda) |")
+    assert _line(report.render(rows, {}), "| GFL mbv2 |").endswith(
+        "| 3100 s (cpu) / 200 s (cuda) | — |")
     assert report._secs({}) == "—" and report._secs({"cuda": 99.6}) == "100 s"
 
 
@@ -837,13 +839,20 @@ def test_run_study_runs_records_and_reports(tmp_path, monkeypatch):
                         only="teacher-gfl_r50", teacher_epochs=3)
 
     def steps(self, row):
-        test = self.runs / row.id / "test.json"
-        return [[sys.executable, "-c",
-                 f"open({str(test)!r}, 'w').write({json.dumps(_test_json(0.6))!r})"]]
+        run = self.runs / row.id
+        files = {"test.json": json.dumps(_test_json(0.6)),
+                 "config.yaml": "train:\n  batch_size: 4\n",
+                 "results.csv": "epoch,iter,loss,mAP,mAP50,seconds\n1,10,1.0,,,30.0\n"
+                                "2,20,0.9,0.2,0.4,45.5\n"}
+        code = "".join(f"open({str(run / n)!r}, 'w').write({t!r});" for n, t in files.items())
+        return [[sys.executable, "-c", code]]
 
     monkeypatch.setattr(runner.Runner, "steps", steps)
     lines: list[str] = []
     res = runner.run_study(opts, echo=lines.append)
+    row = json.loads((opts.out / "runs" / "teacher-gfl_r50" / "row.json").read_text())
+    assert (row["train_seconds"], row["train_images"]) == (75.5, 80)
+    assert row["val_curve"] == [[20, 0.4, 0.2]]
     assert (res.planned, res.finished, res.failed, res.stopped, res.exit_code) == (
         ["teacher-gfl_r50"], ["teacher-gfl_r50"], [], [], 0)
     assert [ln.split()[1:3] for ln in lines] == [["start", "teacher-gfl_r50"],
@@ -862,6 +871,29 @@ def test_run_study_runs_records_and_reports(tmp_path, monkeypatch):
     again = runner.run_study(opts, echo=lines.append)
     assert again.finished == ["teacher-gfl_r50"] and len(lines) == 2
     assert len(records.read_meta(opts.out)["invocations"]) == 2
+
+
+def test_training_cost_column_and_distillation_overhead(fake_study):
+    """Seconds per training image per group and device, and the distilled rows' cost against
+    the plain student's on the same device; records without the fields show —."""
+    rows = records.load_rows(fake_study)
+    text = report.render(rows, {})
+    assert "| **MedDet** (3 teachers) | 85.5 | 41.0 ± 1.0 (n=3) | 82.0 ± 2.0 (n=3) |" in text
+    assert _line(text, "| **MedDet** (3 teachers)").endswith("| 110 s | — |")
+    assert "Training cost per image against" not in text
+    for rid, secs, imgs in (("meddet-s0", 300.0, 1000), ("meddet-s1", 500.0, 1000),
+                            ("plain-gfl_mbv2-s0", 200.0, 1000)):
+        rows[rid].update(train_seconds=secs, train_images=imgs)
+    rows["plain-gfl_mbv2-s1"].update(train_seconds=10.0, train_images=1000, device="cuda")
+    assert verdicts.group_cost(rows, "meddet") == {"cpu": 0.4}
+    assert verdicts.group_cost(rows, "plain-gfl_mbv2") == {"cpu": 0.2, "cuda": 0.01}
+    assert verdicts.overhead(rows, "meddet", "plain-gfl_mbv2") == {"cpu": 2.0}
+    text = report.render(rows, {})
+    assert _line(text, "| **MedDet** (3 teachers)").endswith("| 0.4 s |")
+    assert _line(text, "| GFL mbv2 |").endswith("| 0.2 s (cpu) / 0.01 s (cuda) |")
+    assert ("Training cost per image against GFL-MobileNetV2 trained alone on the same device "
+            "(the distillation overhead; rows sharing a machine slow each other, so this is "
+            "indicative): MedDet 2.00× (cpu).") in text
 
 
 def test_report_says_when_its_rows_came_from_an_older_phantom(tmp_path):
@@ -1049,7 +1081,8 @@ def test_toy_study_end_to_end_with_an_imagenet_row(tiny_dataset, tiny_teachers, 
     text = res.report.read_text()
     sec = text.split("## ImageNet initialisation")[1].split("\n## ")[0]
     assert _line(sec, "| row |") == ("| row | paper mAP | ours mAP | ours mAP50 | "
-                                     "protrusion AP50 | wall-clock per run |")
+                                     "protrusion AP50 | wall-clock per run | "
+                                     "training s per image |")
     for label, rid in (("GFL mbv2, ImageNet-initialised", "imagenet-plain-gfl_mbv2-s0"),
                        ("MedDet, ImageNet-initialised student", "imagenet-meddet-s0")):
         t = runs[rid]["test"]

@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PLATEAU_POINTS", "LastQuarter", "ValPoint", "last_quarter", "val_curve"]
+__all__ = ["PLATEAU_POINTS", "LastQuarter", "ValPoint", "last_quarter", "training_cost",
+           "val_curve"]
 
 #: Largest gain of validation mAP50 (in points, i.e. percent) over the last quarter of a run
 #: that still counts as a plateau.
@@ -116,3 +117,29 @@ def last_quarter(curve: list[ValPoint]) -> LastQuarter | None:
     start = before[-1]
     return LastQuarter(start_iter=start.iter, end_iter=end.iter, start=start.mAP50,
                        end=end.mAP50)
+
+
+def training_cost(run_dir: str | os.PathLike) -> dict[str, float | int] | None:
+    """What a run's training cost: ``{"train_seconds", "train_images"}``.
+
+    ``train_seconds`` sums the epochs' wall-clock in ``results.csv`` (training and the
+    validations; the last row of an epoch re-run after a resume counts, so time lost to an
+    interruption is not), ``train_images`` is the last iteration times ``train.batch_size`` of
+    the run's ``config.yaml`` (images per step and process; one process). ``None`` when either
+    file or a value is missing.
+    """
+    import yaml
+
+    run = Path(run_dir)
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        batch = int(cfg["train"]["batch_size"])
+        with (run / "results.csv").open(newline="") as fh:
+            epochs = {row["epoch"]: row for row in csv.DictReader(fh)}
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+    secs = [_float(r.get("seconds")) for r in epochs.values()]
+    iters = [_float(r.get("iter")) for r in epochs.values()]
+    if not epochs or None in secs or None in iters:
+        return None
+    return {"train_seconds": round(sum(secs), 1), "train_images": int(max(iters)) * batch}

@@ -6,7 +6,8 @@
 mAP@[.5:.95], the report's headline), ``mAP50``, ..., with ``per_class`` and an optional
 ``noise_sweep``) plus ``best_val_mAP50`` and, for a distilled row, ``teachers`` (their test
 mAP50, by teacher row id) and ``teachers_mAP`` (their test mAP; absent from older records), or
-``bench`` (the ``meddet bench --json`` result). A row trained with config overrides also has
+``bench`` (the ``meddet bench --json`` result). A trained row also has ``train_seconds`` and
+``train_images`` (:func:`meddet.engine.curves.training_cost`; absent from older records). A row trained with config overrides also has
 ``overrides`` (e.g. ``{"model": {"pretrained": "imagenet"}}``), and a row finished across
 several invocations ``segments`` (each invocation's seconds).
 

@@ -41,10 +41,12 @@ from meddet.study.verdicts import (
     HEADLINE,
     Stats,
     fmt,
+    group_cost,
     group_metric,
     group_seconds,
     lite_verdict,
     noise_beside,
+    overhead,
     paired,
     resolution,
     taught_apart,
@@ -173,6 +175,28 @@ def _spread(rows: dict[str, dict], group: str, key: str,
     """The seed-to-seed spread of ``group``'s test ``key`` (``default`` below two seeds)."""
     m = group_metric(rows, group, key)
     return m[1] if m[2] > 1 else default
+
+
+def _per_image(by_device: dict[str, float]) -> str:
+    """``0.31 s`` (one device) or ``0.31 s (cpu) / 0.004 s (cuda)``; ``—`` when not recorded."""
+    def f(v: float) -> str:
+        return f"{v:.3g} s"
+    if len(by_device) == 1:
+        return f(next(iter(by_device.values())))
+    return " / ".join(f"{f(v)} ({d})" for d, v in by_device.items()) or "—"
+
+
+def _overhead_line(rows: dict[str, dict], groups: list[tuple[str, str]],
+                   base: tuple[str, str]) -> str | None:
+    """One line: each group's training cost per image against ``base``'s on the same device;
+    ``None`` when no pair ran on one device."""
+    parts = [f"{label} {' / '.join(f'{x:.2f}× ({d})' for d, x in o.items())}"
+             for label, g in groups if (o := overhead(rows, g, base[1]))]
+    if not parts:
+        return None
+    return (f"Training cost per image against {base[0]} trained alone on the same device "
+            f"(the distillation overhead; rows sharing a machine slow each other, so this is "
+            f"indicative): {'; '.join(parts)}.\n")
 
 
 def _pct(v: float | None) -> str:
@@ -316,6 +340,9 @@ def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
     w("* wall-clock per row: training + test evaluation of one run, measured with the "
       "rows of one command sharing the machine (so it overstates a run alone); where a "
       "table's seeds ran on different devices, the mean per device.")
+    w("* training s per image: the epochs' wall-clock in the row's `results.csv` (training and "
+      "its validations) divided by the images it trained on (iterations × batch); rows "
+      "sharing a machine slow each other, as above. Records older than this column show —.")
     w("* seeds of one row may come from different devices (the Rows table says which): "
       "same data, config, seed and code, but not the same arithmetic, so they are "
       "independent samples of the same training recipe rather than repeats.")
@@ -359,12 +386,12 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
         if note:
             w(note + "\n")
         w(f"| row | paper mAP | ours {HEADLINE} | ours {BESIDE} | protrusion AP50 | "
-          "wall-clock per run |")
-        w("|---|---:|---:|---:|---:|---:|")
+          "wall-clock per run | training s per image |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
         for label, group, paper_map in items:
             w(f"| {label} | {paper_map or '—'} | {cell(rows, group, HEADLINE)} | "
               f"{cell(rows, group, BESIDE)} | {cell(rows, group, 'mAP50', 'protrusion')} | "
-              f"{_secs(group_seconds(rows, group))} |")
+              f"{_secs(group_seconds(rows, group))} | {_per_image(group_cost(rows, group))} |")
         w("")
         line = teachers_line(rows, in_groups(rows, [group for _, group, _ in items]))
         if line:
@@ -395,6 +422,11 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
            ("MedDet student alone (nmODE² head, no teachers)", "alone-meddet", None),
            *[(k.upper() + " (GFL-MobileNetV2 student, best teacher)", k, p(k)) for k in KD],
            ("**MedDet** (3 teachers)", "meddet", p("meddet"))], min_seeds=3)
+    line = _overhead_line(rows, [("MedDet", "meddet"), *[(k.upper(), k) for k in KD],
+                                 ("MedDet student alone", "alone-meddet")],
+                          ("GFL-MobileNetV2", "plain-gfl_mbv2"))
+    if line:
+        w(line)
     claims("1")
     regen("1")
 

@@ -54,6 +54,22 @@ def group_seconds(rows: dict[str, dict], group: str) -> dict[str, float]:
     return {d: statistics.fmean(v) for d, v in sorted(by.items())}
 
 
+def group_cost(rows: dict[str, dict], group: str) -> dict[str, float]:
+    """Mean training seconds per training image of the group's rows, per device (rows whose
+    records carry ``train_seconds`` and ``train_images``; older records have none)."""
+    by: dict[str, list[float]] = {}
+    for r in rows.values():
+        if r["group"] == group and r.get("train_images"):
+            by.setdefault(r.get("device", "?"), []).append(r["train_seconds"] / r["train_images"])
+    return {d: statistics.fmean(v) for d, v in sorted(by.items())}
+
+
+def overhead(rows: dict[str, dict], group: str, base: str) -> dict[str, float]:
+    """``group``'s training cost per image divided by ``base``'s, per device both ran on."""
+    a, b = group_cost(rows, group), group_cost(rows, base)
+    return {d: a[d] / b[d] for d in a if d in b and b[d] > 0}
+
+
 def fmt(ms: Stats) -> str:
     """``82.0 ± 2.0 (n=3)``, ``71.2 (n=1)`` or ``not run``."""
     m, sd, n = ms
