@@ -92,9 +92,10 @@ def test_plan_ids_unique_and_count(full_plan):
     ids = [r.id for r in full_plan]
     assert len(ids) == len(set(ids))
     # 3 teachers + 3 seeds x (6 plain + alone-meddet + 3 KD + meddet + abl-base/nmode/lwff
-    # + lite = 15) + nmode-backbone/fpn + fusion-sum/concat + 4 sweep rows + bench = 57,
-    # + 3 seeds x 4 nmODE² placements of meddet_lite trained alone = 69
-    assert len(ids) == 3 + 3 * 15 + 4 + 4 + 1 + 3 * 4
+    # + lite = 15) + nmode-backbone/fpn + fusion-sum/concat + 4 sweep rows + 3 bench rows
+    # (CPU b1, GPU b1, GPU b32) = 59, + 3 seeds x 4 nmODE² placements of meddet_lite trained
+    # alone = 71
+    assert len(ids) == 3 + 3 * 15 + 4 + 4 + 3 + 3 * 4
     alone = [r for r in full_plan if r.id.startswith("alone-meddet-")]
     assert [r.argv[:3] for r in alone] == [["pretrain-teacher", "--model", "meddet"]] * 3
     assert {r.group for r in alone} == {"alone-meddet"}
@@ -128,7 +129,7 @@ def test_plan_rows_per_seed_and_single_seed(full_plan):
             assert by_id[rid].seed == s, rid
     singles = ["nmode-backbone", "nmode-fpn", "fusion-sum", "fusion-concat",
                "sweep-sigma0.7-tau0.2", "sweep-sigma0.3-tau0.5", "sweep-sigma0.8-tau0.1",
-               "sweep-sigma0.4-tau0.2", "bench"]
+               "sweep-sigma0.4-tau0.2", "bench-cpu", "bench-cuda-b1", "bench-cuda-b32"]
     for rid in singles:
         assert by_id[rid].seed == 0
         assert by_id[rid].group == rid
@@ -137,7 +138,8 @@ def test_plan_rows_per_seed_and_single_seed(full_plan):
     # the default sigma/tau is meddet-s0 itself, not a sweep row
     sweep = sorted(rid for rid in by_id if rid.startswith("sweep-"))
     assert len(sweep) == 4 and "sweep-sigma0.5-tau0.3" not in by_id
-    assert by_id["bench"].kind == "bench" and by_id["bench"].argv == []
+    assert [(by_id[r].kind, by_id[r].argv, by_id[r].device, by_id[r].batch) for r in singles[-3:]
+            ] == [("bench", [], "cpu", 1), ("bench", [], "cuda", 1), ("bench", [], "cuda", 32)]
 
 
 def test_plan_groups(full_plan):
@@ -197,7 +199,8 @@ def test_plan_priority_seed0_first(full_plan):
     assert seed_of.index(2) > max(i for i, s in enumerate(seed_of) if s == 1)
     # all single-seed rows and every table's seed-0 rows are before the first seed-1 row
     for rid in ("meddet-s0", "mgd-s0", "abl-lwff-s0", "lite-s0", "plain-gfl_shufflenet-s0",
-                "nmode-fpn", "fusion-concat", "sweep-sigma0.4-tau0.2", "bench"):
+                "nmode-fpn", "fusion-concat", "sweep-sigma0.4-tau0.2", "bench-cpu",
+                "bench-cuda-b32"):
         assert ids.index(rid) < first_other, rid
 
 
@@ -448,7 +451,7 @@ def test_render_alone_table_and_noise_claim(tmp_path):
 def test_summary_of_claims(fake_study):
     _write_row(fake_study, "teacher-gfl_r50", "teacher-gfl_r50", 0, _test_json(0.83))
     _write_row(fake_study, "teacher-gfl_r101", "teacher-gfl_r101", 0, _test_json(0.90))
-    bench = {"device_name": "GPU", "models": [
+    bench = {"device_name": "GPU", "device": "cuda", "batch_size": 1, "models": [
         {"name": "gfl_r50", "params_m": 32.0, "gflops": 50.0, "fps": 10.0},
         {"name": "meddet", "params_m": 8.0, "gflops": 30.0, "fps": 25.0},
         {"name": "meddet", "runtime": "onnxruntime", "params_m": 1.0, "gflops": 1.0,
@@ -472,7 +475,7 @@ def test_summary_of_claims(fake_study):
             "tell) · mAP50: -1.0 (within the spread 2.0: as accurate, as far as these seeds "
             "tell); MedDet − GFL-R101 -4.0 (beyond the spread 1.0: **less accurate**) · mAP50: "
             "-8.0 (beyond the spread 2.0: less accurate); cost against GFL-R50: 25% of its "
-            "parameters, 60% of its GFLOPs, 2.50× its FPS on GPU") in c2
+            "parameters, 60% of its GFLOPs, 2.50× its FPS on GPU (batch 1)") in c2
     assert "R152" not in c2
     assert _line(sec, "| 5.").startswith(
         "| 5. LWFF beats sum and concatenation (Table V) | LWFF vs sum: **contradicted** (-2.0")
@@ -713,6 +716,65 @@ def test_a_row_cut_by_the_deadline_reports_every_invocation(tmp_path, monkeypatc
     assert info["commands"][1].endswith("second") and len(info["commands"]) == 2
     assert len(info["segments"]) == 2 and info["segments"][1] >= 1.2
     assert info["seconds"] == pytest.approx(sum(info["segments"]), abs=0.11)
+
+
+def test_bench_rows_run_on_their_own_device_and_a_cpu_study_skips_the_gpu_ones(
+        tmp_path, monkeypatch):
+    import sys
+
+    rows = [r for r in tables.plan([0], {"2"}) if r.kind == "bench"]
+    assert [r.id for r in rows] == ["bench-cpu", "bench-cuda-b1", "bench-cuda-b32"]
+    gpu = runner.Runner(StudyOptions(out=tmp_path / "g", device="cuda"), rows)
+    for r, dev, batch in zip(rows, ("cpu", "cuda", "cuda"), ("1", "1", "32")):
+        (cmd,) = gpu.steps(r)
+        assert cmd[cmd.index("--device") + 1] == dev and cmd[cmd.index("--batch-size") + 1] \
+            == batch, r.id
+    lines: list[str] = []
+    cpu = runner.Runner(StudyOptions(out=tmp_path / "c"), rows, echo=lines.append)
+    started: list[str] = []
+
+    def steps(r):
+        started.append(r.id)
+        out = cpu.runs / r.id / "bench.json"
+        return [[sys.executable, "-c", f"open({str(out)!r}, 'w').write('{{}}')"]]
+
+    monkeypatch.setattr(cpu, "steps", steps)
+    assert cpu.run() == 0  # skipped, not failed
+    assert started == ["bench-cpu"] and cpu.done("bench-cpu")
+    assert not cpu.done("bench-cuda-b1") and not cpu.failed
+    assert [ln.split(None, 1)[1] for ln in lines if "skip" in ln] == [
+        "skip   bench-cuda-b1 (a GPU row: run the study with --device cuda)",
+        "skip   bench-cuda-b32 (a GPU row: run the study with --device cuda)"]
+    info = json.loads((cpu.runs / "bench-cpu" / "row.json").read_text())
+    assert info["device"] == "cpu" and info["bench"] == {}
+
+
+def test_table2_puts_the_cpu_and_gpu_benches_side_by_side(fake_study):
+    def bench(dev, name, batch, r50, med):
+        return {"device": dev, "device_name": name, "batch_size": batch, "img_size": 512,
+                "threads": 2, "models": [
+                    {"name": "gfl_r50", "params_m": 32.0, "gflops": 50.0, "fps": r50},
+                    {"name": "meddet", "params_m": 8.0, "gflops": 30.0, "fps": med}]}
+
+    rows = records.load_rows(fake_study)
+    # given GPU first: the table still puts the CPU column first
+    for rid, b in (("bench-cuda-b32", bench("cuda", "H200", 32, 400.0, 1000.0)),
+                   ("bench-cpu", bench("cpu", "EPYC", 1, 2.0, 8.0))):
+        rows[rid] = {"id": rid, "group": rid, "seed": 0, "seconds": 1.0, "commands": [],
+                     "device": b["device"], "bench": b}
+    text = report.render(rows, {})
+    t2 = text.split("## Table II:")[1].split("\n## ")[0]
+    assert "| ours recall@.5 | FPS CPU b1 | FPS GPU b32 | params M (ours / paper) |" in t2
+    assert _line(t2, "| GFL-R50 |").endswith("| 2.00 | 400.00 | 32.00 / 32.32 | 50.00 / 50.21 |")
+    assert _line(t2, "| MedDet |").endswith("| 8.00 | 1000.00 | 8.00 / 10.42 | 30.00 / 31.69 |")
+    assert _line(t2, "| MedDet-lite (ours) |").endswith("| — | — | — / — | — / — |")
+    assert ("FPS CPU b1: `meddet bench` on EPYC, 512 px, batch 1, 2 threads, images per "
+            "second from the median latency (relative to GFL-R50: meddet 4.00×).") in t2
+    assert "FPS GPU b32: `meddet bench` on H200, 512 px, batch 32" in t2
+    assert "(relative to GFL-R50: meddet 2.50×)" in t2
+    c2 = _line(text.split("## Table I:")[0], "| 2.")
+    assert ("cost against GFL-R50: 25% of its parameters, 60% of its GFLOPs, 4.00× its FPS on "
+            "EPYC (batch 1), 2.50× its FPS on H200 (batch 32)") in c2
 
 
 def test_resumed_without_a_partial_is_unchanged(tmp_path):

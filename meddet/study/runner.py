@@ -222,13 +222,13 @@ class Runner:
         """The row's commands: train (or resume) then evaluate; ``meddet bench`` for ``bench``.
         A row with overrides gets its ``study-config.yaml`` written (:meth:`row_config`)."""
         run = self.runs / row.id
-        dev = ["--device", self.o.device]
+        dev = ["--device", row.device or self.o.device]
         if row.kind == "bench":
             return [[*meddet_argv(), "bench", "--models", ",".join([*TEACHERS, "meddet",
                                                                      "meddet_lite"]),
                      "--img-size", str(self.o.bench_img_size), "--threads",
-                     str(self.o.bench_threads), "--iters", str(self.o.bench_iters), *dev,
-                     "--json", str(run / "bench.json")]]
+                     str(self.o.bench_threads), "--iters", str(self.o.bench_iters),
+                     "--batch-size", str(row.batch), *dev, "--json", str(run / "bench.json")]]
         if (run / "last.pt").is_file():
             train = [*meddet_argv(), row.argv[0], "--resume", str(run)]
         else:
@@ -280,7 +280,7 @@ class Runner:
         path = self.runs / rid / "partial.json"
         segs = json.loads(path.read_text()) if path.is_file() else []
         segs.append({"seconds": round(time.time() - t0, 1), "command": self._cmds(steps)[0],
-                     "device": self.o.device})
+                     "device": self.rows[rid].device or self.o.device})
         write_json(path, segs)
         self.stopped.append(rid)
         self.echo(f"[{_now()}] STOP   {rid} (deadline; resumes next time)")
@@ -298,7 +298,7 @@ class Runner:
         run = self.runs / rid
         info = resumed({"id": rid, "label": row.label, "seed": row.seed, "group": row.group,
                         "seconds": round(secs, 1), "commands": self._cmds(steps),
-                        "device": self.o.device, "config": self.o.config},
+                        "device": row.device or self.o.device, "config": self.o.config},
                        run / "partial.json")
         if row.overrides:
             info["overrides"] = row.overrides
@@ -328,6 +328,11 @@ class Runner:
             1 when a row failed (or was skipped because a row it needs failed), else 0.
         """
         pending = [r for r in self.order if not self.done(r)]
+        if not self.o.device.startswith("cuda"):
+            for r in [r for r in pending if self.rows[r].device.startswith("cuda")]:
+                self.echo(f"[{_now()}] skip   {r} (a GPU row: run the study with --device "
+                          "cuda)")
+                pending.remove(r)
         while pending or self.running:
             for rid, (proc, *_rest) in list(self.running.items()):
                 rc = proc.poll()

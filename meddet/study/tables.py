@@ -17,7 +17,9 @@ differ only by seed share a *group*, the unit the report averages over. Row ids:
   (``lwff`` is ``meddet-s0``).
 * ``lite-sS``: MedDet distillation into ``meddet_lite``, the CPU student.
 * ``sweep-sigmaA-tauB``: the σ/τ sweep behind the distillation defaults.
-* ``bench``: ``meddet bench`` of the teachers and both students (Table II's cost columns).
+* ``bench-cpu``, ``bench-cuda-b1``, ``bench-cuda-b32``: ``meddet bench`` of the teachers and
+  both students on the CPU (batch 1) and on the GPU (batch 1 and 32): Table II's cost columns,
+  side by side. (The first study's single ``bench`` row, on its GPU, is read the same way.)
 * ``alone-lite-{head,none,fpn,backbone}-sS`` (table ``alone``, no teachers, CPU-feasible):
   ``meddet_lite`` trained alone with nmODE² in that place (``none``: nowhere), each with the
   noise sweep: a proxy for Table IV and the noise claim that a 2-core CPU can run.
@@ -57,6 +59,10 @@ IMAGENET = {"model": {"pretrained": "imagenet"}}
 # row re-evaluated under noise. The proxy for Table IV and the noise claim without a GPU.
 PLACEMENTS = ("head", "none", "fpn", "backbone")
 DEFAULT_SEEDS = "0,1,2"
+# Table II's cost rows: (row id, device, batch). The CPU row runs wherever the study runs (on a
+# CPU study, the machine the claims are about); the CUDA rows only in a study run with
+# --device cuda (a CPU study skips them, it does not fail them).
+BENCHES = (("bench-cpu", "cpu", 1), ("bench-cuda-b1", "cuda", 1), ("bench-cuda-b32", "cuda", 32))
 
 # Each table's comparisons: (label, the group the paper says wins, the group it beats).
 CLAIMS: dict[str, list[tuple[str, str, str]]] = {
@@ -109,6 +115,9 @@ class Row:
     # config values the row trains with on top of the study's config (nested sections, e.g.
     # IMAGENET); the runner writes them into a per-row YAML that the row's --config names
     overrides: dict = field(default_factory=dict)
+    # a bench row's own device and batch ("": the study's --device)
+    device: str = ""
+    batch: int = 1
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -255,7 +264,9 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
                 distill(f"sweep-sigma{sig}-tau{tau}", f"σ={sig}, τ={tau}", s0, "--sigma",
                         str(sig), "--tau", str(tau))
     if "2" in t:
-        add("bench", "meddet bench", [], kind="bench")
+        for rid, dev, batch in BENCHES:
+            add(rid, f"meddet bench ({dev}, batch {batch})", [], kind="bench", device=dev,
+                batch=batch)
     for s in seeds[1:]:
         per_seed(s)
     return list(rows.values())
