@@ -577,21 +577,22 @@ def test_render_meta(fake_study):
     assert "* machine: cuda (H100)\n" in report.render(rows, merged)
     assert f"rows finished: {len(rows)} of {len(rows) + 2} planned; not run (yet): mgd-s0, ld-s0" \
         in text
-    assert "  * 2 of them need the three ResNet teachers" in text
+    assert "  * 2 of them are GPU rows (the three ResNet teachers" in text
     assert "need no teachers" not in text  # no CPU row is missing
     text = report.render(rows, meta, planned=[*rows, "mgd-s0", "alone-lite-fpn-s7"])
-    assert "  * 1 of them need the three ResNet teachers" in text
+    assert "  * 1 of them are GPU rows" in text
     assert "  * 1 need no teachers and can run on a CPU" in text
 
 
-def test_need_teachers_names_the_teachers_and_every_distilled_row():
+def test_gpu_rows_are_the_teachers_every_distilled_row_and_the_gpu_timings():
     ids = ["teacher-gfl_r50", "plain-gfl_mbv2-s1", "alone-meddet-s4", "alone-lite-head-s3",
-           "imagenet-plain-gfl_mbv2-s0", "bench", "meddet-s2", "lite-s0", "fusion-sum",
-           "nmode-fpn", "sweep-sigma0.7-tau0.2", "imagenet-meddet-s1", "mgd-s5", "abl-lwff-s9",
-           "no-such-row"]
-    assert tables.need_teachers(ids) == {
-        "teacher-gfl_r50", "meddet-s2", "lite-s0", "fusion-sum", "nmode-fpn",
-        "sweep-sigma0.7-tau0.2", "imagenet-meddet-s1", "mgd-s5", "abl-lwff-s9"}
+           "imagenet-plain-gfl_mbv2-s0", "bench-cpu", "bench-cuda-b1", "bench-cuda-b32",
+           "meddet-s2", "lite-s0", "fusion-sum", "nmode-fpn", "sweep-sigma0.7-tau0.2",
+           "imagenet-meddet-s1", "mgd-s5", "abl-lwff-s9", "no-such-row"]
+    assert tables.gpu_rows(ids) == {
+        "teacher-gfl_r50", "bench-cuda-b1", "bench-cuda-b32", "meddet-s2", "lite-s0",
+        "fusion-sum", "nmode-fpn", "sweep-sigma0.7-tau0.2", "imagenet-meddet-s1", "mgd-s5",
+        "abl-lwff-s9"}
 
 
 def test_write_report(fake_study, tmp_path):

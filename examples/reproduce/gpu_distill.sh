@@ -4,6 +4,7 @@
 #   otherwise), the two students alone, then MGD, LD, FGD, MedDet and the sigma/tau sweep at
 #   seed 0 once the teachers are done; JOBS rows share the card; everything stops at
 #   DEADLINE_MIN; results.md and the rows' JSON/CSV/logs (no weights) are packed into OUT.
+#   Before them, Table II's GPU timings (batch 1 and 32) run alone on the card.
 #   Run again on a machine that kept S: finished rows are kept, cut ones resume from last.pt.
 #   OUT=<folder that comes back> bash examples/reproduce/gpu_distill.sh
 #   DATA: the data set (default: S/data, the default phantom, made here when missing)
@@ -25,6 +26,12 @@ DEFAULT_ROWS=$DEFAULT_ROWS,sweep-sigma0.7-tau0.2,sweep-sigma0.3-tau0.5,sweep-sig
 ROWS=$T,${ROWS:-$DEFAULT_ROWS}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, meddet; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 3
+# Table II's GPU timings first, alone on the card (BENCH=0 skips them; a finished row is kept).
+if [ "${BENCH:-1}" = 1 ]; then
+  python3 -m meddet study run --out $S --data $DATA --config $CONFIG --device $DEV --tables 2 \
+    --jobs 1 --bench-iters 50 --only bench-cuda-b1,bench-cuda-b32 --report $S/results.md 2>&1 \
+    | tee $OUT/bench.log | grep -E "done|FAIL" | tail -2
+fi
 # Rows start in plan order as their needs finish (distillation waits for the teachers).
 python3 -m meddet study run --out $S --data $DATA --config $CONFIG --device $DEV \
   --seeds $SEEDS --tables $TABLES ${TEACHER_EPOCHS:+--teacher-epochs $TEACHER_EPOCHS} --report $S/results.md \

@@ -33,7 +33,7 @@ from meddet.study.tables import (
     PLACEMENTS,
     PLAIN,
     TEACHERS,
-    need_teachers,
+    gpu_rows,
     where,
 )
 from meddet.study.verdicts import (
@@ -340,13 +340,13 @@ def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
         missing = [r for r in planned if r not in rows]
         w(f"* rows finished: {len(planned) - len(missing)} of {len(planned)} planned"
           + (f"; not run (yet): {', '.join(missing)}" if missing else ""))
-        bound = need_teachers(missing)
-        if bound:
-            w(f"  * {len(bound)} of them need the three ResNet teachers (the teachers "
-              "themselves and every distilled row): GPU rows, "
-              "`examples/reproduce/gpu_distill.sh` runs them in resumable slots")
-        if len(bound) < len(missing):
-            w(f"  * {len(missing) - len(bound)} need no teachers and can run on a CPU: "
+        gpu = gpu_rows(missing)
+        if gpu:
+            w(f"  * {len(gpu)} of them are GPU rows (the three ResNet teachers, every row "
+              "distilled from them, the GPU timings): `examples/reproduce/gpu_distill.sh` "
+              "runs them in resumable slots")
+        if len(gpu) < len(missing):
+            w(f"  * {len(missing) - len(gpu)} need no teachers and can run on a CPU: "
               "`meddet study run --device cpu --only ROW,...`")
     w("* wall-clock per row: training + test evaluation of one run, measured with the "
       "rows of one command sharing the machine (so it overstates a run alone); where a "

@@ -272,15 +272,15 @@ def plan(seeds: list[int], tables: set[str], teacher_epochs: int | None = None) 
     return list(rows.values())
 
 
-def need_teachers(ids: list[str]) -> set[str]:
-    """The row ids among ``ids`` that are teachers or are distilled from them: the rows that
-    cannot run before the three ResNet teachers are trained (on a 2-core CPU the teachers
-    alone take hours each, so these are the GPU rows). Ids the plan does not know count as
-    needing none."""
+def gpu_rows(ids: list[str]) -> set[str]:
+    """The row ids among ``ids`` that a 2-core CPU cannot run in useful time: the three ResNet
+    teachers, every row distilled from them (on such a CPU one teacher takes hours), and the
+    GPU timings. Ids the plan does not know count as CPU rows."""
     seeds = sorted({int(m.group(1)) for i in ids if (m := re.search(r"-s(\d+)$", i))} | {0})
     full = plan(seeds, set(TABLES) | set(OPTIONAL_TABLES))
-    bound = {r.id for r in full if r.needs or r.id.startswith("teacher-")}
-    return {i for i in ids if i in bound}
+    gpu = {r.id for r in full
+           if r.needs or r.id.startswith("teacher-") or r.device.startswith("cuda")}
+    return {i for i in ids if i in gpu}
 
 
 def where(placement: str) -> str:
