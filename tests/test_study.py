@@ -778,6 +778,40 @@ def test_table2_puts_the_cpu_and_gpu_benches_side_by_side(fake_study):
             "EPYC (batch 1), 2.50× its FPS on H200 (batch 32)") in c2
 
 
+def test_learning_curves_one_panel_per_group_and_named_in_the_report(fake_study, tmp_path):
+    rows = records.load_rows(fake_study)
+    assert not noise.plot_curves(rows, tmp_path / "none.png")  # no row has a curve
+    assert not (tmp_path / "none.png").exists()
+    assert "Learning curves of every row" not in report.render(rows, {})
+    rows["meddet-s0"]["val_curve"] = [[100, 0.2, 0.1], [200, 0.5, 0.3]]
+    rows["meddet-s1"]["val_curve"] = [[100, 0.3, 0.1], [200, 0.6, 0.3]]
+    rows["plain-gfl_mbv2-s2"]["val_curve"] = [[100, 0.1, 0.0]]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    real = plt.subplots
+
+    def spy(*a, **k):
+        fig, axes = real(*a, **k)
+        made.append(axes)
+        return fig, axes
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(plt, "subplots", spy):
+        assert noise.plot_curves(rows, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axes = made[0]
+    assert axes.shape == (1, 2)  # two groups with a curve: meddet, plain-gfl_mbv2
+    assert [a.get_title() for a in axes.flat] == ["meddet", "plain-gfl_mbv2"]
+    assert [len(a.get_lines()) for a in axes.flat] == [2, 1]  # one line per seed
+    assert list(axes[0, 0].get_lines()[1].get_ydata()) == [30.0, 60.0]
+    assert "Learning curves of every row" in report.render(rows, {})
+
+
 def test_resumed_without_a_partial_is_unchanged(tmp_path):
     info = {"seconds": 5.0, "commands": ["a"]}
     assert runner.resumed(info, tmp_path / "partial.json") is info
@@ -826,7 +860,7 @@ def test_taught_apart():
 # The committed studies: the live one on the default phantom, and the archived first study on
 # phantom v1 (records, report and plots under docs/archive/). Each: (records, report, the
 # fewest rows it holds, the plots its report writes).
-COMMITTED = [("docs/results", "docs/results.md", 3, ["results_noise.png"]),
+COMMITTED = [("docs/results", "docs/results.md", 3, ["results_curves.png", "results_noise.png"]),
              ("docs/archive/results-v1", "docs/archive/results-v1.md", 58,
               ["results_noise.png", "results_noise_alone.png"])]
 

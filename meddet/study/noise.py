@@ -76,7 +76,7 @@ def write_noise_table(rows: dict[str, dict], w: Write) -> None:
             name = f"{r['label']} (`{r['id']}`)" if key == HEADLINE else ""
             w(f"| {name} | {key} | " + " | ".join(_one(v) for v in vals) + f" | {_one(drop)} |")
     w(f"\nOne seed per row; the noise is drawn reproducibly per image (`meddet eval "
-      f"--noise-sweep`). Plot ({HEADLINE}): `docs/img/results_noise.png`. nmODE²'s robustness "
+      f"--noise-sweep`). Plot ({HEADLINE}): `img/results_noise.png` beside this report. nmODE²'s robustness "
       "claim holds here only if the rows with nmODE² lose clearly less than their twins "
       "without it: `abl-nmode` vs `abl-base`, every seed swept: "
       f"{noise_beside(rows, 'abl-nmode', 'abl-base')}.\n")
@@ -98,7 +98,7 @@ def write_noise_alone(rows: dict[str, dict], w: Write) -> None:
     v = noise_beside(rows, "alone-lite-head", "alone-lite-none")
     w("\nClaim (nmODE² in the head loses less accuracy to noise than no nmODE², difference "
       f"of the mean drops): {v}. The noise is drawn reproducibly per image; plot "
-      f"({HEADLINE}): `docs/img/results_noise_alone.png`.\n")
+      f"({HEADLINE}): `img/results_noise_alone.png` beside this report.\n")
 
 
 def plot_noise(rows: dict[str, dict], path: Path) -> None:
@@ -118,6 +118,47 @@ def plot_noise_alone(rows: dict[str, dict], path: Path) -> None:
                        [(n, m) for n, (m, _, _) in zip(levels, ms)], [sd for _, sd, _ in ms]))
     _plot(series, "meddet_lite trained alone: Rician noise at evaluation",
           f"test {HEADLINE} (%), mean ± sd over seeds", path)
+
+
+def plot_curves(rows: dict[str, dict], path: Path) -> bool:
+    """Every row's validation learning curve (``val_curve`` of its ``row.json``): one panel per
+    group, one line per seed, val mAP50 (%) by iteration. Nothing is written (``False``) when
+    no row has a curve."""
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(rows.values(), key=lambda r: (r["group"], r.get("seed", 0))):
+        if r.get("val_curve"):
+            groups.setdefault(r["group"], []).append(r)
+    if not groups:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(groups))
+    nrows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False,
+                             sharey=True)
+    try:
+        for ax, (group, rs) in zip(axes.flat, groups.items()):
+            for r in rs:
+                its, m50 = zip(*[(p[0], 100.0 * p[1]) for p in r["val_curve"]])
+                ax.plot(its, m50, marker=".", label=f"seed {r.get('seed', 0)}")
+            ax.set_title(group, fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[len(groups):]:
+            ax.axis("off")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("val mAP50 (%)", fontsize=8)
+        for ax in axes[-1, :]:
+            ax.set_xlabel("iteration", fontsize=8)
+        fig.tight_layout()
+        atomic_save(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
+    finally:
+        plt.close(fig)
+    return True
 
 
 def _plot(series: list[tuple[str, list[tuple[str, float]], list[float] | None]], title: str,

@@ -19,6 +19,7 @@ from meddet.data.generate import DEFAULT_PHANTOM
 from meddet.engine.curves import PLATEAU_POINTS, LastQuarter
 from meddet.study.noise import (
     noise_rows,
+    plot_curves,
     plot_noise,
     plot_noise_alone,
     write_noise_alone,
@@ -73,6 +74,7 @@ def write_report(out: Path, report: Path, planned: list[str] | None = None) -> s
     atomic_write_text(report, text)
     plot_noise(rows, report.parent / "img" / "results_noise.png")
     plot_noise_alone(rows, report.parent / "img" / "results_noise_alone.png")
+    plot_curves(rows, report.parent / "img" / "results_curves.png")
     return text
 
 
@@ -510,6 +512,10 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
 
     w("## Rows\n")
     w(_plateau_line(rows))
+    if any(r.get("val_curve") for r in rows.values()):
+        w("Learning curves of every row (validation mAP50 by iteration, one panel per row, one "
+          "line per seed): `img/results_curves.png` beside this report; the points are each "
+          "row's `val_curve` in its `row.json`.\n")
     w("| row | device | seconds | val mAP50, last quarter | command |")
     w("|---|---|---:|---|---|")
     for r in sorted(rows.values(), key=lambda r: r["id"]):
