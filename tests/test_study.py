@@ -812,6 +812,18 @@ def test_learning_curves_one_panel_per_group_and_named_in_the_report(fake_study,
     assert "Learning curves of every row" in report.render(rows, {})
 
 
+def test_spread_line_names_three_seed_rows_wider_than_two_points(fake_study):
+    rows = records.load_rows(fake_study)
+    # meddet 80/82/84 (sd 2.0: at the limit), plain 70/71/72 (sd 1.0); single-seed rows ignored
+    assert report._spread_line(rows) == ("Seed spread: 2 of 2 rows with three or more seeds "
+                                         "have a test mAP50 standard deviation of at most 2 "
+                                         "points.\n")
+    rows["meddet-s2"]["test"]["mAP50"] = 0.86  # 80/82/86: sd 3.06
+    assert report._spread_line(rows).endswith("at most 2 points; above it: meddet (3.1).\n")
+    assert "Seed spread: 1 of 2 rows" in report.render(rows, {})
+    assert report._spread_line({k: v for k, v in rows.items() if k.endswith("-s0")}) is None
+
+
 def test_resumed_without_a_partial_is_unchanged(tmp_path):
     info = {"seconds": 5.0, "commands": ["a"]}
     assert runner.resumed(info, tmp_path / "partial.json") is info

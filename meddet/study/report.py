@@ -512,6 +512,9 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
 
     w("## Rows\n")
     w(_plateau_line(rows))
+    line = _spread_line(rows)
+    if line:
+        w(line)
     if any(r.get("val_curve") for r in rows.values()):
         w("Learning curves of every row (validation mAP50 by iteration, one panel per row, one "
           "line per seed): `img/results_curves.png` beside this report; the points are each "
@@ -532,6 +535,24 @@ def _quarter(row: dict) -> str:
         return "—"
     lq = LastQuarter.from_dict(q)
     return f"{lq.start:.3f} → {lq.end:.3f} ({lq.gain_points:+.1f})"
+
+
+#: The largest seed-to-seed standard deviation of test mAP50 (points) a row with three or more
+#: seeds may have before the report asks for an explanation.
+MAX_SD_POINTS = 2.0
+
+
+def _spread_line(rows: dict[str, dict]) -> str | None:
+    """Which groups of three or more seeds have a test mAP50 standard deviation above
+    :data:`MAX_SD_POINTS`; ``None`` when no group has three seeds."""
+    groups = sorted({r["group"] for r in rows.values() if "test" in r})
+    sds = {g: ms for g in groups if (ms := group_metric(rows, g, BESIDE))[2] >= 3}
+    if not sds:
+        return None
+    wide = [f"{g} ({ms[1]:.1f})" for g, ms in sds.items() if ms[1] > MAX_SD_POINTS]
+    return (f"Seed spread: {len(sds) - len(wide)} of {len(sds)} rows with three or more seeds "
+            f"have a test {BESIDE} standard deviation of at most {MAX_SD_POINTS:g} points"
+            + (f"; above it: {', '.join(wide)}" if wide else "") + ".\n")
 
 
 def _plateau_line(rows: dict[str, dict]) -> str:
