@@ -632,6 +632,10 @@ def test_cli_plan(capsys, tmp_path, monkeypatch):
     assert "needs=teacher-gfl_r50,teacher-gfl_r101,teacher-gfl_r152" in lines[4]
     assert lines[4].rstrip().endswith("--fusion sum --seed 0")
     assert list(tmp_path.iterdir()) == []  # the plan writes nothing
+    assert cli(["study", "plan", "--seeds", "0", "--tables", "2", "--only",
+                "bench-cpu,bench-cuda-b32"]) == 0
+    assert [ln.split(None, 2)[2] for ln in capsys.readouterr().out.splitlines()] == [
+        "meddet bench --device cpu --batch-size 1", "meddet bench --device cuda --batch-size 32"]
 
 
 def test_options_parsing():

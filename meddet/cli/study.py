@@ -46,7 +46,9 @@ def plan(
     rows = select(make_plan(parse_seeds(seeds), parse_tables(tables), teacher_epochs), only)
     for r in rows:
         config = f"  [config + {describe_overrides(r.overrides)}]" if r.overrides else ""
-        typer.echo(f"{r.id:28s} needs={','.join(r.needs) or '-':40s} meddet {' '.join(r.argv)}"
+        argv = r.argv if r.kind != "bench" else [
+            "bench", "--device", r.device or "(the study's)", "--batch-size", str(r.batch)]
+        typer.echo(f"{r.id:28s} needs={','.join(r.needs) or '-':40s} meddet {' '.join(argv)}"
                    + config)
 
 
