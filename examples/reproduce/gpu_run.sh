@@ -39,9 +39,9 @@ tar czf $OUT/smoke_logs.tgz -C $SM --exclude='*.pt' --exclude=data . 2>/dev/null
 $M study run --out $S --data "$DATA" --config cpu-small --device $DEV \
   --jobs $JOBS --tables 1,3,4,5,noise,lite,sweep --deadline-min $DEADLINE_MIN \
   --report $S/results.md ${EXTRA:+--extra "$EXTRA"} 2>&1 | tee $OUT/study.log | grep -E "FAIL|STOP|skip" | head -30
-# 3. GPU FPS, alone on the card
+# 3. GPU FPS (batch 1 and 32), alone on the card
 $M study run --out $S --data "$DATA" --config cpu-small --device $DEV \
-  --jobs 1 --tables 2 --only bench --bench-iters ${BENCH_ITERS:-50} --deadline-min 1.5 \
+  --jobs 1 --tables 2 --only bench-cuda-b1,bench-cuda-b32 --bench-iters ${BENCH_ITERS:-50} --deadline-min 1.5 \
   --report $S/results.md 2>&1 | tail -3
 # 4. pack
 cp $S/results.md $OUT/ 2>/dev/null; cp -r $S/img $OUT/ 2>/dev/null
