@@ -495,7 +495,9 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
           "asked. These rows repeat GFL-MobileNetV2 and MedDet with the student's MobileNetV2 "
           "backbone initialised from torchvision's ImageNet weights (`model.pretrained: "
           "imagenet`), distilled from the same teachers; optional (`--tables imagenet` or "
-          "`all,imagenet`), as the weights must be downloaded or cached.", min_seeds=3)
+          "`all,imagenet`), as the weights must be downloaded or cached (offline: set "
+          "`TORCH_HOME` to a folder whose `hub/checkpoints/` holds torchvision's MobileNetV2 "
+          "file).", min_seeds=3)
     claims("imagenet")
     regen("imagenet")
 
