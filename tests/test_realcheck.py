@@ -16,11 +16,13 @@ from PIL import Image
 
 from meddet.cli import main
 from meddet.engine.realcheck import (
+    best_matches,
     class_agnostic_ap50,
     evaluate_real_discs,
     load_real_disc_labels,
     read_labelled_slices,
     recall_at_k,
+    score_volume,
 )
 from meddet.errors import MedDetError
 from meddet.inference.predictor import Predictor
@@ -128,6 +130,45 @@ def test_ap50_equals_pycocotools_class_agnostic_mode():
     assert ours == pytest.approx(E.stats[1], abs=1e-9)
 
 
+# --------------------------------------------------------------------------- per volume
+def test_best_match_is_among_the_top_k_and_gives_the_box_ratios():
+    gt = np.array([[0, 0, 10, 4], [20, 0, 30, 4]], float)
+    # By score: twice as tall on disc 1 (IoU 40/80), half as wide on disc 2 (IoU 20/40), and a
+    # perfect box on disc 2 that only counts with k >= 3.
+    d = det([[0, 0, 10, 8], [20, 0, 25, 4], [20, 0, 30, 4]], [0.9, 0.8, 0.1])
+    iou, boxes = best_matches(gt, d, k=2)
+    assert iou.tolist() == [0.5, 0.5]
+    assert boxes.tolist() == [[0, 0, 10, 8], [20, 0, 25, 4]]
+    iou, boxes = best_matches(gt, d, k=3)
+    assert iou.tolist() == [0.5, 1.0] and boxes[1].tolist() == [20, 0, 30, 4]
+    iou, boxes = best_matches(gt, det([[50, 50, 60, 60]], [0.9]), k=10)
+    assert iou.tolist() == [0.0, 0.0] and np.isnan(boxes).all()  # no overlap: no match
+
+
+def test_volume_score_hand_computed():
+    # Slice 1: three 10x10 discs, each overlapped by one detection, IoU 0.6, 0.4 and 0.2 (by
+    # descending score); slice 2: one disc, no detection.
+    gts = [np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]], float),
+           np.array([[0, 0, 10, 10]], float)]
+    dets = [det([[40, 0, 50, 6], [20, 0, 28, 5], [0, 0, 5, 4]], [0.9, 0.8, 0.7]),
+            det(np.zeros((0, 4)), [])]
+    v = score_volume("vol.nii.gz", gts, dets, [(20, 60), (20, 60)], k=10)
+    assert (v.volume, v.slices, v.discs, v.matched) == ("vol.nii.gz", 2, 4, 3)
+    assert v.found == {0.1: 3, 0.3: 2, 0.5: 1}
+    assert v.recall(0.3) == 0.5 and v.recall() == 0.25
+    # Heights 6/10, 5/10, 4/10 and widths 10/10, 8/10, 5/10 of the three matched discs.
+    assert v.height_ratio == pytest.approx(0.5) and v.width_ratio == pytest.approx(0.8)
+    # One true positive at IoU 0.5, ranked first, out of 4 discs: precision 1 up to recall
+    # 0.25, i.e. 26 of COCO's 101 recall points.
+    assert v.ap50 == pytest.approx(26 / 101, abs=1e-12)
+    d = v.as_dict()
+    assert d["found_at"] == {"0.1": 3, "0.3": 2, "0.5": 1}
+    assert d["recall_at"] == {"0.1": 0.75, "0.3": 0.5, "0.5": 0.25}
+    assert json.loads(json.dumps(d)) == d
+    empty = score_volume("v", [gts[1]], [dets[1]], [(20, 60)])
+    assert empty.height_ratio is None and empty.width_ratio is None and empty.matched == 0
+
+
 # --------------------------------------------------------------------------- the fixture
 def test_fixture_loads_and_boxes_lie_inside_their_slices():
     labels = load_real_disc_labels()
@@ -212,12 +253,18 @@ def test_a_perfect_and_a_shifted_detector(tmp_path):
                                   volumes_dir=REAL_MRI, out_dir=tmp_path)
     assert (perfect.recall, perfect.ap50, perfect.found, perfect.discs) == (1.0, 1.0, 32, 32)
     assert perfect.checkpoint is None and len(perfect.overlays) == 9
+    assert perfect.found_at == {0.1: 32, 0.3: 32, 0.5: 32}
+    assert [(v.volume, v.discs, v.found[0.5], v.ap50, v.height_ratio, v.width_ratio)
+            for v in perfect.volumes] == [("sct_t2_cervical.nii.gz", 12, 12, 1.0, 1.0, 1.0),
+                                          ("sct_t1w_cervical.nii.gz", 20, 20, 1.0, 1.0, 1.0)]
     # Each box moved down by its own height: IoU 0 with its disc, never reaching the next one.
     shifted = [lab.boxes + np.outer(lab.boxes[:, 3] - lab.boxes[:, 1], [0, 1, 0, 1])
                for lab in labels]
     moved = evaluate_real_discs(_Oracle(shifted, shapes), volumes_dir=REAL_MRI)
     assert (moved.recall, moved.ap50, moved.found) == (0.0, 0.0, 0)
     assert moved.overlays == []
+    assert moved.found_at == {0.1: 0, 0.3: 0, 0.5: 0}
+    assert all(v.matched == 0 and v.height_ratio is None for v in moved.volumes)
 
 
 @needs_volumes
@@ -245,6 +292,14 @@ def test_check_real_command_on_a_random_model(tmp_path):
     assert sum(s["found"] for s in metrics["per_slice"]) == metrics["found"]
     assert metrics["recall"] == pytest.approx(metrics["found"] / 32)
     assert sum(s["detections"] for s in metrics["per_slice"]) > 0
+    vols = {v["volume"]: v for v in metrics["volumes"]}
+    assert [vols[n]["discs"] for n in ("sct_t2_cervical.nii.gz", "sct_t1w_cervical.nii.gz")] \
+        == [12, 20]
+    for thr in ("0.1", "0.3", "0.5"):
+        assert sum(v["found_at"][thr] for v in vols.values()) == metrics["found_at"][thr] \
+            == sum(s["found_at"][thr] for s in metrics["per_slice"])
+    assert metrics["found_at"]["0.5"] == metrics["found"]
+    assert metrics["found_at"]["0.1"] >= metrics["found_at"]["0.3"] >= metrics["found"]
     pngs = sorted((out / "overlays").glob("*.png"))
     assert len(pngs) == 9 and str(pngs[0]) in metrics["overlays"]
     with Image.open(out / "overlays" / "sct_t2_cervical_slice26.png") as img:

@@ -8,13 +8,19 @@ with meddet (``meddet/data/real_discs.json``); the images do not: they are read 
 volumes at run time, through the same NIfTI reader ``meddet predict`` uses, and each volume's
 sha256 is checked against the one the labels were drawn on.
 
-Two class-agnostic numbers are reported, because the labels say where a disc is, not whether it
+Class-agnostic numbers are reported, because the labels say where a disc is, not whether it
 is herniated:
 
 - ``recall``: the fraction of labelled discs that some detection among its slice's ``top_k``
-  best (any class) overlaps with IoU >= 0.5, pooled over all discs.
+  best (any class) overlaps with IoU >= 0.5, pooled over all discs; the same count at IoU 0.1
+  and 0.3 too (:data:`IOU_THRS`): real discs are 3-11 px tall, so one pixel of label or
+  prediction error moves the IoU by up to 0.2, and medical detection tools report the lenient
+  thresholds beside the strict one.
 - ``ap50``: pycocotools' bbox AP at IoU 0.5, with one category ("disc") and every detection,
   whatever its class, counted as a disc detection.
+- per volume, the median over its discs of predicted / labelled box height and width, the
+  prediction being the disc's best-overlapping detection among its slice's ``top_k``: whether
+  the boxes are too tall or too wide, not only whether they are found.
 """
 
 from __future__ import annotations
@@ -37,9 +43,13 @@ from meddet._io import atomic_write_bytes
 from meddet.errors import MedDetError
 
 __all__ = [
+    "IOU_THRS",
     "LABELS_FORMAT",
     "DiscSlice",
     "RealDiscResult",
+    "VolumeScore",
+    "best_matches",
+    "box_size_ratios",
     "class_agnostic_ap50",
     "default_volumes_dir",
     "evaluate_real_discs",
@@ -47,12 +57,15 @@ __all__ = [
     "read_labelled_slices",
     "recall_at_k",
     "render_real_disc_labels",
+    "score_volume",
 ]
 
 #: ``format`` field of the label file.
 LABELS_FORMAT = "meddet-real-discs"
-#: IoU at which a detection finds a disc (both metrics).
+#: IoU at which a detection finds a disc (``recall`` and ``ap50``).
 IOU_THR = 0.5
+#: IoUs at which found discs are also counted, lenient to strict.
+IOU_THRS = (0.1, 0.3, 0.5)
 _VOLUMES_HINT = ("pass the folder holding them with --volumes DIR (volumes_dir=...) or set "
                  "MEDDET_SHARED_DATA to the folder that contains real-mri/")
 
@@ -232,11 +245,33 @@ def recall_at_k(gt_boxes: Sequence[np.ndarray], detections: Sequence[dict[str, n
 def _found_mask(gt: np.ndarray, det: dict[str, np.ndarray], k: int,
                 iou_thr: float = IOU_THR) -> np.ndarray:
     """Per ground-truth box of one image, whether a top-``k`` detection finds it."""
+    return best_matches(gt, det, k)[0] >= iou_thr
+
+
+def best_matches(gt: np.ndarray, det: dict[str, np.ndarray], k: int = 10
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each ground-truth box's best-overlapping detection among the image's ``k`` best.
+
+    Args:
+        gt: ``[N, 4]`` xyxy.
+        det: ``{"boxes": [K, 4] xyxy, "scores": [K]}``.
+        k: detections considered (by descending score).
+
+    Returns:
+        ``(iou, boxes)``: float64 ``[N]`` the best IoU (0 without detections) and float64
+        ``[N, 4]`` the detection that reaches it (NaN where no detection overlaps the box).
+    """
     gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
     top = _top_k(det, k)
-    if not len(gt) or not len(top):
-        return np.zeros(len(gt), dtype=bool)
-    return (_iou(gt, top) >= iou_thr).any(axis=1)
+    best = np.zeros(len(gt))
+    boxes = np.full((len(gt), 4), np.nan)
+    if len(gt) and len(top):
+        iou = _iou(gt, top)
+        j = iou.argmax(axis=1)  # the first (highest-scoring) of equal IoUs
+        best = iou[np.arange(len(gt)), j]
+        hit = best > 0
+        boxes[hit] = top[j[hit]]
+    return best, boxes
 
 
 def class_agnostic_ap50(gt_boxes: Sequence[np.ndarray],
@@ -349,6 +384,98 @@ def render_real_disc_labels(out_dir: str | os.PathLike, *,
     return written
 
 
+# --------------------------------------------------------------------------- per volume
+def _thr_key(thr: float) -> str:
+    return f"{thr:g}"
+
+
+@dataclass(frozen=True)
+class VolumeScore:
+    """How a detector did on the labelled slices of one volume.
+
+    Attributes:
+        volume: the volume's file name.
+        slices: labelled slices.
+        discs: labelled discs.
+        found: discs found among their slice's ``top_k`` detections, per IoU of
+            :data:`IOU_THRS`.
+        ap50: class-agnostic AP at IoU 0.5 over this volume's slices.
+        matched: discs that some top-``k`` detection overlaps at all (IoU > 0); the box ratios
+            are medians over these.
+        height_ratio: median of predicted / labelled box height (``None`` when nothing
+            overlaps any disc).
+        width_ratio: the same for the width.
+    """
+
+    volume: str
+    slices: int
+    discs: int
+    found: dict[float, int]
+    ap50: float
+    matched: int
+    height_ratio: float | None
+    width_ratio: float | None
+
+    def recall(self, iou_thr: float = IOU_THR) -> float:
+        """Found / labelled discs at ``iou_thr`` (one of :data:`IOU_THRS`); -1 without discs."""
+        return self.found[iou_thr] / self.discs if self.discs else -1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe form (IoU thresholds as keys ``"0.1"``, ``"0.3"``, ``"0.5"``)."""
+        return {"volume": self.volume, "slices": self.slices, "discs": self.discs,
+                "found_at": {_thr_key(t): n for t, n in self.found.items()},
+                "recall_at": {_thr_key(t): self.recall(t) for t in self.found},
+                "ap50": self.ap50, "matched": self.matched,
+                "median_height_ratio": self.height_ratio,
+                "median_width_ratio": self.width_ratio}
+
+
+def box_size_ratios(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted / labelled height and width of matched boxes, rows with NaN left out.
+
+    Args:
+        gt: ``[N, 4]`` xyxy labelled boxes.
+        pred: ``[N, 4]`` xyxy, the detection matched to each (NaN rows: none).
+
+    Returns:
+        ``(height ratios, width ratios)``, float64 ``[M]`` each, ``M`` the matched rows.
+    """
+    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
+    ok = ~np.isnan(pred).any(axis=1)
+    gt, pred = gt[ok], pred[ok]
+    return ((pred[:, 3] - pred[:, 1]) / (gt[:, 3] - gt[:, 1]),
+            (pred[:, 2] - pred[:, 0]) / (gt[:, 2] - gt[:, 0]))
+
+
+def score_volume(volume: str, gt_boxes: Sequence[np.ndarray],
+                 detections: Sequence[dict[str, np.ndarray]],
+                 shapes: Sequence[tuple[int, int]], *, k: int = 10) -> VolumeScore:
+    """Score the labelled slices of one volume (see :class:`VolumeScore`).
+
+    Args:
+        volume: the volume's name, for the record.
+        gt_boxes, detections, shapes: per slice of the volume, as for
+            :func:`class_agnostic_ap50`.
+        k: detections per slice considered for the found counts and the box ratios.
+    """
+    ious, matched = [], []
+    for gt, det in zip(gt_boxes, detections):
+        iou, boxes = best_matches(gt, det, k)
+        ious.append(iou)
+        matched.append(boxes)
+    iou = np.concatenate(ious) if ious else np.zeros(0)
+    heights, widths = box_size_ratios(np.concatenate([np.asarray(g, np.float64).reshape(-1, 4)
+                                                      for g in gt_boxes]),
+                                      np.concatenate(matched) if matched else np.zeros((0, 4)))
+    return VolumeScore(
+        volume=volume, slices=len(gt_boxes), discs=len(iou),
+        found={t: int((iou >= t).sum()) for t in IOU_THRS},
+        ap50=class_agnostic_ap50(gt_boxes, detections, shapes), matched=len(heights),
+        height_ratio=float(np.median(heights)) if len(heights) else None,
+        width_ratio=float(np.median(widths)) if len(widths) else None)
+
+
 # --------------------------------------------------------------------------- the check
 @dataclass
 class RealDiscResult:
@@ -364,7 +491,10 @@ class RealDiscResult:
         score_thr: minimum score of a detection.
         img_size: network input side used.
         checkpoint: the checkpoint evaluated (``None`` for an in-memory predictor).
-        per_slice: per slice ``{"volume", "index", "discs", "found", "detections"}``.
+        per_slice: per slice ``{"volume", "index", "discs", "found", "found_at",
+            "detections"}`` (``found`` at IoU 0.5, ``found_at`` per IoU of :data:`IOU_THRS`).
+        volumes: per volume, a :class:`VolumeScore`.
+        found_at: discs found per IoU of :data:`IOU_THRS`, pooled over all slices.
         overlays: overlay PNGs written (empty without an output folder).
     """
 
@@ -378,6 +508,8 @@ class RealDiscResult:
     img_size: int
     checkpoint: str | None = None
     per_slice: list[dict[str, Any]] = field(default_factory=list)
+    volumes: list[VolumeScore] = field(default_factory=list)
+    found_at: dict[float, int] = field(default_factory=dict)
     overlays: list[Path] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -386,7 +518,12 @@ class RealDiscResult:
             "recall": self.recall, "ap50": self.ap50, "found": self.found, "discs": self.discs,
             "slices": self.slices, "top_k": self.top_k, "iou_thr": IOU_THR,
             "score_thr": self.score_thr, "img_size": self.img_size,
-            "checkpoint": self.checkpoint, "per_slice": list(self.per_slice),
+            "checkpoint": self.checkpoint,
+            "found_at": {_thr_key(t): n for t, n in self.found_at.items()},
+            "recall_at": {_thr_key(t): n / self.discs if self.discs else -1.0
+                          for t, n in self.found_at.items()},
+            "volumes": [v.as_dict() for v in self.volumes],
+            "per_slice": list(self.per_slice),
             "overlays": [str(p) for p in self.overlays],
         }
 
@@ -448,15 +585,25 @@ def evaluate_real_discs(
         except OSError as exc:
             raise MedDetError(f"cannot create output folder {folder}: {exc.strerror}") from exc
     for lab, arr, det in zip(labels, arrays, dets):
-        mask = _found_mask(lab.boxes, det, top_k)
+        iou = best_matches(lab.boxes, det, top_k)[0]
+        mask = iou >= IOU_THR
         per_slice.append({"volume": lab.volume, "index": lab.index, "discs": len(lab.boxes),
-                          "found": int(mask.sum()), "detections": int(len(det["boxes"]))})
+                          "found": int(mask.sum()),
+                          "found_at": {_thr_key(t): int((iou >= t).sum()) for t in IOU_THRS},
+                          "detections": int(len(det["boxes"]))})
         if folder is not None:
             path = folder / f"{lab.name}.png"
             title = f"{lab.name}: {int(mask.sum())}/{len(lab.boxes)} found"
             atomic_write_bytes(path, _png(_draw(arr, lab.boxes, _top_k(det, top_k), title)))
             overlays.append(path)
+    volumes = []
+    for volume in dict.fromkeys(lab.volume for lab in labels):
+        picked = [i for i, lab in enumerate(labels) if lab.volume == volume]
+        volumes.append(score_volume(volume, [gts[i] for i in picked], [dets[i] for i in picked],
+                                    [labels[i].shape for i in picked], k=top_k))
     return RealDiscResult(recall=found / total if total else -1.0, ap50=ap50, found=found,
                           discs=total, slices=len(labels), top_k=top_k,
                           score_thr=float(predictor.score_thr), img_size=predictor.img_size,
-                          checkpoint=ckpt_name, per_slice=per_slice, overlays=overlays)
+                          checkpoint=ckpt_name, per_slice=per_slice, volumes=volumes,
+                          found_at={t: sum(v.found[t] for v in volumes) for t in IOU_THRS},
+                          overlays=overlays)
