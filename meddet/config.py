@@ -98,6 +98,25 @@ class ModelConfig(_Strict):
     min_box_size: float = Field(
         0.0, ge=0, description="drop detections this wide or tall or less (original pixels)"
     )
+    # Training from random weights (docs/training.md, "The early loss plateau"). None keeps
+    # the paper's / mmdetection's GFL behaviour, so configs that do not set them (and the
+    # recorded configs of earlier runs) build the same detector as before.
+    nmode_form: Literal["paper", "residual"] | None = Field(
+        None, description="nmODE² in the head: 'paper' (None): the block's output y(T) "
+        "replaces the tower output; 'residual': x + α·(Φ(x) − Φ(0)) with a per-channel gate α "
+        "that starts at 0, so the block starts as the identity")
+    reg_prior: float | None = Field(
+        None, ge=0, le=16, description="initial expected box side distance in strides "
+        "(regression bias); None: GFL's near-uniform start (8 strides)")
+    box_loss_norm: Literal["mmdet", "mean"] | None = Field(
+        None, description="box losses divided by the sum of their score weights at least 1 "
+        "('mmdet', None) or by that sum whatever its size ('mean': a weighted mean whose scale "
+        "does not depend on how high the scores are yet)")
+    fpn_norm: Literal["none", "gn"] | None = Field(
+        None, description="GroupNorm after every FPN conv ('gn'); None/'none': mmdetection's "
+        "FPN (conv bias, no norm)")
+    atss_topk: int | None = Field(
+        None, ge=1, description="ATSS candidates per level and object (None: 9, as GFL)")
 
 
 class TrainConfig(_Strict):

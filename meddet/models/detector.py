@@ -39,7 +39,7 @@ from meddet.models.losses import (
 )
 from meddet.models.postprocess import GFLPostProcess
 
-__all__ = ["NMODE_PLACEMENTS", "Assignment", "GFLDetector", "check_loss_weights"]
+__all__ = ["BOX_LOSS_NORMS", "NMODE_PLACEMENTS", "Assignment", "GFLDetector", "check_loss_weights"]
 
 
 # Eq. 12 defaults: λ : μ : (1 - λ - μ) = 1 : 0.25 : 2, the QFL : DFL : GIoU weighting of GFL.
@@ -50,6 +50,11 @@ DEFAULT_MU_DFL = 0.25 / 3.25
 # lr 0.01 for batch 16), which we train with because the paper gives no optimiser settings,
 # applies unchanged.
 DEFAULT_DET_SCALE = 3.25
+#: Normalisers of the box losses (see ``GFLDetector``'s ``box_loss_norm``).
+BOX_LOSS_NORMS = ("mmdet", "mean")
+# Floor of the "mean" normaliser: only guards the division when there is no positive (the sums
+# are then exactly 0).
+_MEAN_NORM_FLOOR = 1e-6
 
 
 def check_loss_weights(lambda_qfl: float, mu_dfl: float) -> None:
@@ -136,6 +141,12 @@ class GFLDetector(nn.Module):
         center_offset: location centre offset in cells (0 matches mmdetection's GFL).
         qfl_beta: QFL focusing exponent.
         dfl_eps: DFL targets are clamped to ``reg_max - dfl_eps``.
+        box_loss_norm: what the score-weighted GIoU and DFL sums are divided by. ``"mmdet"``
+            (GFL's): the sum of the weights, at least 1. The weights are the positives'
+            predicted scores, which start near the prior (0.01), so early in training the
+            divisor is 1 and the box losses, and their gradients, are scaled down by the
+            scores (~100x at the start). ``"mean"``: the sum of the weights whatever its size,
+            i.e. the score-weighted mean, whose scale does not depend on the score level.
 
     Raises:
         MedDetError: invalid ``nmode``, ``lambda_qfl`` or ``mu_dfl``.
@@ -160,6 +171,7 @@ class GFLDetector(nn.Module):
         center_offset: float = 0.0,
         qfl_beta: float = 2.0,
         dfl_eps: float = 0.1,
+        box_loss_norm: str = "mmdet",
     ) -> None:
         super().__init__()
         if nmode not in NMODE_PLACEMENTS:
@@ -167,6 +179,9 @@ class GFLDetector(nn.Module):
                 f"unknown nmODE placement {nmode!r}; use one of: {', '.join(NMODE_PLACEMENTS)}"
             )
         check_loss_weights(lambda_qfl, mu_dfl)
+        if box_loss_norm not in BOX_LOSS_NORMS:
+            raise MedDetError(f"unknown box_loss_norm {box_loss_norm!r}; use one of: "
+                              + ", ".join(BOX_LOSS_NORMS))
         if head.num_levels != len(strides):
             raise ValueError(f"head has {head.num_levels} levels but {len(strides)} strides given")
         self.name = name
@@ -191,6 +206,7 @@ class GFLDetector(nn.Module):
         self.center_offset = center_offset
         self.qfl_beta = qfl_beta
         self.dfl_eps = dfl_eps
+        self.box_loss_norm = box_loss_norm
         self._priors_cache: dict[tuple[Any, ...], _Priors] = {}
         # Apply the submodules' own train() rules now (frozen stages and BatchNorm in eval
         # mode for norm_eval backbones), not only after the first explicit .train() call.
@@ -227,7 +243,7 @@ class GFLDetector(nn.Module):
                 optional in eval mode (then they supply ``scale`` / ``orig_size``).
 
         Returns:
-            Training: ``{"loss", "loss_qfl", "loss_dfl", "loss_giou", "num_pos"}`` (see
+            Training: ``{"loss", "loss_qfl", "loss_dfl", "loss_giou", "num_pos", "pos_iou"}`` (see
             :meth:`loss`). Eval: per image ``{"boxes": [K, 4] xyxy original pixels (input
             pixels when no ``scale`` is given), "scores": [K], "labels": [K] long}``.
         """
@@ -385,7 +401,8 @@ class GFLDetector(nn.Module):
         Returns:
             ``loss_qfl``, ``loss_dfl``, ``loss_giou``: the normalised, unweighted terms;
             ``loss = det_scale * (λ·loss_qfl + μ·loss_dfl + (1 - λ - μ)·loss_giou)``;
-            ``num_pos``: detached float number of positive locations in the batch. Nothing here
+            ``num_pos``: detached float number of positive locations in the batch;
+            ``pos_iou``: detached mean IoU of the positives' boxes with their objects. Nothing here
             waits for the device: every value stays a tensor.
         """
         asg = self.assign(cls_scores, targets, img_shape)
@@ -411,7 +428,8 @@ class GFLDetector(nn.Module):
         # regression branch still in the graph (zero gradient).
         # Under torchrun the normalisers are the whole job's (see shared_normaliser), so N
         # processes with b images each train like one process with N·b images.
-        weight_sum = shared_normaliser(weight.sum())
+        weight_sum = shared_normaliser(
+            weight.sum(), minimum=1.0 if self.box_loss_norm == "mmdet" else _MEAN_NORM_FLOOR)
         loss_giou = weighted_sum(giou_loss(pred_boxes, tgt_boxes), weight, weight_sum)
         tgt_dist = bbox2distance(pts, tgt_boxes, float(self.reg_max), eps=self.dfl_eps)
         dfl = distribution_focal_loss(reg_flat.reshape(-1, self.reg_max + 1),
@@ -433,6 +451,10 @@ class GFLDetector(nn.Module):
             "loss_dfl": loss_dfl,
             "loss_giou": loss_giou,
             "num_pos": num_pos,
+            # Unweighted mean IoU of the positives' decoded boxes with their objects: unlike
+            # the score-weighted loss_giou, it means the same for every model and score level
+            # (0 when the batch has no positive).
+            "pos_iou": quality.sum() / num_pos.clamp(min=1.0),
         }
 
     # ------------------------------------------------------------------ inference

@@ -10,6 +10,7 @@ initialises its FPN.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch.nn.functional as F
@@ -18,7 +19,21 @@ from torch import Tensor, nn
 from meddet.errors import MedDetError
 from meddet.models.nmode import NmODE2
 
-__all__ = ["FPN"]
+__all__ = ["FPN", "FPN_NORMS"]
+
+#: Normalisation of the FPN's convs: ``none`` as mmdetection's GFL (conv bias, no norm), or
+#: ``gn``: GroupNorm (32 groups) after every conv, without conv bias. Detectors trained from
+#: random weights normalise neck and head (He et al., *Rethinking ImageNet Pre-training*;
+#: ScratchDet); GFL's head already uses GroupNorm.
+FPN_NORMS = ("none", "gn")
+_GN_GROUPS = 32
+
+
+def _conv(c_in: int, c_out: int, kernel: int, norm: str, stride: int = 1) -> nn.Module:
+    conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=norm == "none")
+    if norm == "none":
+        return conv
+    return nn.Sequential(conv, nn.GroupNorm(math.gcd(_GN_GROUPS, c_out), c_out))
 
 
 class FPN(nn.Module):
@@ -31,6 +46,7 @@ class FPN(nn.Module):
             extra stride-2 convs.
         nmode: apply a parameter-free nmODE² to each output level (placement ``fpn``).
         in_strides: strides of the inputs (e.g. ``backbone.strides``); default 8, 16, 32, ...
+        norm: ``"none"`` (mmdetection's GFL FPN) or ``"gn"`` (see :data:`FPN_NORMS`).
 
     Attributes:
         out_channels: ``int``, channels of every level (what the shared head needs).
@@ -45,6 +61,7 @@ class FPN(nn.Module):
         nmode: bool = False,
         *,
         in_strides: Sequence[int] | None = None,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         in_channels = tuple(int(c) for c in in_channels)
@@ -64,13 +81,16 @@ class FPN(nn.Module):
         extra = num_outs - len(in_channels)
         self.strides = tuple(in_strides) + tuple(in_strides[-1] * 2 ** (i + 1)
                                                  for i in range(extra))
-        self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        if norm not in FPN_NORMS:
+            raise MedDetError(f"unknown FPN norm {norm!r}; use one of: {', '.join(FPN_NORMS)}")
+        self.norm = norm
+        self.lateral_convs = nn.ModuleList(_conv(c, out_channels, 1, norm) for c in in_channels)
         self.fpn_convs = nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels
+            _conv(out_channels, out_channels, 3, norm) for _ in in_channels
         )
         # 'on_output': the first extra level reads the last pyramid output, not C5.
         self.extra_convs = nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) for _ in range(extra)
+            _conv(out_channels, out_channels, 3, norm, stride=2) for _ in range(extra)
         )
         self.nmode = nn.ModuleList(NmODE2() for _ in range(num_outs)) if nmode else None
         self._init_weights()
@@ -79,6 +99,10 @@ class FPN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:

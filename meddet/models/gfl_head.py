@@ -15,9 +15,38 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from meddet.models.nmode import UNROLLED_METHODS, NmODE2
+from meddet.models.nmode import UNROLLED_METHODS, NmODE2, ResidualNmODE
 
-__all__ = ["GFLHead", "flatten_levels"]
+__all__ = ["NMODE_FORMS", "GFLHead", "distance_prior_logits", "flatten_levels"]
+
+#: How the head's nmODE² block is applied: ``paper`` replaces the tower output by y(T) (the
+#: paper's eq. 4-5); ``residual`` adds a per-channel gated ODE response that starts at zero
+#: (:class:`~meddet.models.nmode.ResidualNmODE`).
+NMODE_FORMS = ("paper", "residual")
+
+
+def distance_prior_logits(reg_max: int, mean: float) -> Tensor:
+    """Bias of one side's distance distribution so that it starts concentrated near ``mean``.
+
+    GFL starts every side's distribution near uniform over ``0..reg_max``: an expected
+    distance of ``reg_max / 2`` strides (a 16-stride box at stride 8 for ``reg_max = 16``),
+    far larger than small objects. While the prediction encloses its target, GIoU's gradient
+    (``|target| / |pred|²``) is tiny and the IoU that QFL uses as the score target is near
+    zero, so scores, box-loss weights and boxes all wait for DFL to shrink the boxes first.
+    These logits are a unit-variance discretised Gaussian centred on ``mean`` (bins in stride
+    units), so the initial expected distance is close to ``mean``.
+
+    Args:
+        reg_max: largest bin.
+        mean: centre in strides, in ``[0, reg_max]``.
+
+    Returns:
+        ``[reg_max + 1]`` logits.
+    """
+    if not 0 <= mean <= reg_max:
+        raise ValueError(f"distance prior must be in [0, {reg_max}] strides, got {mean}")
+    k = torch.arange(reg_max + 1, dtype=torch.float32)
+    return -0.5 * (k - mean).square()
 
 
 def flatten_levels(per_level: list[Tensor]) -> Tensor:
@@ -71,6 +100,12 @@ class GFLHead(nn.Module):
         prior_prob: initial foreground probability; ``gfl_cls`` bias starts at
             ``-log((1 - p) / p)`` (= ``-log 99`` for 0.01) so the initial QFL is not swamped by
             the many background locations.
+        nmode_form: ``"paper"`` (the block's output y(T) replaces the tower output) or
+            ``"residual"`` (``x + α ⊙ (Φ(x) − Φ(0))``, α = 0 at start; see
+            :data:`NMODE_FORMS`).
+        reg_prior: initial expected distance per side in strides (``gfl_reg``'s bias from
+            :func:`distance_prior_logits`); None starts at zero bias as GFL does (near-uniform
+            distributions, expected distance ``reg_max / 2``).
     """
 
     def __init__(
@@ -87,6 +122,8 @@ class GFLHead(nn.Module):
         nmode_kwargs: dict[str, Any] | None = None,
         depthwise: bool = False,
         prior_prob: float = 0.01,
+        nmode_form: str = "paper",
+        reg_prior: float | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -101,17 +138,29 @@ class GFLHead(nn.Module):
         self.num_levels = num_levels
         self.cls_convs = _tower(in_channels, feat_channels, stacked_convs, norm_groups, depthwise)
         self.reg_convs = _tower(in_channels, feat_channels, stacked_convs, norm_groups, depthwise)
+        if nmode_form not in NMODE_FORMS:
+            raise ValueError(f"unknown nmODE form {nmode_form!r}; use one of: "
+                             + ", ".join(NMODE_FORMS))
+        self.nmode_form = nmode_form
         kwargs = dict(nmode_kwargs or {})
-        self.cls_nmode: nn.Module = NmODE2(**kwargs) if nmode else nn.Identity()
-        self.reg_nmode: nn.Module = NmODE2(**kwargs) if nmode else nn.Identity()
+
+        def block() -> nn.Module:
+            if not nmode:
+                return nn.Identity()
+            if nmode_form == "residual":
+                return ResidualNmODE(feat_channels, **kwargs)
+            return NmODE2(**kwargs)
+
+        self.cls_nmode: nn.Module = block()
+        self.reg_nmode: nn.Module = block()
         self.gfl_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
         self.gfl_reg = nn.Conv2d(feat_channels, 4 * (reg_max + 1), 3, padding=1)
         # GFL multiplies the regression logits (not the decoded distances) by a learnable
         # per-level scalar, letting levels of different stride share one set of convs.
         self.scales = nn.Parameter(torch.ones(num_levels))
-        self._init_weights(prior_prob)
+        self._init_weights(prior_prob, reg_prior)
 
-    def _init_weights(self, prior_prob: float) -> None:
+    def _init_weights(self, prior_prob: float, reg_prior: float | None) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
@@ -121,6 +170,9 @@ class GFLHead(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.gfl_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+        if reg_prior is not None:
+            with torch.no_grad():
+                self.gfl_reg.bias.copy_(distance_prior_logits(self.reg_max, reg_prior).repeat(4))
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Run the shared head on every level.
@@ -151,8 +203,11 @@ class GFLHead(nn.Module):
 
 
 def _elementwise(block: nn.Module) -> bool:
-    """An nmODE block that maps each element on its own: no 1x1 conv, and an explicit
-    fixed-step method (adaptive and implicit solvers choose steps from the whole tensor)."""
+    """An nmODE block that maps each element on its own (per channel, for the residual form):
+    no 1x1 conv, and an explicit fixed-step method (adaptive and implicit solvers choose
+    steps from the whole tensor)."""
+    if isinstance(block, ResidualNmODE):
+        block = block.ode
     return (isinstance(block, NmODE2) and block.gamma_conv is None
             and block.method in UNROLLED_METHODS)
 
@@ -161,7 +216,7 @@ def _per_element_over_levels(block: nn.Module, maps: list[Tensor]) -> list[Tenso
     """``[block(m) for m in maps]`` for a per-element ``block``, in a single call.
 
     Args:
-        block: maps a tensor elementwise.
+        block: maps a tensor elementwise (or per channel, channels in dimension 1).
         maps: ``[B, C, H_l, W_l]`` per level.
 
     Returns:

@@ -53,7 +53,7 @@ from torch.autograd.function import once_differentiable
 
 from meddet.errors import MedDetError
 
-__all__ = ["SOLVERS", "NmODE", "NmODE2"]
+__all__ = ["SOLVERS", "NmODE", "NmODE2", "ResidualNmODE"]
 
 # Methods the unrolled and fused paths implement; each matches torchdiffeq's solver of the
 # same name.
@@ -519,3 +519,51 @@ class NmODE2(_NmODEBase):
 
     _rhs = staticmethod(_rhs_second_order)
     _stage = staticmethod(_stage_second_order)
+
+
+class ResidualNmODE(nn.Module):
+    """nmODE² as a gated residual: ``x + α ⊙ (Φ(x) − Φ(0))``, with ``α`` per channel, zero at start.
+
+    The paper's form replaces a feature map ``x`` by ``Φ(x) = y(T)`` (:class:`NmODE2`). From
+    random weights that map squashes the head: with y(0) = 0 and T = 1 it is confined to
+    [0, 0.584], is not monotone (Φ(0) = 0.553, Φ(π/2) = 0) and is nearly flat on
+    [1.15, 1.95], where the strongest activations of a tower fall, so it shrinks the spatial
+    contrast of the features and the gradient reaching everything below it (docs/training.md,
+    "The early loss plateau"). This form leaves the detector unchanged at initialisation (α = 0:
+    the block is the identity) and lets training decide, channel by channel, how much of the
+    ODE's response to add; subtracting the constant Φ(0) keeps a zero input at zero.
+
+    Args:
+        channels: channels of the input (dimension 1), one gate each.
+        **kwargs: options of the inner :class:`NmODE2` (``T``, ``method``, ``step_size``, ...).
+
+    Attributes:
+        ode: the inner :class:`NmODE2` (export and inference switches act on it).
+        alpha: ``[channels]`` gates.
+    """
+
+    def __init__(self, channels: int, **kwargs: Any) -> None:
+        super().__init__()
+        if not (isinstance(channels, int) and channels >= 1):
+            raise MedDetError(f"ResidualNmODE needs a positive channel count, got {channels!r}")
+        self.ode = NmODE2(**kwargs)
+        self.alpha = nn.Parameter(torch.zeros(channels))
+        # Φ(0) is a constant of the ODE and its solver; kept as a Python float so tracing and
+        # export see a literal. Built on the CPU: the module may be created on a meta device.
+        with torch.no_grad():
+            self.phi0 = float(self.ode(torch.zeros(1, dtype=torch.float64, device="cpu")))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x + α ⊙ (Φ(x) − Φ(0))``.
+
+        Args:
+            x: ``[B, C, ...]`` with ``C = channels``.
+
+        Returns:
+            Same shape and dtype as ``x``.
+        """
+        if x.dim() < 2 or x.shape[1] != self.alpha.numel():
+            raise ValueError(f"ResidualNmODE expects [B, {self.alpha.numel()}, ...], "
+                             f"got {tuple(x.shape)}")
+        gate = self.alpha.view(1, -1, *([1] * (x.dim() - 2))).to(x.dtype)
+        return x + gate * (self.ode(x) - self.phi0)

@@ -40,6 +40,7 @@ from meddet.models.detector import (
     GFLDetector,
     check_loss_weights,
 )
+from meddet.models.assigner import ATSSAssigner
 from meddet.models.fpn import FPN
 from meddet.models.gfl_head import GFLHead
 from meddet.models.postprocess import GFLPostProcess
@@ -67,7 +68,8 @@ REG_MAX = 16
 # ``ModelConfig`` field can be passed straight through.
 OVERRIDES = (
     "nmode", "pretrained", "score_thr", "nms_iou", "max_per_img", "min_box_size", "lambda_qfl",
-    "mu_dfl", "nmode_kwargs", "frozen_stages", "norm_eval", "det_scale",
+    "mu_dfl", "nmode_kwargs", "frozen_stages", "norm_eval", "det_scale", "nmode_form",
+    "reg_prior", "box_loss_norm", "fpn_norm", "atss_topk",
 )
 
 
@@ -140,18 +142,26 @@ def build_gfl(
                               pretrained=None if weights.path is None else str(weights.path),
                               nmode=nmode == "backbone", **bb_kwargs)
     a = {**PAPER_ARCH, **(arch or {})}
-    neck = FPN(list(backbone.out_channels), out_channels=a["fpn_channels"],
-               num_outs=len(STRIDES), nmode=nmode == "fpn", in_strides=backbone.strides)
-    head = GFLHead(num_classes=num_classes, in_channels=a["fpn_channels"],
-                   feat_channels=a["head_channels"], stacked_convs=a["stacked_convs"],
-                   depthwise=a["depthwise"], num_levels=len(STRIDES), reg_max=REG_MAX,
-                   nmode=nmode == "head", nmode_kwargs=nmode_kwargs)
+    try:
+        neck = FPN(list(backbone.out_channels), out_channels=a["fpn_channels"],
+                   num_outs=len(STRIDES), nmode=nmode == "fpn", in_strides=backbone.strides,
+                   norm=opt.get("fpn_norm", "none"))
+        head = GFLHead(num_classes=num_classes, in_channels=a["fpn_channels"],
+                       feat_channels=a["head_channels"], stacked_convs=a["stacked_convs"],
+                       depthwise=a["depthwise"], num_levels=len(STRIDES), reg_max=REG_MAX,
+                       nmode=nmode == "head", nmode_kwargs=nmode_kwargs,
+                       nmode_form=opt.get("nmode_form", "paper"),
+                       reg_prior=opt.get("reg_prior"))
+        assigner = ATSSAssigner(topk=int(opt.get("atss_topk", 9)))
+    except ValueError as exc:
+        raise MedDetError(f"detector {name!r}: {exc}") from None
     post = GFLPostProcess(reg_max=REG_MAX, score_thr=float(opt.get("score_thr", 0.05)),
                           nms_iou=float(opt.get("nms_iou", 0.6)),
                           max_per_img=int(opt.get("max_per_img", 100)),
                           min_box_size=float(opt.get("min_box_size", 0.0)))
     model = GFLDetector(name=name, num_classes=num_classes, backbone=backbone, neck=neck,
                         head=head, nmode=nmode, strides=STRIDES, postprocessor=post,
+                        assigner=assigner, box_loss_norm=opt.get("box_loss_norm", "mmdet"),
                         lambda_qfl=lambda_qfl, mu_dfl=mu_dfl,
                         det_scale=float(opt.get("det_scale", DEFAULT_DET_SCALE)))
     model.prefers_channels_last = name in PREFERS_CHANNELS_LAST
@@ -224,7 +234,13 @@ def build_detector(name: str, num_classes: int = 2, **overrides: Any) -> GFLDete
             :class:`~meddet.models.postprocess.GFLPostProcess`), ``lambda_qfl`` / ``mu_dfl``
             (eq. 12; defaults 1/3.25 and 0.25/3.25 give GFL's 1 : 0.25 : 2), ``det_scale``
             (default 3.25),
-            ``nmode_kwargs`` (dict for each head ``NmODE2``), ``frozen_stages``, ``norm_eval``
+            ``nmode_kwargs`` (dict for each head ``NmODE2``), ``nmode_form`` (``"paper"``,
+            the default, or ``"residual"``; see :class:`~meddet.models.gfl_head.GFLHead`),
+            ``reg_prior`` (initial expected box side distance in strides; default None:
+            GFL's near-uniform start), ``box_loss_norm`` (``"mmdet"``, the default, or
+            ``"mean"``; see :class:`~meddet.models.detector.GFLDetector`), ``fpn_norm``
+            (``"none"``, the default, or ``"gn"``), ``atss_topk`` (default 9),
+            ``frozen_stages``, ``norm_eval``
             (defaults: 1 and True when the backbone got weights, as mmdetection fine-tunes;
             -1 and False without, i.e. training from scratch, also when ``"auto"`` found
             none).

@@ -1,0 +1,179 @@
+"""How fast each model leaves the early loss plateau, with each from-scratch change on and off.
+
+For every (model, variant, seed) it trains from random weights with the ``cpu-crop`` recipe
+(``--base``) for ``--iters`` iterations, validating every ``--eval-every`` epochs, and records
+the val mAP50 curve, the first iteration at which val mAP50 reaches ``--target`` (0.5), and the
+mean IoU of the positives (``pos_iou`` in ``results.csv``) per epoch. Variants (model config keys
+on top of the base; ``off`` is GFL as the paper and mmdetection build it):
+
+- ``off``: ``reg_prior`` None, ``box_loss_norm`` mmdet, ``fpn_norm`` none, ``atss_topk`` 9,
+  ``nmode_form`` paper, ``train.warmup_ratio`` 0.001
+- ``+prior``, ``+mean``, ``+gn``, ``+topk``, ``+warm``, ``+residual``: one change each
+- ``all``: every change; ``all-X``: every change but X
+
+Runs are resumable (each in its own folder under ``--out``; a finished one is skipped, a cut
+one resumed), run ``--jobs`` at a time with one thread each, and the table is rebuilt from the
+folders at the end (``--report-only`` rebuilds it without training).
+
+Usage::
+
+    meddet data synth D --seed 0
+    python benchmarks/bench_plateau.py --data D --out OUT --models gfl_mbv2 \\
+        --variants off,+prior,+mean,all --seeds 0,1,2 --iters 300 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meddet.config import load_config
+from meddet.engine.curves import val_curve
+
+# The paper's / mmdetection's GFL, and each change from docs/training.md's diagnosis.
+OFF: dict[str, Any] = {"model": {"reg_prior": None, "box_loss_norm": "mmdet", "fpn_norm": "none",
+                                 "atss_topk": 9, "nmode_form": "paper"},
+                       "train": {"warmup_ratio": 0.001}}
+CHANGES: dict[str, dict[str, Any]] = {
+    "prior": {"model": {"reg_prior": 1.0}},
+    "mean": {"model": {"box_loss_norm": "mean"}},
+    "gn": {"model": {"fpn_norm": "gn"}},
+    "topk": {"model": {"atss_topk": 15}},
+    "warm": {"train": {"warmup_ratio": 0.1}},
+    "residual": {"model": {"nmode_form": "residual"}},
+}
+
+
+def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in upd.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def variant_overrides(variant: str) -> dict[str, Any]:
+    """The config sections a variant sets (see the module docstring)."""
+    if variant == "off":
+        return _merge(OFF, {})
+    if variant.startswith("+") and variant[1:] in CHANGES:
+        return _merge(OFF, CHANGES[variant[1:]])
+    if variant == "all" or (variant.startswith("all-") and variant[4:] in CHANGES):
+        out = _merge(OFF, {})
+        for name, change in CHANGES.items():
+            if variant != f"all-{name}":
+                out = _merge(out, change)
+        return out
+    raise SystemExit(f"unknown variant {variant!r}; use off, all, +X or all-X with X in "
+                     + ", ".join(CHANGES))
+
+
+def write_config(path: Path, base: str, variant: str, eval_every: int) -> None:
+    raw = load_config(base).model_dump(mode="json")
+    for section, values in variant_overrides(variant).items():
+        raw[section].update(values)
+    raw["train"]["eval_every"] = eval_every
+    raw["train"]["checkpoint_every"] = eval_every
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _finished(run: Path, iters: int) -> bool:
+    curve = val_curve(run / "results.csv") if (run / "results.csv").is_file() else []
+    return bool(curve) and curve[-1].iter >= iters
+
+
+def train_one(args: argparse.Namespace, model: str, variant: str, seed: int) -> Path:
+    run = args.out / f"{model}__{variant}__s{seed}"
+    if _finished(run, args.iters):
+        return run
+    run.parent.mkdir(parents=True, exist_ok=True)
+    cfg = args.out / f"config__{variant}.yaml"
+    if not cfg.exists():
+        write_config(cfg, args.base, variant, args.eval_every)
+    cmd = [sys.executable, "-m", "meddet", "pretrain-teacher", "--model", model, "--data",
+           str(args.data), "--config", str(cfg), "--seed", str(seed), "--max-iters",
+           str(args.iters), "--device", "cpu", "--out", str(run)]
+    if (run / "last.pt").exists():
+        cmd += ["--resume", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    t0 = time.time()
+    with (args.out / f"{run.name}.log").open("a") as log:
+        subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    print(f"{run.name}: {time.time() - t0:.0f} s", flush=True)
+    return run
+
+
+def summarise(run: Path, target: float, at: list[int]) -> dict[str, Any] | None:
+    if not (run / "results.csv").is_file():
+        return None
+    curve = val_curve(run / "results.csv")
+    model, variant, seed = run.name.split("__")
+    first = next((p.iter for p in curve if p.mAP50 >= target), None)
+    by_iter = {p.iter: p.mAP50 for p in curve}
+    ious = []
+    with (run / "results.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("pos_iou"):
+                ious.append((int(float(row["iter"])), float(row["pos_iou"])))
+    return {"model": model, "variant": variant, "seed": int(seed[1:]),
+            "iters_to_target": first, "last_iter": curve[-1].iter if curve else 0,
+            **{f"mAP50@{i}": by_iter.get(i) for i in at},
+            "pos_iou": ious}
+
+
+def report(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = [r for run in sorted(args.out.glob("*__*__s*")) if run.is_dir()
+            if (r := summarise(run, args.target, args.at)) is not None]
+    (args.out / "plateau.json").write_text(json.dumps(rows, indent=1))
+    head = ["model", "variant", "seed", f"first iter ≥ {args.target:g}"] + [
+        f"val mAP50 @{i}" for i in args.at]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        first = r["iters_to_target"] if r["iters_to_target"] is not None else f"> {r['last_iter']}"
+        vals = [f"{r[f'mAP50@{i}']:.3f}" if r[f"mAP50@{i}"] is not None else "–" for i in args.at]
+        lines.append("| " + " | ".join([r["model"], r["variant"], str(r["seed"]), str(first),
+                                        *vals]) + " |")
+    (args.out / "plateau.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--base", default="cpu-crop", help="config the variants start from")
+    ap.add_argument("--models", default="gfl_mbv2")
+    ap.add_argument("--variants", default="off,all")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=2, help="validate every N epochs")
+    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--at", default="100,200,300", help="iterations to tabulate")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.at = [int(x) for x in args.at.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        todo = [(m, v, int(s)) for m in args.models.split(",") for s in args.seeds.split(",")
+                for v in args.variants.split(",")]
+        for v in {v for _, v, _ in todo}:
+            variant_overrides(v)  # fail on a bad name before training anything
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda t: train_one(args, *t), todo))
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
