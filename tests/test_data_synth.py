@@ -317,7 +317,7 @@ def test_first_phantom_is_reachable_and_unchanged(tmp_path):
                                 [56, 68, 70, 74], [56, 78, 68, 83], [56, 88, 69, 92]]
     assert r.category_ids == (2, 1, 2, 1, 2, 2)
     assert float(r.image.mean()) == pytest.approx(0.1018077, abs=1e-6)
-    assert set(PHANTOMS) == {"v1", "v2"} and PHANTOMS["v1"] is v1
+    assert set(PHANTOMS) == {"v1", "v2", "random"} and PHANTOMS["v1"] is v1
     summary = generate_dataset(tmp_path / "v1", num_train=1, num_val=0, num_test=0, size=128,
                                seed=3, phantom="v1")
     assert summary["phantom"] == "v1"

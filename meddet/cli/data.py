@@ -50,8 +50,15 @@ def synth(
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="PNG bits per pixel: 8 or "
                                            "16.")] = 8,
     phantom: Annotated[str, typer.Option("--phantom", help="v2 (default; realistic anatomy, "
-                                         "contrast and acquisition) or v1 (the first, simpler "
-                                         "phantom, to reproduce older results).")] = "v2",
+                                         "contrast and acquisition), v1 (the first, simpler "
+                                         "phantom, to reproduce older results) or random (v2 "
+                                         "with contrast, acquisition and geometry randomised "
+                                         "per image, for detectors meant for real scans).")
+                       ] = "v2",
+    random_off: Annotated[str | None, typer.Option(
+        "--random-off", help="With --phantom random: families left at v2's values, comma-"
+        "separated, from contrast, gamma, bias, blur, noise, disc, fov, spacing "
+        "(ablations).")] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -60,13 +67,16 @@ def synth(
     from meddet.data.generate import validate_args
 
     snr = _parse_range(snr_range)
+    off = tuple(parse_csv_list(random_off, "--random-off"))
     # Validate before the progress bar starts so that a bad flag prints only its error line.
     validate_args(out, num_train=num_train, num_val=num_val, num_test=num_test, size=size,
                   seed=seed, snr_range=snr, protrusion_rate=protrusion_rate,
-                  bit_depth=bit_depth, overwrite=overwrite, phantom=phantom)
+                  bit_depth=bit_depth, overwrite=overwrite, phantom=phantom,
+                  random_off=off)
     args = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "size": size,
             "seed": seed, "snr_range": snr, "protrusion_rate": protrusion_rate,
-            "bit_depth": bit_depth, "overwrite": overwrite, "phantom": phantom}
+            "bit_depth": bit_depth, "overwrite": overwrite, "phantom": phantom,
+            "random_off": off}
     if json_out == "-":  # stdout carries the JSON: no table, no progress bar
         emit_json(generate_dataset(out, **args), json_out)
         return

@@ -24,6 +24,7 @@ from PIL import Image
 
 from meddet import __version__
 from meddet.data import synth as _synth
+from meddet.data.phantom import randomised as _random
 from meddet.data.phantom import v1 as _v1
 from meddet.data.synth import (
     CATEGORIES,
@@ -45,8 +46,9 @@ _DATASET_ENTRIES = {"images", "annotations"}
 # faster, and generation speed matters more than disk here.
 _PNG_LEVEL = 1
 # The phantom generators by name: each module has sample_case(rng, size, *, snr_range,
-# protrusion_rate) and render_case(case). "v2" (meddet.data.synth) is the default.
-PHANTOMS = {"v1": _v1, "v2": _synth}
+# protrusion_rate) and render_case(case). "v2" (meddet.data.synth) is the default; "random"
+# (meddet.data.phantom.randomised) also takes off=<families left at v2's values>.
+PHANTOMS = {"v1": _v1, "v2": _synth, "random": _random}
 DEFAULT_PHANTOM = "v2"
 
 
@@ -64,11 +66,13 @@ def make_image(
     snr_range: tuple[float, float] = (8.0, 40.0),
     protrusion_rate: float = 0.3,
     phantom: str = DEFAULT_PHANTOM,
+    random_off: tuple[str, ...] = (),
 ) -> tuple[Case, Rendered]:
     """Sample and render one image exactly as :func:`generate_dataset` does."""
     mod = PHANTOMS[phantom]
+    extra = {"off": random_off} if phantom == "random" else {}
     case = mod.sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
-                           protrusion_rate=protrusion_rate)
+                           protrusion_rate=protrusion_rate, **extra)
     return case, mod.render_case(case)
 
 
@@ -106,6 +110,12 @@ def _records(case: Case, rendered: Rendered, image_id: int, file_name: str, firs
                                      "coil": _r(acq.coil)})
         image["contrast"] = case.tissue.contrast
         image["pixel_mm"] = _r(_synth.REF_PIXEL_MM * _synth.REF_SIZE / case.size / case.scale)
+    if isinstance(case, _random.RandomCase):
+        image["randomised"] = {"noise_model": case.noise_model, "coils": case.coils,
+                               "thickness_mm": _r(case.thickness_mm, 3),
+                               "thickness_axis": "si" if case.thickness_axis == 0 else "ap",
+                               "acq_pixel_mm": _r(case.acq_pixel_mm), "gamma": _r(case.gamma),
+                               "scale": _r(case.scale)}
     anns = []
     for k, (disc, box, cat) in enumerate(zip(case.discs, rendered.boxes, rendered.category_ids)):
         x0, y0, x1, y1 = (float(v) for v in box)
@@ -147,6 +157,7 @@ def validate_args(
     bit_depth: int,
     overwrite: bool,
     phantom: str = DEFAULT_PHANTOM,
+    random_off: tuple[str, ...] | list[str] = (),
 ) -> dict[str, int]:
     """Check the arguments of :func:`generate_dataset` without writing anything.
 
@@ -182,6 +193,13 @@ def validate_args(
         raise MedDetError(f"--bit-depth must be 8 or 16, got {bit_depth!r}")
     if phantom not in PHANTOMS:
         raise MedDetError(f"--phantom must be one of {', '.join(PHANTOMS)}, got {phantom!r}")
+    if random_off and phantom != "random":
+        raise MedDetError("--random-off switches off families of --phantom random; add "
+                          "--phantom random or drop --random-off")
+    try:
+        _random.check_families(random_off)
+    except MedDetError as exc:
+        raise MedDetError(f"--random-off: {exc}") from None
     check_out_folder(Path(out), overwrite=overwrite)
     return counts
 
@@ -222,6 +240,7 @@ def generate_dataset(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     phantom: str = DEFAULT_PHANTOM,
+    random_off: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Generate the synthetic CDH-MRI dataset.
 
@@ -236,12 +255,17 @@ def generate_dataset(
         bit_depth: 8 or 16 bits per PNG pixel.
         overwrite: replace an existing dataset in ``out``.
         progress: optional ``progress(done, total)`` called after each image.
-        phantom: ``"v2"`` (default, :mod:`meddet.data.synth`) or ``"v1"``, the first phantom
-            (:mod:`meddet.data.phantom.v1`), kept to reproduce results made with it.
+        phantom: ``"v2"`` (default, :mod:`meddet.data.synth`), ``"v1"``, the first phantom
+            (:mod:`meddet.data.phantom.v1`), kept to reproduce results made with it, or
+            ``"random"`` (:mod:`meddet.data.phantom.randomised`), v2 with every appearance
+            and geometry family drawn from wider ranges, for detectors meant for real scans.
+        random_off: with ``phantom="random"``, families of
+            :data:`~meddet.data.phantom.randomised.FAMILIES` left at v2's values (ablation).
 
     Returns:
         Summary: ``{"out", "size", "seed", "bit_depth", "snr_range", "protrusion_rate",
-        "phantom", "splits": {split: {"images", "protrusion", "non-protrusion"}}}``.
+        "phantom", "splits": {split: {"images", "protrusion", "non-protrusion"}}}``, plus
+        ``"random_off"`` for the randomised phantom.
 
     Raises:
         MedDetError: invalid arguments or an unusable ``out``; nothing is written then.
@@ -249,12 +273,15 @@ def generate_dataset(
     counts = validate_args(out, num_train=num_train, num_val=num_val, num_test=num_test,
                            size=size, seed=seed, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, bit_depth=bit_depth,
-                           overwrite=overwrite, phantom=phantom)
+                           overwrite=overwrite, phantom=phantom, random_off=random_off)
+    off = _random.check_families(random_off)
     out = Path(out)
     snr = (float(snr_range[0]), float(snr_range[1]))
     params = {"size": int(size), "seed": int(seed), "snr_range": list(snr),
               "protrusion_rate": float(protrusion_rate), "bit_depth": int(bit_depth),
               "phantom": phantom}
+    if phantom == "random":  # v2 and v1 datasets keep their records as they were
+        params["random_off"] = list(off)
     summary: dict[str, Any] = {"out": str(out), **params, "splits": {}}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +300,8 @@ def generate_dataset(
             images, annotations = [], []
             for i in range(counts[split]):
                 case, rendered = make_image(seed, split, i, size=size, snr_range=snr,
-                                            protrusion_rate=protrusion_rate, phantom=phantom)
+                                            protrusion_rate=protrusion_rate, phantom=phantom,
+                                            random_off=off)
                 name = f"{split}_{i:05d}.png"
                 (img_dir / name).write_bytes(encode_png(quantize(rendered.image, bit_depth)))
                 image, anns = _records(case, rendered, i + 1, name, len(annotations) + 1)

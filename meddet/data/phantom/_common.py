@@ -144,15 +144,17 @@ def rendered(case, clean: np.ndarray, label: np.ndarray, s: np.ndarray, d: np.nd
     return Rendered(image=image, boxes=boxes, category_ids=cats, s=s, d=d)
 
 
-def ghosts_noise_gain(img: np.ndarray, acq, rng: np.random.Generator) -> np.ndarray:
-    """The end of an acquisition: motion ghosting along the phase-encode axis, Rician noise
-    at ``acq.snr``, and the gain; float32 ``H×W`` in [0, 1]."""
+def ghosts_noise_gain(img: np.ndarray, acq, rng: np.random.Generator, *,
+                      add_noise=None) -> np.ndarray:
+    """The end of an acquisition: motion ghosting along the phase-encode axis, noise at
+    ``acq.snr`` (Rician unless ``add_noise(img, snr, rng)`` says otherwise), and the gain;
+    float32 ``H×W`` in [0, 1]."""
     from meddet.data import noise
 
     axis = 1 if acq.pe_axis == "ap" else 0
     img = noise.motion_ghosting(img, acq.ghosting, rng, axis=axis, period=acq.ghost_period)
     peak = max(float(img.max()), 1e-6)
-    img = noise.rician_noise(img, acq.snr, rng)
+    img = (add_noise or noise.rician_noise)(img, acq.snr, rng)
     return np.clip(img * np.float32(acq.gain / peak), 0.0, 1.0)
 
 

@@ -361,6 +361,31 @@ def _window(n: int, keep: float, sharp: bool, rfft: bool) -> np.ndarray:
     return (0.5 * (1 + np.cos(np.pi * x))).astype(np.float32)
 
 
+def shade(clean: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
+    """Coil shading: a smooth field of log-amplitude ``acq.bias`` and a front-to-back
+    gradient of ``acq.coil`` (the first step of :func:`acquire`; draws from ``rng``)."""
+    h, w = clean.shape
+    field = _noise.smooth_field(rng, (h, w), (3, 3))
+    field *= _F(acq.bias / max(float(np.abs(field).max()), 1e-6))
+    # A posterior coil array: sensitivity rises from the front (left) to the back (right).
+    field += np.linspace(-acq.coil, acq.coil, w, dtype=np.float32)[None, :]
+    return clean * np.exp(field)
+
+
+def filter_kspace(img: np.ndarray, acq: Acquisition) -> np.ndarray:
+    """The acquired resolution (``acq.resolution``, a smooth k-space window) and Gibbs
+    ringing (``acq.gibbs``, a sharp one); the image unchanged when neither applies."""
+    h, w = img.shape
+    rows_keep, cols_keep = acq.resolution
+    if acq.gibbs < 1 or rows_keep < 1 or cols_keep < 1:
+        win = _window(h, rows_keep, False, False)[:, None] * _window(w, cols_keep, False, True)
+        if acq.gibbs < 1:
+            win = win * _window(h, acq.gibbs, True, False)[:, None] \
+                * _window(w, acq.gibbs, True, True)
+        img = np.abs(np.fft.irfft2(np.fft.rfft2(img) * win, s=(h, w))).astype(np.float32)
+    return img
+
+
 def acquire(clean: np.ndarray, acq: Acquisition) -> np.ndarray:
     """Simulate the acquisition of a clean image: coil shading, resolution, Gibbs ringing,
     ghosting, Rician noise, gain.
@@ -369,19 +394,7 @@ def acquire(clean: np.ndarray, acq: Acquisition) -> np.ndarray:
         float32 ``H×W`` image in [0, 1].
     """
     rng = np.random.default_rng(acq.seed)
-    h, w = clean.shape
-    shade = _noise.smooth_field(rng, (h, w), (3, 3))
-    shade *= _F(acq.bias / max(float(np.abs(shade).max()), 1e-6))
-    # A posterior coil array: sensitivity rises from the front (left) to the back (right).
-    shade += np.linspace(-acq.coil, acq.coil, w, dtype=np.float32)[None, :]
-    img = clean * np.exp(shade)
-    rows_keep, cols_keep = acq.resolution
-    if acq.gibbs < 1 or rows_keep < 1 or cols_keep < 1:
-        win = _window(h, rows_keep, False, False)[:, None] * _window(w, cols_keep, False, True)
-        if acq.gibbs < 1:
-            win = win * _window(h, acq.gibbs, True, False)[:, None] \
-                * _window(w, acq.gibbs, True, True)
-        img = np.abs(np.fft.irfft2(np.fft.rfft2(img) * win, s=(h, w))).astype(np.float32)
+    img = filter_kspace(shade(clean, acq, rng), acq)
     return ghosts_noise_gain(img, acq, rng)
 
 

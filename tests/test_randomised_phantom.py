@@ -1,0 +1,152 @@
+"""The randomised phantom (``--phantom random``): the default phantom stays as it was, every
+family widens its ranges and can be switched off on its own, and the acquisition extras do what
+they say."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from meddet.cli import main
+from meddet.data import generate_dataset
+from meddet.data.generate import PHANTOMS, image_rng, make_image
+from meddet.data.noise import signal_level
+from meddet.data.phantom import randomised as R
+from meddet.data.phantom.model import sample_case as sample_v2
+from meddet.data.synth import quantize
+from meddet.errors import MedDetError
+
+
+def test_default_phantom_is_unchanged():
+    # The study's benchmark: v2 images as they were before the randomised phantom existed
+    # (8-bit pixels and boxes recorded from the code of that time).
+    expected = ["f9aa915d30fff4e765c190c2354d41c62f972be339bbd66116c0d5e721a603e1",
+                "cc245cde09d50773989646729cef0e33dd7dd037b26e4d725b1212fd4eed509f"]
+    for i, digest in enumerate(expected):
+        _, r = make_image(5, "train", i, size=128)
+        assert hashlib.sha256(quantize(r.image).tobytes()).hexdigest() == digest
+    _, r = make_image(5, "train", 0, size=128)
+    assert r.boxes[0].tolist() == [55.0, 29.0, 71.0, 38.0]
+    assert r.category_ids == (1, 2, 2, 2, 1, 2)
+    assert PHANTOMS["random"] is R
+
+
+def test_every_family_off_gives_the_default_phantom_pixel_for_pixel():
+    for i in range(2):
+        _, v2 = make_image(3, "train", i, size=128)
+        case, rnd = make_image(3, "train", i, size=128, phantom="random", random_off=R.FAMILIES)
+        assert case.off == R.FAMILIES
+        assert np.array_equal(rnd.image, v2.image) and np.array_equal(rnd.boxes, v2.boxes)
+
+
+def _cases(n, off=(), seed=1):
+    return [R.sample_case(image_rng(seed, "train", i), 128, off=off) for i in range(n)]
+
+
+def test_switching_one_family_off_keeps_every_other_draw():
+    for i in range(6):
+        full = R.sample_case(image_rng(2, "train", i), 128)
+        v2 = sample_v2(image_rng(2, "train", i), 128)
+        no_noise = R.sample_case(image_rng(2, "train", i), 128, off=("noise",))
+        assert (no_noise.acquisition.snr, no_noise.noise_model) == (v2.acquisition.snr, "rician")
+        assert (no_noise.gamma, no_noise.scale, no_noise.acq_pixel_mm, no_noise.thickness_mm,
+                no_noise.tissue, no_noise.discs, no_noise.acquisition.bias) == \
+            (full.gamma, full.scale, full.acq_pixel_mm, full.thickness_mm, full.tissue,
+             full.discs, full.acquisition.bias)
+        no_disc = R.sample_case(image_rng(2, "train", i), 128, off=("disc", "gamma"))
+        assert no_disc.body_widths == v2.body_widths and no_disc.gamma == v2.gamma
+        assert [d.height for d in no_disc.discs] == [d.height for d in v2.discs]
+        assert (no_disc.acquisition.snr, no_disc.noise_model) == \
+            (full.acquisition.snr, full.noise_model)
+
+
+def test_families_reach_beyond_the_default_ranges():
+    cases = _cases(60)
+    v2 = [sample_v2(image_rng(1, "train", i), 128) for i in range(60)]
+    gammas = [c.gamma for c in cases]
+    assert min(gammas) < 0.7 and max(gammas) > 1.5  # v2: 0.75-1.35
+    assert max(c.scale for c in cases) > 4.0  # a field of view under 51 mm; v2 stops at 3.4
+    thin = min(d.height for c in cases for d in c.discs)
+    assert thin < 0.8 * min(d.height for c in v2 for d in c.discs)
+    assert {c.noise_model for c in cases} == set(R.NOISE_MODELS)
+    assert all(2 <= c.coils <= 8 for c in cases if c.noise_model == "chi")
+    assert 0.3 < np.mean([c.acq_pixel_mm > 0 for c in cases]) < 0.9
+    assert 0.3 < np.mean([c.thickness_mm > 0 for c in cases]) < 0.7
+    assert 0.3 < np.mean([c.tissue.contrast == "random" for c in cases]) < 0.8
+    off = _cases(20, off=R.FAMILIES)
+    assert all(c.acq_pixel_mm == 0 and c.thickness_mm == 0 and c.noise_model == "rician"
+               for c in off)
+
+
+def test_thick_slice_is_a_gaussian_of_the_given_fwhm_along_one_axis():
+    case = dataclasses.replace(_cases(1)[0], thickness_mm=4.0, thickness_axis=1)
+    img = np.zeros((4, 128), np.float32)
+    img[:, 64] = 1.0
+    out = R._thick_slice(img, case)
+    x = np.arange(128)
+    sigma = np.sqrt((out[0] * (x - 64) ** 2).sum() / out[0].sum())
+    assert sigma == pytest.approx(4.0 / 2.3548 / R.pixel_mm(case), rel=0.02)
+    assert out.sum() == pytest.approx(4.0, rel=1e-4)  # the blur keeps the signal
+    # Along the other axis an image that only varies across columns is left as it is.
+    along_rows = R._thick_slice(img, dataclasses.replace(case, thickness_axis=0))
+    assert np.allclose(along_rows, img, atol=1e-5)
+
+
+def test_chi_noise_floor_grows_with_the_coils():
+    # In air the sum of squares of n coils' complex noise has E[M^2] = 2 n sigma^2.
+    img = np.zeros((200, 200), np.float32)
+    img[:100] = 1.0
+    sigma = signal_level(img) / 10.0
+    for coils in (1, 4):
+        out = R._chi_noise(img, 10.0, coils, np.random.default_rng(0))
+        assert np.mean(out[100:] ** 2) == pytest.approx(2 * coils * sigma**2, rel=0.03)
+
+
+def test_coarse_matrix_is_interpolated_to_the_image_size():
+    base = dataclasses.replace(_cases(1, off=R.FAMILIES)[0], size=128)
+    from meddet.data.phantom.render import render_clean
+
+    clean = render_clean(base)[0]
+    fine = R.acquire(clean, base)
+    coarse = R.acquire(clean, dataclasses.replace(base, acq_pixel_mm=4 * R.pixel_mm(base)))
+    assert coarse.shape == fine.shape == (128, 128)
+    # Interpolated from 32 px: neighbouring pixels differ far less than with pixel-level noise.
+    step = lambda a: float(np.abs(np.diff(a, axis=1)).mean())  # noqa: E731
+    assert step(coarse) < 0.5 * step(fine)
+
+
+def test_dataset_records_and_errors(tmp_path):
+    out = tmp_path / "rnd"
+    summary = generate_dataset(out, num_train=2, num_val=0, num_test=0, size=128, seed=4,
+                               phantom="random", random_off=["fov", "contrast"])
+    assert summary["phantom"] == "random" and summary["random_off"] == ["contrast", "fov"]
+    coco = json.loads((out / "annotations" / "train.json").read_text())
+    assert coco["info"]["generator"]["random_off"] == ["contrast", "fov"]
+    for rec in coco["images"]:
+        assert set(rec["randomised"]) >= {"noise_model", "acq_pixel_mm", "thickness_mm"}
+        assert rec["pixel_mm"] > 0
+    with pytest.raises(MedDetError, match="--random-off: unknown randomisation family 'hue'"):
+        generate_dataset(tmp_path / "x", num_train=1, num_val=0, num_test=0, size=128,
+                         phantom="random", random_off=["hue"])
+    with pytest.raises(MedDetError, match="--phantom random"):
+        generate_dataset(tmp_path / "y", num_train=1, num_val=0, num_test=0, size=128,
+                         random_off=["fov"])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cli_random_off(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main(["data", "synth", str(out), "--phantom", "random", "--random-off", "noise",
+                 "--num-train", "1", "--num-val", "0", "--num-test", "0", "--size", "128"]) == 0
+    coco = json.loads((out / "annotations" / "train.json").read_text())
+    assert coco["info"]["generator"]["random_off"] == ["noise"]
+    assert coco["images"][0]["randomised"]["noise_model"] == "rician"
+    capsys.readouterr()
+    assert main(["data", "synth", str(tmp_path / "bad"), "--phantom", "random",
+                 "--random-off", "noise,colour", "--num-train", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'colour'" in err and "spacing" in err
