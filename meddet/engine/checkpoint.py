@@ -15,7 +15,9 @@ code from the file. Keys::
     rng         RNG states (see :func:`capture_rng_state`)
     trainer     the trainer's and hooks' own state (JSON-safe)
     meta        see :func:`make_meta`; :func:`save_checkpoint` adds ``format_version`` and
-                ``tensors_sha256`` (see :func:`tensors_sha256`)
+                ``tensors_sha256`` (see :func:`tensors_sha256`); a detector trained on data
+                that records its pixel size also has ``input_spacing_mm`` (see
+                :func:`spacing_meta`), which spacing-aware prediction resamples slices to
 
 Files are written atomically (temporary file, fsync, ``os.replace``), so a crash while saving
 leaves the previous checkpoint intact. On load the tensors' sha256 is recomputed and compared
@@ -76,6 +78,32 @@ def make_meta(*, model_name: str, num_classes: int, class_names: list[str], img_
     }
     meta.update(extra)
     return meta
+
+
+#: ``meta`` key: millimetres per network-input pixel at which the detector was trained.
+SPACING_KEY = "input_spacing_mm"
+
+
+def spacing_meta(dataset: Any, img_size: int) -> dict[str, float]:
+    """``{"input_spacing_mm": mm}`` for a training set whose images record their pixel size.
+
+    The training images' ``pixel_mm`` (written by ``meddet data synth``) times the resize to
+    the network input (long side to ``img_size``); the median over the images, as nnU-Net
+    chooses its target spacing. Empty when the data set carries no ``pixel_mm`` (imported
+    data), so nothing is recorded and prediction keeps the fixed-size resize.
+
+    Args:
+        dataset: a :class:`~meddet.data.CocoDetection` (anything without a ``coco`` index
+            gives ``{}``).
+        img_size: the network input side.
+    """
+    coco = getattr(dataset, "coco", None)
+    records = list(getattr(coco, "imgs", {}).values())
+    mm = [float(r["pixel_mm"]) * max(int(r["width"]), int(r["height"])) / img_size
+          for r in records if isinstance(r.get("pixel_mm"), (int, float)) and r["pixel_mm"] > 0]
+    if not mm or len(mm) < len(records):
+        return {}
+    return {SPACING_KEY: round(float(np.median(mm)), 4)}
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:

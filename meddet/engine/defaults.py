@@ -22,7 +22,13 @@ import torch
 
 from meddet.config import Config, ModelConfig
 from meddet.engine import distributed as du
-from meddet.engine.checkpoint import load_checkpoint, make_meta, seed_everything, unwrap_model
+from meddet.engine.checkpoint import (
+    load_checkpoint,
+    make_meta,
+    seed_everything,
+    spacing_meta,
+    unwrap_model,
+)
 from meddet.engine.curves import last_quarter, val_curve
 from meddet.engine.ema import ModelEMA
 from meddet.engine.evaluate import evaluate_model
@@ -314,7 +320,7 @@ def assemble_trainer(cfg: Config, run_dir: Path | None, *, model_name: str,
     meta = make_meta(model_name=model_name, num_classes=len(class_names),
                      class_names=class_names, img_size=cfg.data.img_size,
                      model_overrides=stored_overrides, config=cfg.model_dump(mode="json"),
-                     **meta_extra)
+                     **spacing_meta(train_ds, cfg.data.img_size), **meta_extra)
     eval_fn = build_eval_fn(val_ds, batch_size=tc.batch_size, workers=cfg.data.workers)
     ema_note = (f"weight EMA (decay {tc.ema_decay:g}, warm-up {tc.ema_warmup}), "
                 if ema is not None else "")
