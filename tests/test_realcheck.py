@@ -239,9 +239,11 @@ class _Oracle(Predictor):
     def __init__(self, boxes: list[np.ndarray], shapes: list[tuple[int, int]]) -> None:
         self.boxes, self.shapes = boxes, shapes
         self.img_size, self.score_thr = 64, 0.05
+        self.resample, self.input_spacing_mm = "fixed", None
 
-    def predict_arrays(self, arrays):
+    def predict_arrays(self, arrays, spacings=None):
         assert [a.shape for a in arrays] == self.shapes
+        assert spacings == [(1.0, 1.0)] * len(arrays)  # the volumes are 1 mm isotropic
         return [det(b, np.linspace(0.9, 0.5, len(b))) for b in self.boxes]
 
 

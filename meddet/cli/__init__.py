@@ -71,6 +71,8 @@ def _register() -> None:
     app.add_typer(study_cmd.app, name="study")
     from meddet.cli.realcheck import check_real
     app.command("check-real")(check_real)
+    from meddet.cli.report import report as report_cmd
+    app.command("report")(report_cmd)
 
 
 _register()

@@ -31,6 +31,11 @@ def predict(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option(
         "--batch-size", help="Images per forward pass.")] = 4,
+    resample: Annotated[str, typer.Option(
+        "--resample", help="auto: resample slices with a known pixel spacing (NIfTI, DICOM) to "
+        "the pixel size the model was trained at, when the checkpoint records it; spacing: "
+        "require that; fixed: resize every image so its long side is the input size.")
+    ] = "auto",
 ) -> None:
     """Detect disc herniations and write overlays, predictions.json and predictions.csv."""
     from rich.markup import escape
@@ -54,10 +59,11 @@ def predict(
         raise MedDetError(f"input {missing[0]} does not exist")
     predictor = Predictor.from_checkpoint(checkpoint, device=device, img_size=img_size,
                                           score_thr=score_thr)
+    predictor.set_resample(resample)
     run_dir = new_run_dir("predict", out)
     settings = {"checkpoint": str(checkpoint), "score_thr": score_thr,
                 "img_size": predictor.img_size, "slices": slices, "device": device,
-                "batch_size": batch_size}
+                "batch_size": batch_size, "resample": resample}
     write_run_config(run_dir, {"predict": settings}, "predict")
 
     shown = 0

@@ -32,6 +32,10 @@ def check_real(
         "--labels-only", help="Only draw the labelled slices (one figure per volume).")] = False,
     json_dest: Annotated[str | None, typer.Option(
         "--json", metavar="PATH|-", help="Write the metrics as JSON ('-' = stdout).")] = None,
+    resample: Annotated[str, typer.Option(
+        "--resample", help="auto: resample the 1 mm slices to the pixel size the model was "
+        "trained at when the checkpoint records it; spacing: require that; fixed: resize each "
+        "slice so its long side is the input size.")] = "auto",
 ) -> None:
     """Find real intervertebral discs: recall among each slice's top-k detections and AP50.
 
@@ -64,7 +68,7 @@ def check_real(
     run_dir = new_run_dir(COMMAND, out)
     result = evaluate_real_discs(checkpoint, volumes_dir=volumes, img_size=img_size,
                                  device=device, top_k=top_k, score_thr=score_thr,
-                                 out_dir=run_dir / "overlays")
+                                 out_dir=run_dir / "overlays", resample=resample)
     metrics = result.as_dict()
     atomic_write_json(run_dir / "metrics.json", metrics)
 
@@ -77,6 +81,7 @@ def check_real(
                       *(str(n) for n in row["found_at"].values()))
     con.print(table)
     con.print(_volume_table(result, top_k))
+    con.print(escape(f"pre-processing: {result.preprocessing}"))
     con.print(f"recall@IoU0.5 (top {top_k}): {result.recall:.3f} ({result.found}/"
               f"{result.discs})   AP50: {result.ap50:.3f}")
     con.print(escape(f"wrote metrics.json and {len(result.overlays)} overlays to {run_dir}"))

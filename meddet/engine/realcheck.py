@@ -169,13 +169,19 @@ def read_labelled_slices(labels: Sequence[DiscSlice],
         MedDetError: a volume is missing or unreadable, differs from the file the labels were
             drawn on (sha256), or yields a slice of another shape.
     """
+    return [arr for arr, _ in _read_slices(labels, volumes_dir)]
+
+
+def _read_slices(labels: Sequence[DiscSlice], volumes_dir: str | os.PathLike | None
+                 ) -> list[tuple[np.ndarray, tuple[float, float] | None]]:
+    """:func:`read_labelled_slices` with each slice's ``(row_mm, col_mm)`` pixel spacing."""
     from meddet.inference.readers import InputSource, Skip, SliceSpec, iter_slices
 
     folder = Path(volumes_dir) if volumes_dir is not None else default_volumes_dir()
     by_volume: dict[str, list[int]] = {}
     for lab in labels:
         by_volume.setdefault(lab.volume, []).append(lab.index)
-    arrays: dict[tuple[str, int], np.ndarray] = {}
+    arrays: dict[tuple[str, int], tuple[np.ndarray, tuple[float, float] | None]] = {}
     for volume, indices in by_volume.items():
         path = folder / volume
         if not path.is_file():
@@ -190,15 +196,15 @@ def read_labelled_slices(labels: Sequence[DiscSlice],
         for item in iter_slices(InputSource(path, "nifti"), SliceSpec("list", tuple(indices))):
             if isinstance(item, Skip):
                 raise MedDetError(f"cannot read {path}: {item.reason}")
-            arrays[(volume, int(item.index))] = item.array
+            arrays[(volume, int(item.index))] = (item.array, item.spacing)
     out = []
     for lab in labels:
-        arr = arrays[(lab.volume, lab.index)]
+        arr, spacing = arrays[(lab.volume, lab.index)]
         if tuple(arr.shape) != lab.shape:
             raise MedDetError(f"slice {lab.index} of {lab.volume} is {arr.shape[0]}x"
                               f"{arr.shape[1]}, but it was labelled at {lab.shape[0]}x"
                               f"{lab.shape[1]}; the NIfTI reader's orientation has changed")
-        out.append(arr)
+        out.append((arr, spacing))
     return out
 
 
@@ -490,6 +496,9 @@ class RealDiscResult:
         top_k: detections per slice considered for ``recall``.
         score_thr: minimum score of a detection.
         img_size: network input side used.
+        resample: the predictor's pre-processing mode (``auto``, ``spacing`` or ``fixed``).
+        input_spacing_mm: the pixel size the model was trained at (``None``: not recorded).
+        preprocessing: one line saying how the slices were brought to the network input.
         checkpoint: the checkpoint evaluated (``None`` for an in-memory predictor).
         per_slice: per slice ``{"volume", "index", "discs", "found", "found_at",
             "detections"}`` (``found`` at IoU 0.5, ``found_at`` per IoU of :data:`IOU_THRS`).
@@ -506,6 +515,9 @@ class RealDiscResult:
     top_k: int
     score_thr: float
     img_size: int
+    resample: str = "fixed"
+    input_spacing_mm: float | None = None
+    preprocessing: str = ""
     checkpoint: str | None = None
     per_slice: list[dict[str, Any]] = field(default_factory=list)
     volumes: list[VolumeScore] = field(default_factory=list)
@@ -518,7 +530,8 @@ class RealDiscResult:
             "recall": self.recall, "ap50": self.ap50, "found": self.found, "discs": self.discs,
             "slices": self.slices, "top_k": self.top_k, "iou_thr": IOU_THR,
             "score_thr": self.score_thr, "img_size": self.img_size,
-            "checkpoint": self.checkpoint,
+            "resample": self.resample, "input_spacing_mm": self.input_spacing_mm,
+            "preprocessing": self.preprocessing, "checkpoint": self.checkpoint,
             "found_at": {_thr_key(t): n for t, n in self.found_at.items()},
             "recall_at": {_thr_key(t): n / self.discs if self.discs else -1.0
                           for t, n in self.found_at.items()},
@@ -538,13 +551,15 @@ def evaluate_real_discs(
     score_thr: float = 0.05,
     out_dir: str | os.PathLike | None = None,
     labels: Sequence[DiscSlice] | None = None,
+    resample: str = "auto",
 ) -> RealDiscResult:
     """Score a detector on the hand-labelled real disc slices.
 
     Args:
         checkpoint: a meddet checkpoint path, or a ready
             :class:`~meddet.inference.predictor.Predictor` (its own size, device and score
-            threshold are then used; ``img_size``, ``device`` and ``score_thr`` are ignored).
+            threshold and resampling are then used; ``img_size``, ``device``, ``score_thr``
+            and ``resample`` are ignored).
         volumes_dir: folder holding the real volumes; default :func:`default_volumes_dir`.
         img_size: network input side; default the checkpoint's.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
@@ -553,6 +568,10 @@ def evaluate_real_discs(
         out_dir: when given, one overlay PNG per slice is written there (labels in green, the
             ``top_k`` best detections in red).
         labels: the labelled slices; default the set that ships with meddet.
+        resample: how slices reach the network input
+            (:data:`~meddet.inference.predictor.RESAMPLE_MODES`): by default resampled from
+            the volumes' 1 mm pixels to the pixel size the model was trained at when the
+            checkpoint records it, else stretched to the input size (``"fixed"``).
 
     Returns:
         A :class:`RealDiscResult`.
@@ -565,14 +584,15 @@ def evaluate_real_discs(
     if top_k < 1:
         raise MedDetError(f"--top-k must be >= 1, got {top_k}")
     labels = list(labels) if labels is not None else load_real_disc_labels()
-    arrays = read_labelled_slices(labels, volumes_dir)
+    read = _read_slices(labels, volumes_dir)
+    arrays = [arr for arr, _ in read]
     if isinstance(checkpoint, Predictor):
         predictor, ckpt_name = checkpoint, None
     else:
         predictor = Predictor.from_checkpoint(checkpoint, device=device, img_size=img_size,
-                                              score_thr=score_thr)
+                                              score_thr=score_thr, resample=resample)
         ckpt_name = str(checkpoint)
-    dets = predictor.predict_arrays(arrays)
+    dets = predictor.predict_arrays(arrays, [sp for _, sp in read])
     gts = [lab.boxes for lab in labels]
     found, total = recall_at_k(gts, dets, k=top_k)
     ap50 = class_agnostic_ap50(gts, dets, [lab.shape for lab in labels])
@@ -604,6 +624,8 @@ def evaluate_real_discs(
     return RealDiscResult(recall=found / total if total else -1.0, ap50=ap50, found=found,
                           discs=total, slices=len(labels), top_k=top_k,
                           score_thr=float(predictor.score_thr), img_size=predictor.img_size,
-                          checkpoint=ckpt_name, per_slice=per_slice, volumes=volumes,
+                          resample=predictor.resample,
+                          input_spacing_mm=predictor.input_spacing_mm,
+                          preprocessing=predictor.describe_resample(), checkpoint=ckpt_name, per_slice=per_slice, volumes=volumes,
                           found_at={t: sum(v.found[t] for v in volumes) for t in IOU_THRS},
                           overlays=overlays)
