@@ -150,3 +150,13 @@ def test_cli_random_off(tmp_path, capsys):
                  "--random-off", "noise,colour", "--num-train", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'colour'" in err and "spacing" in err
+
+
+def test_recipe_is_cpu_crop_on_the_randomised_data():
+    from meddet.config import load_config
+
+    rnd, crop = load_config("cpu-random").model_dump(), load_config("cpu-crop").model_dump()
+    assert rnd["data"].pop("root") == "cdh-random"
+    crop["data"].pop("root")
+    # One recipe, two data sets: when cpu-crop changes, copy the change into cpu-random.yaml.
+    assert rnd == crop, "meddet/configs/cpu-random.yaml no longer matches cpu-crop.yaml"
