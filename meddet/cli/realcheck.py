@@ -74,10 +74,10 @@ def check_real(
 
     thrs = list(result.found_at)
     table = Table(title=escape(f"real discs: {checkpoint}, input {result.img_size}"))
-    for col in ("volume", "slice", "discs", *(f"found@{t:g}" for t in thrs)):
+    for col in ("volume", "slice", "discs", *(f"found IoU {t:g}" for t in thrs)):
         table.add_column(col, justify="left" if col == "volume" else "right")
     for row in result.per_slice:
-        table.add_row(escape(row["volume"]), str(row["index"]), str(row["discs"]),
+        table.add_row(escape(_short(row["volume"])), str(row["index"]), str(row["discs"]),
                       *(str(n) for n in row["found_at"].values()))
     con.print(table)
     con.print(_volume_table(result, top_k))
@@ -88,6 +88,11 @@ def check_real(
     emit_json(metrics, json_dest)
 
 
+def _short(volume: str) -> str:
+    """``sct_t2_cervical.nii.gz`` -> ``t2_cervical``: narrow enough for an 80-column table."""
+    return volume.removesuffix(".gz").removesuffix(".nii").removeprefix("sct_")
+
+
 def _volume_table(result, top_k: int):
     """Per volume: found discs at each IoU, AP50, median predicted / labelled box size."""
     from rich.markup import escape
@@ -96,13 +101,14 @@ def _volume_table(result, top_k: int):
     def ratio(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    table = Table(title=f"per volume (top {top_k} detections per slice; box ratios: median "
-                  "predicted / labelled over discs with an overlapping detection)")
-    for col in ("volume", "discs", *(f"found@{t:g}" for t in result.found_at), "AP50",
-                "height ratio", "width ratio"):
+    table = Table(title=f"per volume: discs found among each slice's top {top_k} at IoU "
+                  f"{' / '.join(f'{t:g}' for t in result.found_at)}; box height and width: "
+                  "median predicted / labelled")
+    for col in ("volume", *(f"IoU {t:g}" for t in result.found_at), "AP50", "height",
+                "width"):
         table.add_column(col, justify="left" if col == "volume" else "right")
     for v in result.volumes:
-        table.add_row(escape(v.volume), str(v.discs),
-                      *(f"{n} / {v.discs}" for n in v.found.values()), f"{v.ap50:.3f}",
+        table.add_row(escape(_short(v.volume)),
+                      *(f"{n}/{v.discs}" for n in v.found.values()), f"{v.ap50:.3f}",
                       ratio(v.height_ratio), ratio(v.width_ratio))
     return table
