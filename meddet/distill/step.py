@@ -180,7 +180,8 @@ class DistillStep:
             l_det = det["loss"].float()
             out = self.method.losses(StudentPass(student, feats, cls_scores, bbox_preds, targets,
                                                  img_shape, l_det), t_out)
-        losses: dict[str, Tensor] = {"loss_det": l_det.detach(), **out.terms}
+        losses: dict[str, Tensor] = {"loss_det": l_det.detach(), "pos_iou": det["pos_iou"],
+                                     **out.terms}
         disc = out.disc
         if disc is not None:
             losses["loss_disc"] = disc.detach()

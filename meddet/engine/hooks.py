@@ -8,6 +8,8 @@ The order used by :func:`meddet.engine.defaults.default_hooks`, and why:
                              curves.png (rank 0).
 4. :class:`CheckpointHook`   writes last.pt (with that history) and best.pt (rank 0).
 5. :class:`ProgressHook`, :class:`LogFileHook`  print/log the row (rank 0).
+6. :class:`~meddet.engine.tensorboard.TensorBoardHook`  writes the row as TensorBoard events
+                             (rank 0, when logging is on).
 
 Writers are registered on rank 0 only, so the other ranks never touch the run directory.
 """
@@ -31,6 +33,15 @@ from meddet.engine.events import HookBase
 
 #: Metric columns of results.csv after the loss terms and lr.
 VAL_COLUMNS = ("mAP", "mAP50", "AR100", "recall")
+#: Training statistics written after the loss terms when the step reports them: the mean IoU
+#: of the positives' boxes with their objects (the epoch's mean of the per-step means), which,
+#: unlike the score-weighted GIoU loss, reads the same for every model ("has it left the
+#: plateau": it rises from the initial boxes' IoU once box regression progresses).
+TRAIN_STAT_COLUMNS = ("pos_iou",)
+
+
+def _stat_keys(rows: list[Mapping[str, Any]]) -> list[str]:
+    return [k for k in TRAIN_STAT_COLUMNS if any(r.get(k) is not None for r in rows)]
 
 
 def _loss_keys(rows: list[Mapping[str, Any]]) -> list[str]:
@@ -47,6 +58,8 @@ def format_row(row: Mapping[str, Any], epochs: int) -> str:
     terms = [f"{k[5:]} {row[k]:.4f}" for k in losses if k != "loss"]
     if terms:
         parts.append("(" + " ".join(terms) + ")")
+    if row.get("pos_iou") is not None:
+        parts.append(f"pos IoU {row['pos_iou']:.3f}")
     if row.get("lr") is not None:
         parts.append(f"lr {row['lr']:.2e}")
     vals = [f"{k} {row[k]:.4f}" for k in VAL_COLUMNS if row.get(k) is not None]
@@ -139,7 +152,8 @@ class ResultsHook(HookBase):
         """(Re)write results.csv and curves.png from the history."""
         rows = self.trainer.storage.history
         # nonfinite: steps skipped so far in the run for a NaN/inf loss or gradient (cumulative).
-        columns = ["epoch", "iter", *_loss_keys(rows), "lr", *VAL_COLUMNS, "seconds", "nonfinite"]
+        columns = ["epoch", "iter", *_loss_keys(rows), *_stat_keys(rows), "lr", *VAL_COLUMNS,
+                   "seconds", "nonfinite"]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
