@@ -276,7 +276,11 @@ def report_series(
     detections: dict[int, dict[str, np.ndarray]] = {}
     for i in range(0, len(used), max(1, batch_size)):
         chunk = used[i:i + batch_size]
-        for k, det in zip(chunk, predictor.predict_arrays([series.images[k] for k in chunk])):
+        # With the pixel spacing, a model that records its training pixel size sees the
+        # slices at that size (see Predictor.prepare).
+        spacings = [series.pixel_mm] * len(chunk)
+        for k, det in zip(chunk, predictor.predict_arrays([series.images[k] for k in chunk],
+                                                          spacings)):
             detections[k] = det
     report = build_report(series, detections, predictor.class_names, settings)
     report.model = predictor.model_name

@@ -11,9 +11,11 @@ Written with ``highdicom``. One measurement group per disc level:
 * a level not assessed is an image-level group (TID 1501) with the same tracking identifier
   and finding site and the qualitative evaluation "Finding" = "Not Evaluated" (SCT 373121007).
 
-Privacy: ``highdicom`` copies the Patient, General Study and Patient Study modules from the
-source images, as the standard requires of a derived object; no other attribute of the source
-headers is copied. The SR names ``meddet`` as the device observer and manufacturer.
+Privacy: the SR copies from the source images only the Type 1 and 2 attributes of the
+Patient and General Study modules (:data:`COPIED_FROM_SOURCE`), which the standard requires
+of an object in the same study; optional ones that ``highdicom`` would copy too (Study
+Description, patient age, size and weight, the source's equipment and institution) are
+removed. The SR names ``meddet`` as the device observer and manufacturer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from meddet.report.build import SpineReport
 from meddet.report.series import SagittalSeries
 
-__all__ = ["PRIVATE_SCHEME", "read_sr_findings", "sr_bytes", "sr_dataset"]
+__all__ = ["COPIED_FROM_SOURCE", "PRIVATE_SCHEME", "read_sr_findings", "sr_bytes", "sr_dataset"]
 
 PRIVATE_SCHEME = "99MEDDET"
 _LEVEL_CODES = {  # SNOMED CT "Level of .../... intervertebral disc"
@@ -38,6 +40,14 @@ _LEVEL_CODES = {  # SNOMED CT "Level of .../... intervertebral disc"
     "T11/12": "243918001", "T12/L1": "243926009",
 }
 _CODE_LEVELS = {v: k for k, v in _LEVEL_CODES.items()}
+# What the SR takes from the source headers: the Type 1 and 2 attributes of the Patient and
+# General Study modules.
+COPIED_FROM_SOURCE = frozenset({
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+})
+# Attributes the SR sets itself that may happen to equal the source's.
+_OWN = frozenset({"SpecificCharacterSet", "Manufacturer", "Modality", "InstanceNumber"})
 
 
 def _level_meaning(level: str) -> str:
@@ -108,12 +118,23 @@ def sr_dataset(report: SpineReport, series: SagittalSeries):
     content = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=groups)
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=headers, content=content,
         series_instance_uid=generate_uid(entropy_srcs=[*seed, "series"]), series_number=900,
         sop_instance_uid=generate_uid(entropy_srcs=[*seed, "instance"]), instance_number=1,
         manufacturer="meddet", is_complete=True, is_final=False, is_verified=False,
         series_description="meddet per-level disc report")
+    # highdicom also copies optional study and patient attributes (e.g. Study Description);
+    # keep only the identifiers the Patient and General Study modules require.
+    for element in list(sr):
+        if element.keyword in first and element.keyword not in COPIED_FROM_SOURCE \
+                and element.keyword not in _OWN and element.value == first[element.keyword].value:
+            del sr[element.tag]
+    # It also describes the equipment that acquired the source images (institution, station):
+    # optional, and not an identifier the SR needs.
+    if "ContributingEquipmentSequence" in sr:
+        del sr.ContributingEquipmentSequence
+    return sr
 
 
 def sr_bytes(report: SpineReport, series: SagittalSeries) -> bytes:

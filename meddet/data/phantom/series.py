@@ -222,7 +222,7 @@ def write_series_dicom(
     folder: str | Path,
     *,
     seed: int = 0,
-    patient_name: str = "Phantom^Series",
+    patient_name: str = "Doe^Jane",
     patient_id: str | None = None,
     orientation: tuple[float, ...] = SAGITTAL_ORIENTATION,
     series_uid: str | None = None,
