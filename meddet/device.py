@@ -11,22 +11,33 @@ import torch
 
 from meddet.errors import MedDetError
 
-__all__ = ["device_name", "resolve_device"]
+__all__ = ["auto_device", "device_name", "resolve_device"]
+
+
+def auto_device(device: str | None = "auto") -> str:
+    """``auto`` (or ``None``) as ``cuda`` when CUDA is available, else ``cpu``; any other
+    string unchanged (it is checked by :func:`resolve_device`)."""
+    if device is None or str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N`` as a device, checking that it exists on this machine.
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device, checking that it exists on this
+    machine (``auto``: see :func:`auto_device`).
 
     Raises:
         MedDetError: unknown device string, CUDA requested but not available, or a CUDA index
             beyond the devices present.
     """
+    if isinstance(device, str):
+        device = auto_device(device)
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as exc:
-        raise MedDetError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from exc
+        raise MedDetError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from exc
     if dev.type not in ("cpu", "cuda"):
-        raise MedDetError(f"unsupported device {str(device)!r}; use cpu, cuda or cuda:N")
+        raise MedDetError(f"unsupported device {str(device)!r}; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise MedDetError(f"--device {device} requested but CUDA is not available on this "

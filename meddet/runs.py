@@ -1,4 +1,5 @@
 """Run directories: ``runs/<command>/<name>``, auto-numbered like ``exp``, ``exp2``, ...
+(``gfl_mbv2``, ``gfl_mbv2-2``, ...: a name that ends in a digit gets a ``-`` before the number).
 
 Each run directory holds the fully resolved ``config.yaml`` (with the package version), so a
 run can always be explained and repeated.
@@ -25,7 +26,9 @@ def new_run_dir(command: str, out: str | os.PathLike | None = None, name: str = 
     Args:
         command: the CLI command, e.g. ``"pretrain-teacher"``; the parent folder.
         out: an explicit directory; used as is (created if missing).
-        name: base name for auto-numbering: ``exp``, ``exp2``, ``exp3``, ...
+        name: base name for auto-numbering: ``exp``, ``exp2``, ``exp3``, ...; a name that ends
+            in a digit is numbered after a ``-`` (``gfl_mbv2``, ``gfl_mbv2-2``), so that the
+            number does not read as part of the name.
         root: the folder that holds all runs.
 
     Raises:
@@ -39,8 +42,9 @@ def new_run_dir(command: str, out: str | os.PathLike | None = None, name: str = 
         parent = Path(root) / command
         parent.mkdir(parents=True, exist_ok=True)
         i = 1
+        sep = "-" if name[-1:].isdigit() else ""
         while True:
-            path = parent / (name if i == 1 else f"{name}{i}")
+            path = parent / (name if i == 1 else f"{name}{sep}{i}")
             try:
                 path.mkdir()
                 return path
@@ -59,9 +63,32 @@ def write_run_config(run_dir: str | os.PathLike, config: dict, command: str) -> 
     return path
 
 
+def first_missing(path: str | os.PathLike) -> Path | None:
+    """The topmost folder of ``path`` (``path`` itself or an ancestor) that does not exist yet:
+    what creating ``path`` with its parents would make. ``None`` when ``path`` exists.
+
+    Call it before :func:`new_run_dir` and give the result to :func:`discard_if_failed` as
+    ``made``, so that a failed command also takes back the folders it made around its run.
+    """
+    path = Path(path)
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+def run_dir_target(command: str, out: str | os.PathLike | None,
+                   root: str | os.PathLike = "runs") -> Path:
+    """The folder :func:`new_run_dir` creates a run in: ``out``, else ``root/command``."""
+    return Path(out) if out is not None else Path(root) / command
+
+
 @contextlib.contextmanager
 def discard_if_failed(run_dir: str | os.PathLike, *, created: bool,
-                      outputs: Iterable[str] = ("config.yaml",)) -> Iterator[None]:
+                      outputs: Iterable[str] = ("config.yaml",),
+                      made: str | os.PathLike | None = None) -> Iterator[None]:
     """Undo a run directory when the command stops on a user error before producing anything.
 
     If the body raises :class:`MedDetError` and ``run_dir`` holds nothing but ``outputs``
@@ -69,6 +96,10 @@ def discard_if_failed(run_dir: str | os.PathLike, *, created: bool,
     this command ``created`` it. A run that got further (a checkpoint, a log of where it
     stopped) is kept untouched. A bad dataset or teacher found after the run directory was made
     then leaves no half-made run behind.
+
+    ``made`` (from :func:`first_missing`, called before :func:`new_run_dir`) is the topmost
+    folder the command created on the way to ``run_dir``, such as ``runs/distill``; the folders
+    from ``run_dir``'s parent up to it are removed too when they are left empty.
     """
     try:
         yield
@@ -82,6 +113,25 @@ def discard_if_failed(run_dir: str | os.PathLike, *, created: bool,
                     e.unlink() if e.is_file() else e.rmdir()
                 if created:
                     path.rmdir()
+                    _remove_empty_parents(path, made)
         except OSError:
             pass  # cleaning up is best effort; the user's error is what matters
         raise
+
+
+def _remove_empty_parents(path: Path, made: str | os.PathLike | None) -> None:
+    """Remove ``path``'s empty parents up to and including ``made`` (nothing when ``None`` or
+    when ``made`` is not above ``path``)."""
+    if made is None:
+        return
+    made = Path(made).absolute()
+    parent = path.absolute().parent
+    if parent != made and made not in parent.parents:
+        return
+    while True:
+        if any(parent.iterdir()):
+            return
+        parent.rmdir()
+        if parent == made:
+            return
+        parent = parent.parent

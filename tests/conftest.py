@@ -8,6 +8,8 @@ import os
 # loaded 2-core CI box makes oversubscription slow by an order of magnitude. Subprocesses
 # spawned by tests (torchrun, examples) inherit the environment variable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Training runs in tests write no TensorBoard events (the tests that check them switch it on).
+os.environ.setdefault("MEDDET_TENSORBOARD", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

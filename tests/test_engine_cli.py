@@ -13,7 +13,8 @@ import torch
 from meddet.cli import main
 from meddet.engine.checkpoint import load_checkpoint, make_meta, save_checkpoint
 
-SMALL = ["--model", "gfl_mbv2", "--img-size", "64", "--batch-size", "2", "--workers", "0"]
+SMALL = ["--model", "gfl_mbv2", "--config", "default", "--img-size", "64", "--batch-size", "2",
+         "--workers", "0"]
 
 
 def train(data, out, *extra) -> int:
@@ -39,6 +40,9 @@ def test_pretrain_leaves_the_run_directory(run):
     assert cols[:3] == ["epoch", "iter", "loss"]
     assert {"loss_qfl", "loss_dfl", "loss_giou", "lr", "mAP", "mAP50", "recall", "seconds"} <= set(cols)
     assert row.startswith("1,2,")
+    # The positives' mean IoU, a fraction, after the loss terms and before lr.
+    values = dict(zip(cols, row.split(",")))
+    assert cols.index("pos_iou") < cols.index("lr") and 0 <= float(values["pos_iou"]) <= 1
     ckpt = load_checkpoint(run / "last.pt")
     meta = ckpt["meta"]
     assert meta["model_name"] == "gfl_mbv2" and meta["img_size"] == 64

@@ -36,13 +36,16 @@ def batch_size_option() -> Any:
 
 def lr_option() -> Any:
     """``--lr``."""
-    return typer.Option(None, "--lr", help="SGD lr for train.base_batch_size images (scaled "
-                        "linearly with the total batch).")
+    return typer.Option(None, "--lr", help="Learning rate of the config's optimiser (SGD or "
+                        "AdamW, train.optimizer) for train.base_batch_size images, scaled "
+                        "linearly with the total batch.")
 
 
 def img_size_option() -> Any:
     """``--img-size``."""
-    return typer.Option(None, "--img-size", help="Input size (multiple of 32).")
+    return typer.Option(None, "--img-size", help="Input size: a multiple of 32 (inputs are "
+                        "padded to the deepest backbone stride) and at least 64 for training "
+                        "(export and predict accept 32).")
 
 
 def workers_option() -> Any:
@@ -76,8 +79,61 @@ def checkpoint_every_iters_option() -> Any:
 
 
 def device_option() -> Any:
-    """``--device``."""
-    return typer.Option(None, "--device", help="cpu or cuda.")
+    """``--device`` (default ``auto``)."""
+    return typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu, "
+                        "cuda or cuda:N.")
+
+
+def pretrained_option() -> Any:
+    """``--pretrained``."""
+    return typer.Option(None, "--pretrained", help="Backbone initialisation: auto "
+                        "(torchvision's ImageNet weights from its cache or a download, else "
+                        "random), imagenet (those weights, else an error), none (random) or a "
+                        "state_dict file (default: the config's model.pretrained, random).")
+
+
+def tensorboard_option() -> Any:
+    """``--tensorboard/--no-tensorboard``."""
+    return typer.Option(None, "--tensorboard/--no-tensorboard", help="Log losses, learning "
+                        "rate, validation metrics and predicted val images for TensorBoard "
+                        "to RUN_DIR/tensorboard (default: on when the tensorboard package is "
+                        "installed; --tensorboard without it is an error).")
+
+
+def initial_weights_note(model_name: str, pretrained: str) -> str:
+    """One line: which weights ``model_name``'s backbone starts from under ``pretrained``
+    (resolving them as training will: torchvision's cache, else a download).
+
+    Raises:
+        MedDetError: ``imagenet`` weights that can be neither found nor downloaded.
+    """
+    from meddet.models import DETECTORS
+    from meddet.models.pretrained import resolve_pretrained
+
+    backbone = DETECTORS[model_name].keywords["backbone_name"]
+    return f"initial weights of {model_name}: " + resolve_pretrained(backbone, pretrained).note
+
+
+def default_config_line(name: str, device: str) -> str:
+    """One line saying which config a command chose for the device, and how to pick another."""
+    return (f"config: {name} (the default on {device}; --config chooses another, e.g. "
+            "paper for the paper's 512 px SGD schedule)")
+
+
+def check_pretrained(value: str | None) -> str | None:
+    """``--pretrained``'s value, checked: ``auto``, ``imagenet``, ``none`` or an existing file.
+
+    Raises:
+        MedDetError: anything else.
+    """
+    from pathlib import Path
+
+    from meddet.errors import MedDetError
+
+    if value is None or value in ("auto", "imagenet", "none") or Path(value).is_file():
+        return value
+    raise MedDetError(f"--pretrained {value!r}: use auto, imagenet, none or an existing "
+                      "state_dict file")
 
 
 def seed_option() -> Any:
@@ -97,7 +153,11 @@ def training_overrides(*, data: Any, img_size: int | None, workers: int | None,
                        eval_every: int | None, checkpoint_every: int | None,
                        checkpoint_every_iters: int | None) -> dict[str, Any]:
     """The ``data`` and ``train`` config sections set by the shared flags (``None``: unset,
-    changes nothing)."""
+    changes nothing; ``device`` ``auto`` becomes ``cuda`` or ``cpu`` here, so that the run's
+    config.yaml names the device it ran on)."""
+    from meddet.device import auto_device
+
+    device = auto_device(device) if device == "auto" else device
     return {
         "data": {"root": str(data) if data is not None else None, "img_size": img_size,
                  "workers": workers},

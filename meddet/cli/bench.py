@@ -65,7 +65,8 @@ def bench(
     img_size: int = typer.Option(512, "--img-size", help="Square input side, a multiple of 32 "
                                  "(the paper measures at 512)."),
     batch_size: int = typer.Option(1, "--batch-size", help="Images per timed forward."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device",
+                               help="auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed forwards before timing."),
     iters: int = typer.Option(20, "--iters", help="Timed forwards (rounds) per model, at "
                               "least."),
@@ -95,6 +96,7 @@ def bench(
     per-round speed-up beside them.
     """
     from meddet.benchmark import PROFILE_STAGES, benchmark_models, relative_to
+    from meddet.device import auto_device
 
     names = parse_csv_list(models, "--models")
     runtimes = parse_csv_list(runtime, "--runtime")
@@ -109,7 +111,7 @@ def bench(
                           "or pick another reference")
     with out.status(f"benchmarking {', '.join(names)} at {img_size} px ..."):
         result = benchmark_models(names, img_size=img_size, batch_size=batch_size,
-                                  device=device, warmup=warmup, iters=iters,
+                                  device=auto_device(device), warmup=warmup, iters=iters,
                                   min_time=min_time, threads=threads,
                                   fps=fps, runtimes=runtimes, optimize=optimize,
                                   profile=profile)

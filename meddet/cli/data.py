@@ -14,13 +14,26 @@ from meddet.errors import MedDetError
 
 app = typer.Typer(help="Synthesise, import and inspect datasets.", no_args_is_help=True)
 
-# Arguments of the commands that write a dataset.
-OutDir = Annotated[Path, typer.Argument(help="Output folder (new, empty, or an old dataset with "
-                                        "--overwrite).")]
+# Arguments of the commands that write a dataset: the output folder is given as OUT or --out.
+OutDir = Annotated[Path | None, typer.Argument(
+    help="Output folder (new, empty, or an old dataset with --overwrite); or give it as --out.",
+    show_default=False)]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="The output folder (the same as "
+                                             "OUT).", show_default=False)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset in "
                                          "OUT.")]
 JsonOut = Annotated[str | None, typer.Option("--json", help="Also write the summary as JSON to "
                                              "this file ('-' for stdout).")]
+
+
+def _out_dir(out: Path | None, out_opt: Path | None, command: str) -> Path:
+    """The output folder given as the OUT argument or as ``--out`` (either, not both)."""
+    if out is not None and out_opt is not None and out != out_opt:
+        raise MedDetError(f"meddet data {command}: the output folder is given twice ({out} and "
+                          f"--out {out_opt}); pass one")
+    if out is None and out_opt is None:
+        raise MedDetError(f"meddet data {command}: pass the output folder, as OUT or --out DIR")
+    return out if out is not None else out_opt  # type: ignore[return-value]
 
 
 def _parse_range(value: str) -> tuple[float, float]:
@@ -35,7 +48,7 @@ def _parse_range(value: str) -> tuple[float, float]:
 
 @app.command("synth")
 def synth(
-    out: OutDir,
+    out: OutDir = None,
     num_train: Annotated[int, typer.Option("--num-train", help="Training images.")] = 200,
     num_val: Annotated[int, typer.Option("--num-val", help="Validation images.")] = 50,
     num_test: Annotated[int, typer.Option("--num-test", help="Test images.")] = 50,
@@ -61,11 +74,17 @@ def synth(
         "(ablations).")] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
+    out_opt: OutOpt = None,
 ) -> None:
-    """Generate the synthetic sagittal cervical-spine MRI dataset (COCO layout)."""
+    """Generate the synthetic sagittal cervical-spine MRI dataset (COCO layout).
+
+    Image sizes: multiples of 32 (the detectors' deepest backbone stride), from 128 px, the
+    generator's smallest image; training inputs and crops may be 64 px, exported models 32 px.
+    """
     from meddet.data import generate_dataset
     from meddet.data.generate import validate_args
 
+    out = _out_dir(out, out_opt, "synth")
     snr = _parse_range(snr_range)
     off = tuple(parse_csv_list(random_off, "--random-off"))
     # Validate before the progress bar starts so that a bad flag prints only its error line.
@@ -113,9 +132,9 @@ def preview(
 
 @app.command("import")
 def import_(
-    src: Annotated[Path, typer.Argument(help="Source dataset: a folder (a COCO JSON file also "
-                                        "works).")],
-    out: OutDir,
+    src: Annotated[Path, typer.Argument(help="Source dataset: a folder (a COCO JSON file or a "
+                                        "YOLO data.yaml also works).")],
+    out: OutDir = None,
     fmt: Annotated[str | None, typer.Option("--format", help="voc, yolo, coco or masks "
                                             "(default: detected from the files).")] = None,
     images: Annotated[Path | None, typer.Option("--images", help="COCO: the folder file_name "
@@ -139,12 +158,14 @@ def import_(
                                          "or class instead of dropping and counting it.")] = False,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
+    out_opt: OutOpt = None,
 ) -> None:
     """Convert a Pascal VOC, YOLO, COCO or segmentation-mask dataset to the meddet layout."""
     from rich.progress import Progress
 
     from meddet.data.importers import import_dataset, parse_class_map, parse_split
 
+    out = _out_dir(out, out_opt, "import")
     args = {"format": fmt, "images": images,
             "classes": parse_csv_list(classes, "--classes") or None,
             "class_map": parse_class_map(class_map), "split": parse_split(split), "seed": seed,

@@ -56,10 +56,6 @@ def demo(
     con = human_console(json_dest)
     if pretrained not in ("auto", "none", "imagenet"):
         raise MedDetError(f"--pretrained {pretrained!r}: use auto, none or imagenet")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = resolve_device(device)
     plan = PLANS["quick" if quick else ("gpu" if dev.type == "cuda" else "full")]
     names = check_students(parse_csv_list(students, "--students") if students is not None

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from meddet.api import default_config
 from meddet.cli import _options as opt
 from meddet.cli._common import emit_json, human_console, parse_csv_list
 from meddet.config import Config, load_config, load_run_config
@@ -71,6 +73,8 @@ def distill(
                                        "(default runs/distill/<method>*)."),
     device: str | None = opt.device_option(),
     seed: int | None = opt.seed_option(),
+    pretrained: str | None = opt.pretrained_option(),
+    tensorboard: bool | None = opt.tensorboard_option(),
     json_dest: str | None = typer.Option(None, "--json", metavar="PATH|-",
                                             help="Write the summary as JSON ('-' = stdout)."),
 ) -> None:
@@ -78,14 +82,26 @@ def distill(
 
     Writes config.yaml, results.csv, last.pt / best.pt (full state for --resume), student.pt
     (plain student for `meddet eval` / `bench` / `predict`), curves.png and train.log.
+
+    Without --config it trains with the recipe for the device, as pretrain-teacher does
+    (cpu-crop on a CPU, the demo's GPU recipe on CUDA), and says which.
     """
+    from meddet.cli.train import RUN_START_OUTPUTS, check_resume_checkpoint
     from meddet.distill.methods import get_method
     from meddet.distill.trainer import distill as run_distill
-    from meddet.engine.defaults import resolve_resume
-    from meddet.runs import discard_if_failed, new_run_dir, write_run_config
+    from meddet.engine.defaults import require_split, resolve_resume
+    from meddet.engine.tensorboard import require_tensorboard, tensorboard_logging
+    from meddet.runs import (
+        discard_if_failed,
+        first_missing,
+        new_run_dir,
+        run_dir_target,
+        write_run_config,
+    )
 
     con = human_console(json_dest)
-    flags = {"model": {"nmode": nmode}, **opt.training_overrides(
+    flags = {"model": {"nmode": nmode, "pretrained": opt.check_pretrained(pretrained)},
+             **opt.training_overrides(
         data=data, img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
         lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
         checkpoint_every=checkpoint_every, checkpoint_every_iters=checkpoint_every_iters),
@@ -95,29 +111,43 @@ def distill(
                     "teacher_img_size": teacher_img_size, "teacher_cache": teacher_cache,
                     "teacher_cache_variants": teacher_cache_variants}}
     teacher_list = parse_csv_list(teachers, "--teachers")
+    notes: list[str] = []
     ckpt_path = None
     if resume is not None:
         if config is not None:
             raise MedDetError("--resume uses the run's own config.yaml; drop --config")
         ckpt_path = resolve_resume(resume)
+        check_resume_checkpoint(ckpt_path)
         cfg = _resume_config(ckpt_path, flags)
         run_dir = ckpt_path.parent
     else:
+        if config is None:
+            config, flags = default_config(flags["train"]["device"], flags)
+            notes.append(opt.default_config_line(config, flags["train"]["device"]))
         cfg = load_config(config, flags)
         run_dir = None
     if cfg.data.root is None:
         raise MedDetError("no dataset given; pass --data DATASET_DIR")
-    get_method(cfg.distill.method)  # an unknown method fails before a run directory is made
+    # Unknown methods, missing data and unavailable weights fail before a run directory is made.
+    get_method(cfg.distill.method)
+    require_tensorboard(tensorboard)
+    require_split(cfg.data.root, "train")
+    require_split(cfg.data.root, "val")
+    if cfg.model.pretrained is not None:
+        notes.append(opt.initial_weights_note(cfg.distill.student, cfg.model.pretrained))
+    for note in notes:
+        con.print(escape(note))
     doc = cfg.model_dump(mode="json")
     guard: Any = contextlib.nullcontext()
     if run_dir is None:
         created = out is None or not out.exists()
+        made = first_missing(run_dir_target(COMMAND, out, RUNS_ROOT))
         run_dir = new_run_dir(COMMAND, out, name=cfg.distill.method, root=RUNS_ROOT)
         # Bad teachers or data are found after this point: leave no half-made run behind.
-        guard = discard_if_failed(run_dir, created=created,
-                                  outputs=("config.yaml", "train.log"))
+        guard = discard_if_failed(run_dir, created=created, made=made,
+                                  outputs=RUN_START_OUTPUTS)
     write_run_config(run_dir, doc, COMMAND)
-    with guard:
+    with guard, tensorboard_logging(tensorboard):
         summary = run_distill(cfg, run_dir, teachers=teacher_list, resume=ckpt_path, console=con)
     _print_summary(con, summary)
     emit_json({k: v for k, v in summary.items() if k != "history"}, json_dest)

@@ -59,7 +59,8 @@ def evaluate(
                                             help="Write the metrics as JSON ('-' = stdout)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader workers."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("auto", "--device",
+                               help="auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise (reproducible corruption)."),
 ) -> None:
     """Evaluate a checkpoint or a COCO results file with pycocotools (bbox).

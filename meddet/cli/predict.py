@@ -15,7 +15,9 @@ _MAX_SKIP_LINES = 20
 
 
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A meddet checkpoint (.pt).")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A meddet checkpoint (.pt) or a model exported by `meddet export --format onnx` "
+        "(.onnx, run with onnxruntime on the CPU).")],
     inputs: Annotated[list[Path], typer.Argument(
         help="Image files (PNG, JPEG, TIFF), DICOM files, NIfTI volumes (.nii, .nii.gz), or "
         "folders of these (a folder of DICOM slices is read as a series).")],
@@ -28,7 +30,9 @@ def predict(
     slices: Annotated[str, typer.Option(
         "--slices", help="Volumes: mid, all, or 0-based indices like 8,10,12 (sagittal slices "
         "of NIfTI; slices of a DICOM series; ignored for 2-D images).")] = "all",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto (cuda when available, else "
+                                        "cpu), cpu, cuda or cuda:N; an .onnx model runs on "
+                                        "the CPU.")] = "auto",
     batch_size: Annotated[int, typer.Option(
         "--batch-size", help="Images per forward pass.")] = 4,
     resample: Annotated[str, typer.Option(
@@ -47,9 +51,16 @@ def predict(
         TimeRemainingColumn,
     )
 
-    from meddet.inference import Predictor, predict_inputs
-    from meddet.inference.readers import parse_slices
-    from meddet.runs import new_run_dir, write_run_config
+    from meddet.api import load_predictor
+    from meddet.inference import predict_inputs
+    from meddet.inference.readers import discover_inputs, parse_slices
+    from meddet.runs import (
+        discard_if_failed,
+        first_missing,
+        new_run_dir,
+        run_dir_target,
+        write_run_config,
+    )
 
     spec = parse_slices(slices)
     if batch_size < 1:
@@ -57,13 +68,19 @@ def predict(
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise MedDetError(f"input {missing[0]} does not exist")
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, img_size=img_size,
-                                          score_thr=score_thr)
+    if not discover_inputs(inputs):
+        raise MedDetError(f"no image, DICOM or NIfTI file in {', '.join(map(str, inputs))}; "
+                          "predict reads .png .jpg .jpeg .tif .tiff .dcm .nii .nii.gz (and "
+                          "DICOM files without a suffix)")
+    predictor = load_predictor(checkpoint, device=device, img_size=img_size,
+                               score_thr=score_thr)
     predictor.set_resample(resample)
+    created = out is None or not out.exists()
+    made = first_missing(run_dir_target("predict", out))
     run_dir = new_run_dir("predict", out)
     settings = {"checkpoint": str(checkpoint), "score_thr": score_thr,
-                "img_size": predictor.img_size, "slices": slices, "device": device,
-                "batch_size": batch_size, "resample": resample}
+                "img_size": predictor.img_size, "slices": slices,
+                "device": str(predictor.device), "batch_size": batch_size, "resample": resample}
     write_run_config(run_dir, {"predict": settings}, "predict")
 
     shown = 0
@@ -87,11 +104,15 @@ def predict(
                                  batch_size=batch_size, progress=progress, on_skip=on_skip,
                                  run_info={"checkpoint": checkpoint.name})
 
-    _print_summary(summary)
     if summary.images == 0:
+        # Nothing was predicted: take back the (empty) outputs instead of leaving them behind.
         first = summary.skipped[0] if summary.skipped else None
         why = f"; first reason: {first.source}: {first.reason}" if first else ""
-        raise MedDetError(f"no image could be read from the {summary.inputs} input(s){why}")
+        with discard_if_failed(run_dir, created=created, made=made,
+                               outputs=("config.yaml", "overlays", summary.json_path.name,
+                                        summary.csv_path.name)):
+            raise MedDetError(f"no image could be read from the {summary.inputs} input(s){why}")
+    _print_summary(summary)
 
 
 def _print_summary(summary) -> None:

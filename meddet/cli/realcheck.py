@@ -11,14 +11,40 @@ from meddet.cli._common import check_output_path, emit_json, human_console
 from meddet.errors import MedDetError
 
 COMMAND = "check-real"
+#: Where the two volumes come from (the labels check their sha256).
+VOLUMES_SOURCE = ("sct_t2_cervical.nii.gz and sct_t1w_cervical.nii.gz are the T2- and "
+                  "T1-weighted cervical volumes of spinalcordtoolbox's public testing data "
+                  "(github.com/spinalcordtoolbox/sct_testing_data, commit af4c7e87; MIT "
+                  "licence, NeuroPoly)")
+VOLUMES = ("sct_t2_cervical.nii.gz", "sct_t1w_cervical.nii.gz")
+
+
+def check_volumes(volumes: Path | None) -> Path:
+    """The folder holding both real volumes (``volumes`` or the default), checked before any
+    output is made.
+
+    Raises:
+        MedDetError: the folder or a volume is missing; the message says where they come from.
+    """
+    from meddet.engine.realcheck import default_volumes_dir
+
+    folder = volumes if volumes is not None else default_volumes_dir()
+    missing = [v for v in VOLUMES if not (folder / v).is_file()]
+    if missing:
+        raise MedDetError(f"real MRI volume {missing[0]} not found in {folder}; {VOLUMES_SOURCE}: "
+                          "put them in a folder and pass --volumes DIR (or set "
+                          "MEDDET_SHARED_DATA to the folder that holds real-mri/)")
+    return folder
 
 
 def check_real(
     checkpoint: Annotated[Path | None, typer.Argument(
         help="A meddet checkpoint (.pt); not needed with --labels-only.")] = None,
     volumes: Annotated[Path | None, typer.Option(
-        "--volumes", help="Folder holding sct_t2_cervical.nii.gz and sct_t1w_cervical.nii.gz "
-        "(default: $MEDDET_SHARED_DATA/real-mri, else ../shared/data/real-mri).")] = None,
+        "--volumes", help="Folder holding sct_t2_cervical.nii.gz and sct_t1w_cervical.nii.gz, "
+        "the T2- and T1-weighted cervical volumes of spinalcordtoolbox's public testing data "
+        "(github.com/spinalcordtoolbox/sct_testing_data, MIT licence) (default: "
+        "$MEDDET_SHARED_DATA/real-mri, else ../shared/data/real-mri).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output folder (default: a new runs/check-real/expN).")] = None,
     img_size: Annotated[int | None, typer.Option(
@@ -27,7 +53,8 @@ def check_real(
         "--top-k", min=1, help="Detections per slice that count for recall.")] = 10,
     score_thr: Annotated[float, typer.Option(
         "--score-thr", min=0.0, max=1.0, help="Minimum detection score.")] = 0.05,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto (cuda when available, else "
+                                        "cpu), cpu, cuda or cuda:N.")] = "auto",
     labels_only: Annotated[bool, typer.Option(
         "--labels-only", help="Only draw the labelled slices (one figure per volume).")] = False,
     json_dest: Annotated[str | None, typer.Option(
@@ -49,26 +76,33 @@ def check_real(
     from rich.table import Table
 
     from meddet._io import atomic_write_json
+    from meddet.device import resolve_device
     from meddet.engine.realcheck import evaluate_real_discs, render_real_disc_labels
-    from meddet.runs import new_run_dir
+    from meddet.runs import discard_if_failed, first_missing, new_run_dir, run_dir_target
 
     con = human_console(json_dest)
     check_output_path(json_dest)
     if labels_only:
         if checkpoint is not None:
             raise MedDetError("--labels-only draws the labels without a model; drop CHECKPOINT")
-        run_dir = new_run_dir(COMMAND, out)
-        for path in render_real_disc_labels(run_dir, volumes_dir=volumes):
-            con.print(escape(f"wrote {path}"))
-        return
-    if checkpoint is None:
+    elif checkpoint is None:
         raise MedDetError("pass a CHECKPOINT to evaluate (or --labels-only to draw the labels)")
-    if not checkpoint.is_file():
+    elif not checkpoint.is_file():
         raise MedDetError(f"checkpoint {checkpoint} does not exist")
+    volumes = check_volumes(volumes)
+    dev = str(resolve_device(device))
+    created = out is None or not out.exists()
+    made = first_missing(run_dir_target(COMMAND, out))
     run_dir = new_run_dir(COMMAND, out)
-    result = evaluate_real_discs(checkpoint, volumes_dir=volumes, img_size=img_size,
-                                 device=device, top_k=top_k, score_thr=score_thr,
-                                 out_dir=run_dir / "overlays", resample=resample)
+    # A checkpoint or volume found unusable while reading leaves no empty run folder behind.
+    with discard_if_failed(run_dir, created=created, made=made, outputs=("overlays",)):
+        if labels_only:
+            for path in render_real_disc_labels(run_dir, volumes_dir=volumes):
+                con.print(escape(f"wrote {path}"))
+            return
+        result = evaluate_real_discs(checkpoint, volumes_dir=volumes, img_size=img_size,
+                                     device=dev, top_k=top_k, score_thr=score_thr,
+                                     out_dir=run_dir / "overlays", resample=resample)
     metrics = result.as_dict()
     atomic_write_json(run_dir / "metrics.json", metrics)
 

@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from meddet.api import default_config
 from meddet.cli import _options as opt
 from meddet.cli._common import console, parse_csv_list
 from meddet.config import Config, load_config, load_run_config
@@ -22,6 +23,9 @@ from meddet.errors import MedDetError
 
 COMMAND = "pretrain-teacher"
 RUNS_ROOT = Path("runs")
+#: What a training run writes before its first step; a run that stops with only these is
+#: taken back (TensorBoard's event file included).
+RUN_START_OUTPUTS = ("config.yaml", "train.log", "tensorboard")
 
 
 def normalize_resume_argv(args: list[str]) -> list[str]:
@@ -48,8 +52,29 @@ def _latest_run(root: Path) -> Path:
 
 def _resume_config(ckpt_path: Path, overrides: dict[str, Any]) -> Config:
     """The resumed run's own config.yaml with the given flags on top."""
+    check_resume_checkpoint(ckpt_path)
     return load_run_config(ckpt_path.parent / "config.yaml", overrides,
                            made_by="meddet pretrain-teacher")
+
+
+def check_resume_checkpoint(ckpt_path: Path) -> None:
+    """A checkpoint without its run's config.yaml beside it: report a damaged checkpoint as
+    such (its own error) before the missing config.yaml.
+
+    Raises:
+        MedDetError: the checkpoint cannot be read.
+    """
+    if not (ckpt_path.parent / "config.yaml").is_file():
+        from meddet.engine.checkpoint import load_checkpoint
+
+        load_checkpoint(ckpt_path)
+
+
+def zoo_list() -> str:
+    """The zoo's names, comma-separated, for error messages."""
+    from meddet.models import DETECTORS
+
+    return ", ".join(DETECTORS)
 
 
 def pretrain_teacher(
@@ -75,23 +100,38 @@ def pretrain_teacher(
     device: str | None = opt.device_option(),
     seed: int | None = opt.seed_option(),
     nmode: str | None = opt.nmode_option(note="; ablations"),
+    pretrained: str | None = opt.pretrained_option(),
+    tensorboard: bool | None = opt.tensorboard_option(),
 ) -> None:
     """Train detectors from the zoo: the paper's teachers, Table I's baselines, the plain student.
 
     Each run directory gets config.yaml, results.csv, last.pt, best.pt (by val mAP50),
     curves.png and train.log.
 
+    Without --config it trains with the recipe that learns from random weights on the
+    device (cpu-crop on a CPU, the demo's GPU recipe on CUDA) and says which.
+
     Under `torchrun --nproc_per_node N -m meddet pretrain-teacher ...` it uses DDP.
     """
     from meddet.engine import distributed as du
     from meddet.engine.defaults import pretrain, require_split, resolve_resume
-    from meddet.runs import discard_if_failed, new_run_dir, write_run_config
+    from meddet.engine.tensorboard import require_tensorboard, tensorboard_logging
+    from meddet.runs import (
+        discard_if_failed,
+        first_missing,
+        new_run_dir,
+        run_dir_target,
+        write_run_config,
+    )
 
-    flags = {"model": {"name": model, "nmode": nmode}, **opt.training_overrides(
+    flags = {"model": {"name": model, "nmode": nmode,
+                       "pretrained": opt.check_pretrained(pretrained)},
+             **opt.training_overrides(
         data=data, img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
         lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
         checkpoint_every=checkpoint_every, checkpoint_every_iters=checkpoint_every_iters)}
     models = parse_csv_list(model, "--model")
+    notes: list[str] = []
     jobs: list[tuple[Config, Path | None, Path | None]] = []  # (config, run dir, checkpoint)
     if resume is not None:
         if len(models) > 1:
@@ -106,39 +146,50 @@ def pretrain_teacher(
         jobs.append((_resume_config(ckpt_path, flags), ckpt_path.parent, ckpt_path))
     else:
         if not models:
-            raise MedDetError("pass --model NAME (or a comma-separated list); see "
-                              "`meddet.models.DETECTORS` for the zoo")
+            raise MedDetError(f"pass --model NAME (or a comma-separated list) from the zoo: "
+                              f"{zoo_list()}")
         from meddet.models import DETECTORS
 
         for name in models:
             if name not in DETECTORS:
-                raise MedDetError(f"unknown model {name!r}; use one of: {', '.join(DETECTORS)}")
+                raise MedDetError(f"unknown model {name!r}; use one of: {zoo_list()}")
+        if config is None:
+            config, flags = default_config(flags["train"]["device"], flags)
+            notes.append(opt.default_config_line(config, flags["train"]["device"]))
         for name in models:
             cfg = load_config(config, {**flags, "model": {**flags["model"], "name": name}})
             run_dir = (out / name if len(models) > 1 else out) if out is not None else None
             jobs.append((cfg, run_dir, None))
 
+    require_tensorboard(tensorboard)
+    for cfg, _, _ in jobs:
+        # A missing data set and unavailable ImageNet weights stop here, before any run folder.
+        require_split(cfg.data.root, "train")
+        require_split(cfg.data.root, "val")
+        if cfg.model.pretrained is not None:
+            notes.append(opt.initial_weights_note(cfg.model.name, cfg.model.pretrained))
     info = du.init_distributed(jobs[0][0].train.device)
+    if info.is_main:
+        for note in dict.fromkeys(notes):
+            console.print(escape(note))
     try:
         summaries = []
         for cfg, run_dir, ckpt_path in jobs:
-            # Check the data before creating a run directory that would stay empty.
-            require_split(cfg.data.root, "train")
-            require_split(cfg.data.root, "val")
             guard: Any = contextlib.nullcontext()
             if ckpt_path is None:
                 path = None
                 if info.is_main:
                     created = run_dir is None or not Path(run_dir).exists()
+                    made = first_missing(run_dir_target(COMMAND, run_dir, RUNS_ROOT))
                     path = new_run_dir(COMMAND, run_dir, name=cfg.model.name, root=RUNS_ROOT)
                     write_run_config(path, cfg.model_dump(mode="json"), COMMAND)
                     # A bad dataset found while loading it must not leave a half-made run.
-                    guard = discard_if_failed(path, created=created,
-                                              outputs=("config.yaml", "train.log"))
+                    guard = discard_if_failed(path, created=created, made=made,
+                                              outputs=RUN_START_OUTPUTS)
                 run_dir = Path(du.broadcast_object(str(path) if path else None))
             elif info.is_main:  # flags given with --resume (e.g. --max-iters) are now in force
                 write_run_config(run_dir, cfg.model_dump(mode="json"), COMMAND)
-            with guard:
+            with guard, tensorboard_logging(tensorboard):
                 summaries.append(pretrain(cfg, run_dir, resume=ckpt_path,
                                           console=console if info.is_main else None,
                                           device=info.device))

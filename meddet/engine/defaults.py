@@ -41,6 +41,7 @@ from meddet.engine.hooks import (
     ResultsHook,
 )
 from meddet.engine.schedule import build_optimizer, build_scheduler, scaled_lr
+from meddet.engine.tensorboard import tensorboard_hook
 from meddet.engine.trainer import HookBase, Trainer
 from meddet.errors import MedDetError
 
@@ -59,6 +60,10 @@ def require_split(root: str | Path | None, split: str) -> Path:
         raise MedDetError("no dataset given; pass --data DATASET_DIR (made by `meddet data synth` "
                           "or any COCO dataset with images/<split>/ and annotations/<split>.json)")
     root = Path(root)
+    if root.is_file() or root.suffix.lower() in (".yaml", ".yml", ".json"):
+        raise MedDetError(f"--data {root} is not a folder; pass a meddet dataset folder (images/ + "
+                          "annotations/). A YOLO data.yaml, Pascal VOC or COCO set is converted "
+                          f"with `meddet data import {root.parent} OUT`, then --data OUT")
     if not root.is_dir():
         raise MedDetError(f"dataset folder {root} does not exist; create one with "
                           "`meddet data synth --out DIR` or pass the right --data")
@@ -67,7 +72,8 @@ def require_split(root: str | Path | None, split: str) -> Path:
         have = sorted(p.stem for p in (root / "annotations").glob("*.json")) \
             if (root / "annotations").is_dir() else []
         raise MedDetError(f"dataset {root} has no {split!r} split ({ann} is missing); available: "
-                          + (", ".join(have) if have else "none (is this a meddet dataset folder?)"))
+                          + (", ".join(have) if have else "none (not a meddet dataset folder: "
+                             f"convert a YOLO, VOC or COCO set with `meddet data import {root} OUT`)"))
     return root
 
 
@@ -163,7 +169,8 @@ def build_eval_fn(dataset: Any, *, batch_size: int, workers: int,
 def _standard_hooks(run_dir: Path | None, meta: Mapping[str, Any], *,
                     eval_fn: Callable | None, eval_every: int, checkpoint_every: int,
                     checkpoint_every_iters: int | None, console: Any,
-                    log_header: str) -> tuple[list[HookBase], CheckpointHook | None]:
+                    log_header: str, val_dataset: Any = None
+                    ) -> tuple[list[HookBase], CheckpointHook | None]:
     hooks: list[HookBase] = [LRSchedulerHook()]
     checkpoint = None
     if eval_fn is not None:
@@ -176,6 +183,10 @@ def _standard_hooks(run_dir: Path | None, meta: Mapping[str, Any], *,
         if console is not None:
             hooks.append(ProgressHook(console))
         hooks.append(LogFileHook(Path(run_dir) / "train.log", header=log_header))
+        board = tensorboard_hook(run_dir, dataset=val_dataset,
+                                 class_names=getattr(val_dataset, "class_names", ()))
+        if board is not None:  # after the writers: it reads the finished row
+            hooks.append(board)
     return hooks, checkpoint
 
 
@@ -330,7 +341,7 @@ def assemble_trainer(cfg: Config, run_dir: Path | None, *, model_name: str,
     hooks, checkpoint = _standard_hooks(
         run_dir, meta, eval_fn=eval_fn, eval_every=tc.eval_every,
         checkpoint_every=tc.checkpoint_every, checkpoint_every_iters=tc.checkpoint_every_iters,
-        console=console, log_header=header)
+        console=console, log_header=header, val_dataset=val_ds)
     trainer = Trainer(model, optimizer, loader, iters_per_epoch=ipe, max_iters=max_iters,
                       scheduler=scheduler, hooks=hooks, device=device, seed=tc.seed,
                       amp=tc.amp, channels_last=tc.channels_last, grad_clip=tc.grad_clip,

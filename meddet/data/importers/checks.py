@@ -120,6 +120,9 @@ def detect_format(src: Path) -> str:
     Raises:
         MedDetError: nothing recognisable; the message lists what each format needs.
     """
+    if not src.exists():
+        raise MedDetError(f"source {src} does not exist; pass the folder of the data set to "
+                          "import (or its COCO JSON file)")
     if src.is_file():
         if src.suffix.lower() == ".json":
             return "coco"

@@ -103,6 +103,8 @@ def import_dataset(
             ``strict``) the first defect, naming its file. Nothing is written then.
     """
     src, out = Path(src), Path(out)
+    if src.is_file() and src.suffix.lower() in (".yaml", ".yml"):
+        src = src.parent  # a YOLO data.yaml: its data set is the folder that holds it
     fmt = format if format is not None else detect_format(src)
     options = check_options(src, out, fmt=fmt, formats=FORMATS, images=images, classes=classes,
                             class_map=class_map, split=split, seed=seed, min_area=min_area,
