@@ -126,14 +126,37 @@ def test_the_sr_copies_the_study_and_patient_identifiers_and_nothing_else(report
         assert value not in text
 
 
+def test_the_key_images_are_secondary_captures_of_the_png_with_the_same_identifiers(
+        report_dir):
+    from PIL import Image
+
+    _, series, out = report_dir
+    doc = json.loads((out / "report.json").read_text())
+    pngs, dcms = doc["files"]["images"], doc["files"]["secondary_capture"]
+    assert [Path(p).stem for p in dcms] == [Path(p).stem for p in pngs]
+    src = series.headers[0]
+    for png, dcm in zip(pngs, dcms):
+        sc = pydicom.dcmread(out / dcm)
+        assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+        assert sc.StudyInstanceUID == src.StudyInstanceUID and sc.BurnedInAnnotation == "YES"
+        with Image.open(out / png) as img:
+            np.testing.assert_array_equal(sc.pixel_array, np.asarray(img.convert("RGB")))
+        shared = {el.keyword for el in sc if el.keyword in src
+                  and src[el.keyword].value == el.value and el.keyword.startswith(
+                      ("Patient", "Study", "Accession", "Referring", "Institution", "Series"))}
+        assert shared == COPIED_FROM_SOURCE
+
+
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) not installed")
-def test_dciodvfy_finds_no_error_in_the_sr(report_dir):
+def test_dciodvfy_finds_no_error_in_the_sr_and_the_key_images(report_dir):
     _, _, out = report_dir
-    run = subprocess.run(["dciodvfy", str(out / "report_sr.dcm")], capture_output=True,
-                         text=True, timeout=60)
-    lines = (run.stdout + run.stderr).splitlines()
-    assert "Comprehensive3DSR" in lines
-    assert not [ln for ln in lines if ln.startswith("Error")], lines
+    files = [out / "report_sr.dcm", *sorted((out / "key_images").glob("*.dcm"))]
+    assert len(files) >= 2
+    for path in files:
+        run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        lines = (run.stdout + run.stderr).splitlines()
+        assert lines[0] in ("Comprehensive3DSR", "SCImage"), lines
+        assert not [ln for ln in lines if ln.startswith("Error")], (path.name, lines)
 
 
 # --------------------------------------------------------------------------- the command

@@ -31,6 +31,9 @@ def report(
         "this on any slice.")] = 0.5,
     sr: Annotated[bool, typer.Option(
         "--sr/--no-sr", help="Write a DICOM Structured Report (DICOM input only).")] = True,
+    sc: Annotated[bool, typer.Option(
+        "--sc/--no-sc", help="Write the key images as DICOM Secondary Capture (DICOM input "
+        "only).")] = True,
     img_size: Annotated[int | None, typer.Option(
         "--img-size", help="Network input size (default: the checkpoint's).")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
@@ -58,8 +61,8 @@ def report(
         "series": str(series), "model": str(model), "first_level": settings.first_level,
         "first_level_given": settings.first_level_given, "lateral_mm": lateral_mm,
         "min_slices": min_slices, "score_thr": score_thr, "protrusion_thr": protrusion_thr,
-        "sr": sr, "img_size": predictor.img_size, "device": device}}, "report")
-    files = write_report(result, loaded, run_dir, sr=sr)
+        "sr": sr, "sc": sc, "img_size": predictor.img_size, "device": device}}, "report")
+    files = write_report(result, loaded, run_dir, sr=sr, sc=sc)
 
     console.print(f"Level naming: {escape(settings.assumption)}", soft_wrap=True)
     table = Table(title=f"meddet report: {escape(str(series))}", title_justify="left")
@@ -76,5 +79,6 @@ def report(
                       "(listed in report.md)")
     for note in result.notes:
         console.print(f"note: {escape(note)}", soft_wrap=True)
-    written = [files.markdown, files.json] + ([files.sr] if files.sr else [])
+    written = [files.markdown, files.json] + ([files.sr] if files.sr else []) + \
+        ([run_dir / "key_images"] if files.secondary_capture else [])
     console.print("outputs: " + ", ".join(escape(str(p)) for p in written), soft_wrap=True)

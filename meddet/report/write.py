@@ -1,5 +1,6 @@
 """Writing a report: ``report.md`` with a key image per level, ``report.json``, and for DICOM
-input ``report_sr.dcm`` (see :mod:`meddet.report.sr`).
+input ``report_sr.dcm`` (see :mod:`meddet.report.sr`) and the key images as DICOM Secondary
+Capture in ``key_images/`` (see :mod:`meddet.report.sc`).
 
 Everything is rendered in memory first and then written file by file with atomic writes, so a
 failure while rendering leaves no partial report behind.
@@ -34,6 +35,7 @@ class ReportFiles:
     json: Path
     images: list[Path] = field(default_factory=list)
     sr: Path | None = None
+    secondary_capture: list[Path] = field(default_factory=list)
 
 
 def _image_name(level: str) -> str:
@@ -69,7 +71,8 @@ def _fmt_slice(report: SpineReport, k: int | None, lateral: float | None) -> str
     return f"{k}{side}"
 
 
-def render_markdown(report: SpineReport, *, sr_name: str | None = None) -> str:
+def render_markdown(report: SpineReport, *, sr_name: str | None = None,
+                    sc_folder: str | None = None) -> str:
     """The human-readable report (Markdown, images referenced from ``images/``)."""
     s = report.settings
     used = report.used_slices
@@ -90,6 +93,8 @@ def render_markdown(report: SpineReport, *, sr_name: str | None = None) -> str:
     ]
     if sr_name:
         lines.append(f"- DICOM Structured Report: `{sr_name}`")
+    if sc_folder:
+        lines.append(f"- Key images as DICOM Secondary Capture: `{sc_folder}/`")
     lines += ["", "| Level | Finding | Confidence | Key slice | Detected on slices |",
               "|---|---|---|---|---|"]
     for f in report.findings:
@@ -119,9 +124,9 @@ def render_markdown(report: SpineReport, *, sr_name: str | None = None) -> str:
 
 
 def write_report(report: SpineReport, series: SagittalSeries, out_dir: str | os.PathLike, *,
-                 sr: bool = True) -> ReportFiles:
-    """Write ``report.md``, ``report.json``, ``images/*.png`` and, for DICOM input when
-    ``sr`` is set, ``report_sr.dcm`` into ``out_dir``.
+                 sr: bool = True, sc: bool = True) -> ReportFiles:
+    """Write ``report.md``, ``report.json``, ``images/*.png`` and, for DICOM input,
+    ``report_sr.dcm`` (when ``sr``) and ``key_images/*.dcm`` (when ``sc``) into ``out_dir``.
 
     Returns:
         The :class:`ReportFiles` written.
@@ -133,16 +138,25 @@ def write_report(report: SpineReport, series: SagittalSeries, out_dir: str | os.
 
         sr_bytes = make_sr(report, series)
     images = _key_images(report, series)
+    sc_files: dict[str, bytes] = {}
+    if sc and series.kind == "dicom" and images:
+        from meddet.report.sc import key_image_files
+
+        sc_files = key_image_files(images, series)
     sr_name = "report_sr.dcm" if sr_bytes is not None else None
-    text = render_markdown(report, sr_name=sr_name)
+    text = render_markdown(report, sr_name=sr_name, sc_folder="key_images" if sc_files else None)
     doc = report.as_dict()
     doc["files"] = {"markdown": "report.md", "images": [f"images/{n}" for n in images],
-                    "sr": sr_name}
+                    "sr": sr_name,
+                    "secondary_capture": [f"key_images/{n}" for n in sc_files]}
 
     files = ReportFiles(out, out / "report.md", out / "report.json")
     for name, data in images.items():
         atomic_write_bytes(out / "images" / name, data)
         files.images.append(out / "images" / name)
+    for name, data in sc_files.items():
+        atomic_write_bytes(out / "key_images" / name, data)
+        files.secondary_capture.append(out / "key_images" / name)
     if sr_bytes is not None:
         files.sr = out / sr_name
         atomic_write_bytes(files.sr, sr_bytes)
