@@ -81,6 +81,16 @@ def test_a_turned_series_is_read_upright_and_boxes_map_back(phantom, tmp_path):
     np.testing.assert_allclose(corners, [[h - 20, 10], [h - 20, 30], [h - 26, 30], [h - 26, 10]])
 
 
+def test_non_image_objects_beside_the_slices_are_ignored(phantom, report_dir, tmp_path):
+    """An exported series folder may hold reports too (here: the SR of this very series)."""
+    folder = tmp_path / "export"
+    shutil.copytree(phantom[1], folder)
+    shutil.copy(report_dir[2] / "report_sr.dcm", folder / "zz_sr.dcm")
+    series = load_series(folder)
+    assert len(series) == 5
+    assert series.notes == ["1 DICOM object(s) without an image (e.g. reports) ignored"]
+
+
 def test_report_files_list_every_level(report_dir):
     report, _, out = report_dir
     doc = json.loads((out / "report.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -56,13 +57,19 @@ def report(
                                           score_thr=score_thr)
     result, loaded = report_series(predictor, loaded, settings)
     result.checkpoint = model.name
+    created = out is None or not out.exists()
     run_dir = new_run_dir("report", out)
-    write_run_config(run_dir, {"report": {
-        "series": str(series), "model": str(model), "first_level": settings.first_level,
-        "first_level_given": settings.first_level_given, "lateral_mm": lateral_mm,
-        "min_slices": min_slices, "score_thr": score_thr, "protrusion_thr": protrusion_thr,
-        "sr": sr, "sc": sc, "img_size": predictor.img_size, "device": device}}, "report")
-    files = write_report(result, loaded, run_dir, sr=sr, sc=sc)
+    try:
+        files = write_report(result, loaded, run_dir, sr=sr, sc=sc)
+        write_run_config(run_dir, {"report": {
+            "series": str(series), "model": str(model), "first_level": settings.first_level,
+            "first_level_given": settings.first_level_given, "lateral_mm": lateral_mm,
+            "min_slices": min_slices, "score_thr": score_thr, "protrusion_thr": protrusion_thr,
+            "sr": sr, "sc": sc, "img_size": predictor.img_size, "device": device}}, "report")
+    except BaseException:
+        if created:  # no half-made report folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
     console.print(f"Level naming: {escape(settings.assumption)}", soft_wrap=True)
     table = Table(title=f"meddet report: {escape(str(series))}", title_justify="left")

@@ -184,7 +184,11 @@ def _plane_name(normal: np.ndarray) -> str:
 
 def _load_dicom(path: Path, files: list[Path]) -> SagittalSeries:
     headers = [(f, _read_header(f)) for f in files]
-    headers = [(f, ds) for f, ds in headers if "SOPClassUID" in ds]
+    # Structured reports, presentation states and key-object notes often sit beside the images
+    # of an exported series: only objects with an image matrix (Rows) are slices.
+    images = [(f, ds) for f, ds in headers if "Rows" in ds]
+    skipped = len(headers) - len(images)
+    headers = images
     uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in headers})
     if len(uids) > 1:
         raise MedDetError(f"{path} mixes {len(uids)} series (different Series Instance UIDs); "
@@ -242,7 +246,8 @@ def _load_dicom(path: Path, files: list[Path]) -> SagittalSeries:
         sources.append(item.source)
         spacing = spacing or item.spacing
     pixel_mm = None if spacing is None else (spacing[::-1] if transpose else spacing)
-    notes = []
+    notes = [f"{skipped} DICOM object(s) without an image (e.g. reports) ignored"] if skipped \
+        else []
     if canon.transpose or canon.flip_rows or canon.flip_cols:
         notes.append("slices turned to superior-top, anterior-left for the detector")
     return SagittalSeries(path, "dicom", images, [float(v) for v in lateral],
