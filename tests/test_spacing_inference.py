@@ -114,6 +114,7 @@ def test_resample_modes_and_their_errors():
     assert _predictor(spacing=None).resample_factors((20, 30), (1.0, 1.0)) is None
     assert _predictor("fixed").resample_factors((20, 30), (1.0, 1.0)) is None
     assert _predictor(spacing=0.5).resample_factors((20, 30), (1.0, 1.0)) == (2.0, 2.0)
+    assert _predictor().resample_factors((20, 30), (0.0, 1.0)) is None  # degenerate header
     assert "0.5 mm" in _predictor(spacing=0.5).describe_resample()
     assert "does not record" in _predictor(spacing=None).describe_resample()
     with pytest.raises(MedDetError, match="--resample spacing needs"):

@@ -150,6 +150,8 @@ class Predictor:
         if self.resample == "fixed" or spacing is None or self.input_spacing_mm is None:
             return None
         row_mm, col_mm = (float(v) for v in spacing)
+        if not (np.isfinite(row_mm) and np.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
+            return None  # a degenerate header (e.g. a zero voxel size): nothing to trust
         fx, fy = col_mm / self.input_spacing_mm, row_mm / self.input_spacing_mm
         h, w = shape
         fit = min(1.0, self.img_size / max(w * fx, h * fy))
