@@ -18,6 +18,7 @@ from meddet.report.levels import (
     group_detections,
     normalise_level,
 )
+from meddet.report.phantom import check_levels_on_phantom, true_level
 
 CLASSES = ["protrusion", "non-protrusion"]
 
@@ -56,18 +57,13 @@ def truth_detections(rendered, rng, *, miss=0.2, flip=0.1, jitter=0.08, fp_rate=
     return out
 
 
-def _iou(a, b) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def _overlaps(a, b) -> bool:
+    """Whether boxes ``a`` and ``b`` overlap at all."""
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
 def _true_level(rendered, finding) -> str | None:
-    """The disc under a finding's key box (IoU >= 0.3 with a true box on that slice)."""
-    ious = [_iou(finding.box, rendered.boxes[finding.key_slice, j]) for j in range(6)]
-    j = int(np.argmax(ious))
-    return DISC_NAMES[j] if ious[j] >= 0.3 else None
+    return true_level(rendered, finding.key_slice, finding.box)
 
 
 def _series(rendered) -> SagittalSeries:
@@ -117,20 +113,21 @@ def test_the_same_seed_gives_the_same_series():
 
 
 # --------------------------------------------------------------------------- naming
-def test_level_names_are_right_for_95_percent_of_detected_discs_over_20_series(twenty_series):
-    right = total = 0
-    for seed, r in enumerate(twenty_series):
-        dets = truth_detections(r, np.random.default_rng(1000 + seed))
-        report = build_report(_series(r), dets, CLASSES)
-        for f in report.assessed:
-            true = _true_level(r, f)
-            if true is not None:
-                total += 1
-                right += f.level == true
-    # The simulated detector misses a disc on all five slices very rarely: nearly all of the
-    # 120 discs are named, and the names are right.
-    assert total >= 110
-    assert right / total >= 0.95, (right, total)
+def test_level_names_are_right_for_95_percent_of_detected_discs_over_20_series():
+    seeds = iter(range(1000, 1020))
+
+    def detect(rendered, series, settings):
+        return truth_detections(rendered, np.random.default_rng(next(seeds)))
+
+    check = check_levels_on_phantom(detect, CLASSES, n_series=20, size=128, n_slices=5)
+    assert (check.series, check.discs) == (20, 120)
+    # The simulated detector misses a disc on all five slices rarely: nearly all of the 120
+    # discs are named, and at least 95 % of them with the right level. (With these seeds one
+    # series loses C2/3 on every slice, so its five other discs are named one level too high:
+    # the documented limit of counting from the most cranial disc found.)
+    assert check.named >= 110
+    assert check.level_accuracy >= 0.95, check.as_dict()
+    assert check.off_disc <= 2
 
 
 def test_a_disc_missed_on_every_slice_leaves_its_level_not_assessed_and_the_rest_named(
@@ -139,7 +136,7 @@ def test_a_disc_missed_on_every_slice_leaves_its_level_not_assessed_and_the_rest
     dets = truth_detections(r, np.random.default_rng(5), miss=0.0, flip=0.0, fp_rate=0.0)
     c45 = r.boxes[:, DISC_NAMES.index("C4/5")]
     for k, det in dets.items():
-        keep = [i for i, b in enumerate(det["boxes"]) if _iou(b, c45[k]) < 0.3]
+        keep = [i for i, b in enumerate(det["boxes"]) if not _overlaps(b, c45[k])]
         dets[k] = {key: v[keep] for key, v in det.items()}
     report = build_report(_series(r), dets, CLASSES)
     assert report.finding("C4/5").finding == "not assessed"

@@ -168,16 +168,16 @@ class SpineReport:
 
 
 def _round_finding(d: dict[str, Any]) -> dict[str, Any]:
+    """Scores to 4 decimals, pixels and millimetres to 2 (JSON stays readable)."""
+    d["scores"] = {k: round(v, 4) for k, v in d["scores"].items()}
     if d["confidence"] is not None:
         d["confidence"] = round(d["confidence"], 4)
-    d["scores"] = {k: round(v, 4) for k, v in d["scores"].items()}
-    for key in ("box",):
-        if d[key] is not None:
-            d[key] = [round(v, 2) for v in d[key]]
-    if d["box_source"] is not None:
-        d["box_source"] = [[round(v, 2) for v in p] for p in d["box_source"]]
     if d["lateral_mm"] is not None:
         d["lateral_mm"] = round(d["lateral_mm"], 2)
+    if d["box"] is not None:
+        d["box"] = [round(v, 2) for v in d["box"]]
+    if d["box_source"] is not None:
+        d["box_source"] = [[round(v, 2) for v in p] for p in d["box_source"]]
     return d
 
 
