@@ -195,14 +195,18 @@ def _bad_series(kind: str, tmp_path: Path, phantom) -> Path:
     ("empty", "holds no DICOM files"),
 ])
 def test_a_bad_series_is_one_line_exit_2_and_no_output(kind, message, phantom, tmp_path,
-                                                       capsys, random_mbv2_ckpt):
+                                                       capsys, random_mbv2_ckpt, monkeypatch):
     path = _bad_series(kind, tmp_path, phantom)
     out = tmp_path / "out"
     code = main(["report", str(path), "--model", str(random_mbv2_ckpt), "--out", str(out)])
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
     assert code == 2
-    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+    assert err.startswith("Error:") and len(err.splitlines()) == 1 and message in err
     assert not out.exists()
+    # Without --out, no runs/report/expN is made either.
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(path), "--model", str(random_mbv2_ckpt)]) == 2
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_bad_first_level_is_refused_before_reading(phantom, tmp_path, capsys, random_mbv2_ckpt):
