@@ -94,6 +94,10 @@ def test_thick_slice_is_a_gaussian_of_the_given_fwhm_along_one_axis():
     # Along the other axis an image that only varies across columns is left as it is.
     along_rows = R._thick_slice(img, dataclasses.replace(case, thickness_axis=0))
     assert np.allclose(along_rows, img, atol=1e-5)
+    # Mirrored at the edges: a bright first column does not reach the last one.
+    edge = np.zeros((4, 128), np.float32)
+    edge[:, 0] = 1.0
+    assert R._thick_slice(edge, case)[0, -10:].max() < 1e-6
 
 
 def test_chi_noise_floor_grows_with_the_coils():

@@ -253,15 +253,22 @@ def _noise_fn(case: RandomCase):
 
 
 def _thick_slice(img: np.ndarray, case: RandomCase) -> np.ndarray:
-    """Gaussian blur of FWHM ``case.thickness_mm`` along one axis (in k-space, periodic)."""
+    """Gaussian blur of FWHM ``case.thickness_mm`` along one axis (in k-space, on the image
+    mirrored at its edges so that the top does not bleed into the bottom)."""
     sigma = case.thickness_mm / _FWHM / pixel_mm(case)  # in image pixels
     axis = case.thickness_axis
     n = img.shape[axis]
-    gain = np.exp(-2.0 * (np.pi * sigma * np.fft.rfftfreq(n)) ** 2).astype(np.float32)
+    pad = min(n - 1, int(np.ceil(3 * sigma)))
+    widths = [(0, 0), (0, 0)]
+    widths[axis] = (pad, pad)
+    padded = np.pad(img, widths, mode="reflect")
+    m = padded.shape[axis]
+    gain = np.exp(-2.0 * (np.pi * sigma * np.fft.rfftfreq(m)) ** 2).astype(np.float32)
     shape = [1, 1]
     shape[axis] = gain.size
-    spec = np.fft.rfft(img, axis=axis) * gain.reshape(shape)
-    return np.maximum(np.fft.irfft(spec, n=n, axis=axis), 0).astype(np.float32)
+    out = np.fft.irfft(np.fft.rfft(padded, axis=axis) * gain.reshape(shape), n=m, axis=axis)
+    out = np.take(out, np.arange(pad, pad + n), axis=axis)
+    return np.maximum(out, 0).astype(np.float32)
 
 
 def _resize(img: np.ndarray, side: int, resample: int) -> np.ndarray:
