@@ -306,6 +306,15 @@ def test_check_real_command_on_a_random_model(tmp_path):
     assert len(pngs) == 9 and str(pngs[0]) in metrics["overlays"]
     with Image.open(out / "overlays" / "sct_t2_cervical_slice26.png") as img:
         assert img.size == (60 * 8, 55 * 8)  # enlarged by an integer factor
+    assert (metrics["resample"], metrics["input_spacing_mm"]) == ("auto", None)
+    assert "does not record" in metrics["preprocessing"]  # stretched as before
+    # The 1 mm slices resampled to a pixel size given by hand: 2 mm, i.e. shown at half size.
+    assert main(["check-real", str(ckpt), "--volumes", str(REAL_MRI), "--out", str(tmp_path / "s"),
+                 "--resample", "spacing", "--input-spacing", "2", "--json",
+                 str(tmp_path / "s.json")]) == 0
+    spaced = json.loads((tmp_path / "s.json").read_text())
+    assert (spaced["resample"], spaced["input_spacing_mm"]) == ("spacing", 2.0)
+    assert "2 mm pixels" in spaced["preprocessing"]
 
     figs = tmp_path / "figs"
     assert main(["check-real", "--labels-only", "--volumes", str(REAL_MRI),

@@ -134,6 +134,10 @@ def test_checkpoint_spacing_follows_the_input_size(tmp_path):
     plain = save_checkpoint(tmp_path / "p.pt", {"model": model.state_dict(), "meta": make_meta(
         model_name="meddet_lite", num_classes=1, class_names=["disc"], img_size=64)})
     assert Predictor.from_checkpoint(plain).input_spacing_mm is None
+    # Given by hand (checkpoints written before the record existed), at the trained size.
+    assert Predictor.from_checkpoint(plain, input_spacing_mm=0.7).input_spacing_mm == 0.7
+    assert Predictor.from_checkpoint(plain, img_size=128,
+                                     input_spacing_mm=0.7).input_spacing_mm == 0.35
 
 
 def test_predict_inputs_records_what_was_done(tmp_path):

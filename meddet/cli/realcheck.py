@@ -63,6 +63,11 @@ def check_real(
         "--resample", help="auto: resample the 1 mm slices to the pixel size the model was "
         "trained at when the checkpoint records it; spacing: require that; fixed: resize each "
         "slice so its long side is the input size.")] = "auto",
+    input_spacing: Annotated[float | None, typer.Option(
+        "--input-spacing", min=0.001, metavar="MM", help="The pixel size (mm per input pixel) "
+        "the model was trained at, for a checkpoint that does not record it (it replaces the "
+        "record): the median of the training images' pixel_mm x image side / input size.")
+    ] = None,
 ) -> None:
     """Find real intervertebral discs: recall among each slice's top-k detections and AP50.
 
@@ -102,7 +107,8 @@ def check_real(
             return
         result = evaluate_real_discs(checkpoint, volumes_dir=volumes, img_size=img_size,
                                      device=dev, top_k=top_k, score_thr=score_thr,
-                                     out_dir=run_dir / "overlays", resample=resample)
+                                     out_dir=run_dir / "overlays", resample=resample,
+                                     input_spacing_mm=input_spacing)
     metrics = result.as_dict()
     atomic_write_json(run_dir / "metrics.json", metrics)
 

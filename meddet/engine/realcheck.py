@@ -552,6 +552,7 @@ def evaluate_real_discs(
     out_dir: str | os.PathLike | None = None,
     labels: Sequence[DiscSlice] | None = None,
     resample: str = "auto",
+    input_spacing_mm: float | None = None,
 ) -> RealDiscResult:
     """Score a detector on the hand-labelled real disc slices.
 
@@ -572,6 +573,8 @@ def evaluate_real_discs(
             (:data:`~meddet.inference.predictor.RESAMPLE_MODES`): by default resampled from
             the volumes' 1 mm pixels to the pixel size the model was trained at when the
             checkpoint records it, else stretched to the input size (``"fixed"``).
+        input_spacing_mm: the pixel size the model was trained at, replacing the checkpoint's
+            record (for checkpoints written before it was recorded).
 
     Returns:
         A :class:`RealDiscResult`.
@@ -590,7 +593,8 @@ def evaluate_real_discs(
         predictor, ckpt_name = checkpoint, None
     else:
         predictor = Predictor.from_checkpoint(checkpoint, device=device, img_size=img_size,
-                                              score_thr=score_thr, resample=resample)
+                                              score_thr=score_thr, resample=resample,
+                                              input_spacing_mm=input_spacing_mm)
         ckpt_name = str(checkpoint)
     dets = predictor.predict_arrays(arrays, [sp for _, sp in read])
     gts = [lab.boxes for lab in labels]

@@ -99,12 +99,15 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, *, device: str = "cpu",
                         img_size: int | None = None, score_thr: float = 0.3,
-                        resample: str = "auto") -> Predictor:
+                        resample: str = "auto",
+                        input_spacing_mm: float | None = None) -> Predictor:
         """Load a meddet checkpoint; ``img_size`` defaults to the size it was trained at.
 
         The target pixel size of spacing-aware resampling is the checkpoint's
         ``input_spacing_mm``, scaled by ``trained size / img_size`` when ``img_size`` differs
         (so the input still covers the field of view it covered in training).
+        ``input_spacing_mm`` given here replaces the record (at the trained size), e.g. for a
+        checkpoint written before pixel sizes were recorded.
 
         Raises:
             MedDetError: unreadable or incompatible checkpoint, bad options.
@@ -114,7 +117,7 @@ class Predictor:
         dev = resolve_device(device)
         model, meta = build_model_from_checkpoint(checkpoint, dev)
         size = int(img_size or meta["img_size"])
-        spacing = meta.get(SPACING_KEY)
+        spacing = input_spacing_mm if input_spacing_mm is not None else meta.get(SPACING_KEY)
         if spacing is not None:
             spacing = float(spacing) * int(meta["img_size"]) / size
         pred = cls(model, meta["class_names"], img_size=size, device=dev, score_thr=score_thr,
