@@ -5,6 +5,13 @@ recent steps usually evaluates better (YOLOv5/8, RTMDet and mmdetection's ExpMom
 it). :class:`ModelEMA` holds the averaged copy; the :class:`~meddet.engine.trainer.Trainer`
 updates it after every optimiser step it really takes (never after a step skipped for a
 non-finite loss), evaluates it during training and stores it as the checkpoint's ``model``.
+
+Why not ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn`` (checked with
+torch 2.x): its state dict is the wrapper's (``module.``-prefixed keys plus ``n_averaged``), so
+the average could not be stored as the checkpoint's ``model`` and loaded into a detector as
+is; its decay is constant (the warm-up ramp below would need a custom averaging function);
+and with ``use_buffers=True`` it also averages integer buffers such as BatchNorm's
+``num_batches_tracked``, which are counters and are copied here.
 """
 
 from __future__ import annotations

@@ -3,6 +3,16 @@
 Every box here is ``xyxy`` (x1, y1, x2, y2) in the same units as the points it is paired with
 (pixels unless a docstring says otherwise). Distances are ``(left, top, right, bottom)`` from a
 point to the four sides of a box, the representation the GFL head regresses.
+
+Why not ``torchvision.ops``: on boxes of positive area :func:`box_iou` equals
+``torchvision.ops.box_iou`` and :func:`aligned_giou` the diagonal of
+``torchvision.ops.generalized_box_iou`` exactly (``tests/test_box_libs.py`` checks both).
+torchvision's are kept out because (1) they divide by the raw union, so a pair of zero-area
+boxes (a prediction collapsed early in training) gives NaN where these give 0; (2) they are
+2-D pairwise only, while the batched assigner broadcasts ``[..., N, M]`` and the loss needs
+the row-wise (aligned) forms, which would cost an ``N x N`` matrix; and
+``generalized_box_iou_loss`` (row-wise) adds its epsilon differently, moving the pinned losses
+by about 1e-7.
 """
 
 from __future__ import annotations

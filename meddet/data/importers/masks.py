@@ -31,75 +31,31 @@ _LAYOUTS = (("images", "masks"), ("images", "labels"), ("JPEGImages", "Segmentat
 def mask_components(
     mask: np.ndarray, connectivity: int = 8
 ) -> list[tuple[int, tuple[int, int, int, int], int]]:
-    """Connected components of every non-zero value of a label array.
-
-    Works on horizontal runs of equal values: runs of one value in adjacent rows that touch
-    (overlap, or also meet at a corner for 8-connectivity) are joined with a union-find.
+    """Connected components of every non-zero value of a label array
+    (``scipy.ndimage.label`` on each value's pixels).
 
     Args:
         mask: integer ``H×W`` label array; 0 is background.
-        connectivity: 8 or 4.
+        connectivity: 8 (diagonal neighbours connect) or 4.
 
     Returns:
         ``[(value, (x0, y0, x1, y1), area)]`` sorted by value, then top, then left; the box in
         pixel-edge coordinates (``x1``/``y1`` exclusive), the area in pixels.
     """
+    from scipy import ndimage
+
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     m = np.asarray(mask)
-    h, w = m.shape
-    if m.size == 0:
-        return []
-    change = np.ones((h, w), bool)
-    change[:, 1:] = m[:, 1:] != m[:, :-1]
-    rows, starts = np.nonzero(change)
-    ends = np.empty_like(starts)
-    ends[:-1] = starts[1:]
-    ends[np.append(rows[1:] != rows[:-1], True)] = w  # a row's last run ends at the edge
-    values = m[rows, starts]
-    fg = values != 0
-    rows, starts, ends, values = rows[fg], starts[fg], ends[fg], values[fg]
-    if not len(rows):
-        return []
-    # Runs sorted row-major; a global coordinate row * stride + column keeps the searches below
-    # inside one row (stride > w + 1 so that a reach of one column never crosses rows).
-    reach, stride = (1 if connectivity == 8 else 0), w + 2
-    gs, ge = rows * stride + starts, rows * stride + ends
-    # For every run, the runs of the row above that it touches form one contiguous range.
-    above = (rows - 1) * stride
-    lo = np.searchsorted(ge, above + starts - reach, side="right")
-    hi = np.searchsorted(gs, above + ends + reach, side="left")
-    counts = np.maximum(hi - lo, 0)
-    cur = np.repeat(np.arange(len(rows)), counts)
-    prev = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi) if b > a] or [np.zeros(0, int)])
-    same = values[cur] == values[prev]
-    parent = list(range(len(rows)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in zip(cur[same].tolist(), prev[same].tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.asarray([find(i) for i in range(len(rows))])
-    comp_ids, comp = np.unique(roots, return_inverse=True)
-    n = len(comp_ids)
-    x0 = np.full(n, w)
-    y0 = np.full(n, h)
-    x1 = np.zeros(n, int)
-    y1 = np.zeros(n, int)
-    np.minimum.at(x0, comp, starts)
-    np.minimum.at(y0, comp, rows)
-    np.maximum.at(x1, comp, ends)
-    np.maximum.at(y1, comp, rows + 1)
-    area = np.bincount(comp, weights=ends - starts, minlength=n).astype(int)
-    value = values[comp_ids]
-    out = [(int(value[k]), (int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])), int(area[k]))
-           for k in range(n)]
+    structure = np.ones((3, 3), bool) if connectivity == 8 else None  # None: 4-connected
+    out = []
+    for value in np.unique(m[m != 0]):
+        labels, n = ndimage.label(m == value, structure=structure)
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        # find_objects lists the components in the order of their first pixel (row-major).
+        for k, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
+            out.append((int(value), (cols.start, rows.start, cols.stop, rows.stop),
+                        int(areas[k])))
     out.sort(key=lambda c: (c[0], c[1][1], c[1][0]))
     return out
 

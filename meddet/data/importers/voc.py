@@ -8,8 +8,11 @@ right one. Subtracting 1 from all four values gives the project's 0-based corner
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # types only: files are parsed by defusedxml
 from pathlib import Path
+
+import defusedxml.ElementTree as safe_xml
+from defusedxml import DefusedXmlException
 
 from meddet.data.importers._paths import IMAGE_SUFFIXES, SPLIT_ALIASES, find_with_suffix, rel
 from meddet.data.importers._records import Problem, RawBox, ReadOptions, Source, SourceItem
@@ -39,9 +42,15 @@ def read_voc(src: Path, options: ReadOptions) -> Source:
         stem = xml_path.stem
         where = rel(xml_path, src)
         try:
-            root = ET.parse(xml_path).getroot()
+            # The files come from outside: defusedxml refuses entity expansion (billion laughs)
+            # and external entities, which xml.etree would follow.
+            root = safe_xml.parse(xml_path).getroot()
         except (ET.ParseError, OSError) as exc:
             problems.append(Problem("unreadable", where, f"not valid XML ({exc})"))
+            continue
+        except DefusedXmlException as exc:
+            problems.append(Problem("unreadable", where, "unsafe XML refused (entity or DTD "
+                                    f"declarations: {type(exc).__name__})"))
             continue
         image = _image_path(img_dir, stem, root.findtext("filename"))
         split = split_of.get(stem)
