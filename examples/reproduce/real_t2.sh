@@ -12,7 +12,9 @@
 # Resumable: a step whose output exists is skipped; a training stopped half-way (no `done`
 # marker beside its last.pt) continues with --resume. Each training is ~70 min of one core
 # (OMP_NUM_THREADS=1); JOBS trainings run at a time. V2_RUNS: run folders of cpu-crop trained
-# on the default phantom, scored on the real slices as well (the rows to compare against).
+# on the default phantom, scored on the real slices as well (the rows to compare against),
+# also spacing-aware at the v2 training set's pixel size when their checkpoints do not record
+# it (`check-real --input-spacing`).
 # SYNTH_FLAGS / TRAIN_FLAGS are appended to every `data synth` / `pretrain-teacher` (a smoke run:
 # SYNTH_FLAGS="--num-train 8 --num-val 2 --num-test 2 --size 128"
 # TRAIN_FLAGS="--max-iters 2 --epochs 1 --img-size 128 --batch-size 2" SEEDS=0 FAMILIES=fov).
@@ -68,6 +70,10 @@ score() {  # score RUN_DIR
     [ -f "$run/real-$mode.json" ] || $M check-real "$ck" --volumes "$VOLUMES" \
       --resample $mode --out "$run/check-real-$mode" --json "$run/real-$mode.json" >/dev/null 2>&1
   done
+  if [ -n "${2:-}" ] && [ ! -f "$run/real-spacing.json" ]; then
+    $M check-real "$ck" --volumes "$VOLUMES" --resample spacing --input-spacing "$2" \
+      --out "$run/check-real-spacing" --json "$run/real-spacing.json" >/dev/null 2>&1
+  fi
 }
 runs=()
 for job in "${jobs_list[@]}"; do runs+=("$ROOT/runs/${job%% *}"); done
@@ -75,7 +81,12 @@ for job in "${jobs_list[@]}"; do runs+=("$ROOT/runs/${job%% *}"); done
 for r in "${runs[@]}"; do
   if [ -f "$r/done" ]; then score "$r"; else echo "not finished: $r"; fi
 done
-for r in $V2_RUNS; do runs+=("$r"); score "$r"; done
+# The v2 training set's input pixel size at 256 px (cpu-crop's size; what a v2 checkpoint written
+# today records).
+V2_MM=$(python -c "from meddet.data import CocoDetection; from meddet.engine.checkpoint \
+import spacing_meta; print(spacing_meta(CocoDetection('$ROOT/data/v2', 'train'), 256)\
+['input_spacing_mm'])")
+for r in $V2_RUNS; do runs+=("$r"); score "$r" "$V2_MM"; done
 
 # 4. the table rows: synthetic v2 test mAP50, then per volume found at IoU 0.1 / 0.3 / 0.5
 #    (T2 of 12, T1w of 20) and AP50, spacing-aware (auto) and fixed-size.
@@ -92,8 +103,10 @@ print("|---|---:|---|---:|---:|---:|---:|")
 for run in map(Path, sys.argv[1:]):
     ev = load(run / "v2-test.json")
     m = "not measured" if ev is None else f"{ev['mAP50']:.3f}"
-    for mode in ("auto", "fixed"):
+    for mode in ("auto", "fixed", "spacing"):
         real = load(run / f"real-{mode}.json")
+        if real is None and mode == "spacing":
+            continue
         if real is None:
             print(f"| {run.name} | {m} | {mode} | not measured | | | |")
             continue
