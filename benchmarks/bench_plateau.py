@@ -8,8 +8,9 @@ on top of the base; ``off`` is GFL as the paper and mmdetection build it):
 
 - ``off``: ``reg_prior`` None, ``box_loss_norm`` mmdet, ``fpn_norm`` none, ``atss_topk`` 9,
   ``nmode_form`` paper, ``train.warmup_ratio`` 0.001
-- ``+prior``, ``+mean``, ``+gn``, ``+topk``, ``+warm``, ``+residual``: one change each
-- ``all``: every change; ``all-X``: every change but X
+- ``+prior``, ``+mean``, ``+gn``, ``+topk``, ``+warm``, ``+residual``, ``+zres``: one change each
+- ``all``: every change; ``all-X``: every change but X; either followed by ``+b16`` (batch 16)
+  or ``+lr3`` (AdamW 3e-3): recipe changes tried on top
 
 Runs are resumable (each in its own folder under ``--out``; a finished one is skipped, a cut
 one resumed), run ``--jobs`` at a time with one thread each, and the table is rebuilt from the
@@ -42,7 +43,8 @@ from meddet.engine.curves import val_curve
 
 # The paper's / mmdetection's GFL, and each change from docs/training.md's diagnosis.
 OFF: dict[str, Any] = {"model": {"reg_prior": None, "box_loss_norm": "mmdet", "fpn_norm": "none",
-                                 "atss_topk": 9, "nmode_form": "paper"},
+                                 "atss_topk": 9, "nmode_form": "paper",
+                                 "zero_init_residual": False},
                        "train": {"warmup_ratio": 0.001}}
 CHANGES: dict[str, dict[str, Any]] = {
     "prior": {"model": {"reg_prior": 1.0}},
@@ -51,6 +53,12 @@ CHANGES: dict[str, dict[str, Any]] = {
     "topk": {"model": {"atss_topk": 15}},
     "warm": {"train": {"warmup_ratio": 0.1}},
     "residual": {"model": {"nmode_form": "residual"}},
+    "zres": {"model": {"zero_init_residual": True}},
+}
+# Not part of ``all``: recipe changes that are not about the model's start, tried on top.
+EXTRAS: dict[str, dict[str, Any]] = {
+    "b16": {"train": {"batch_size": 16, "base_batch_size": 16}},
+    "lr3": {"train": {"lr": 0.003}},
 }
 
 
@@ -67,14 +75,21 @@ def variant_overrides(variant: str) -> dict[str, Any]:
         return _merge(OFF, {})
     if variant.startswith("+") and variant[1:] in CHANGES:
         return _merge(OFF, CHANGES[variant[1:]])
-    if variant == "all" or (variant.startswith("all-") and variant[4:] in CHANGES):
+    base, *extras = variant.split("+") if variant.startswith("all") else (variant, )
+    if base == "all" or (base.startswith("all-") and base[4:] in CHANGES):
         out = _merge(OFF, {})
         for name, change in CHANGES.items():
-            if variant != f"all-{name}":
+            if base != f"all-{name}":
                 out = _merge(out, change)
-        return out
+        for extra in extras:
+            if extra not in EXTRAS:
+                break
+            out = _merge(out, EXTRAS[extra])
+        else:
+            return out
     raise SystemExit(f"unknown variant {variant!r}; use off, all, +X or all-X with X in "
-                     + ", ".join(CHANGES))
+                     + ", ".join(CHANGES) + ", optionally followed by +E with E in "
+                     + ", ".join(EXTRAS) + " (e.g. all+b16)")
 
 
 def write_config(path: Path, base: str, variant: str, eval_every: int) -> None:
@@ -118,7 +133,11 @@ def summarise(run: Path, target: float, at: list[int]) -> dict[str, Any] | None:
     curve = val_curve(run / "results.csv")
     model, variant, seed = run.name.split("__")
     first = next((p.iter for p in curve if p.mAP50 >= target), None)
-    by_iter = {p.iter: p.mAP50 for p in curve}
+    def at_or_before(i: int) -> float | None:
+        # Validation runs at epoch ends, which need not fall on round iterations.
+        done = [p for p in curve if p.iter <= i]
+        return done[-1].mAP50 if done and done[-1].iter > i - 25 else None
+
     ious = []
     with (run / "results.csv").open(newline="") as fh:
         for row in csv.DictReader(fh):
@@ -126,7 +145,7 @@ def summarise(run: Path, target: float, at: list[int]) -> dict[str, Any] | None:
                 ious.append((int(float(row["iter"])), float(row["pos_iou"])))
     return {"model": model, "variant": variant, "seed": int(seed[1:]),
             "iters_to_target": first, "last_iter": curve[-1].iter if curve else 0,
-            **{f"mAP50@{i}": by_iter.get(i) for i in at},
+            **{f"mAP50@{i}": at_or_before(i) for i in at},
             "pos_iou": ious}
 
 

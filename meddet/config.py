@@ -117,6 +117,9 @@ class ModelConfig(_Strict):
         "FPN (conv bias, no norm)")
     atss_topk: int | None = Field(
         None, ge=1, description="ATSS candidates per level and object (None: 9, as GFL)")
+    zero_init_residual: bool | None = Field(
+        None, description="start every residual block of a randomly initialised backbone as "
+        "the identity (last BatchNorm scale 0); ignored with pretrained weights")
 
 
 class TrainConfig(_Strict):

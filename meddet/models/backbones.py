@@ -291,6 +291,41 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 }
 
 
+def zero_init_residual(backbone: nn.Module) -> int:
+    """Zero the last BatchNorm scale of every residual block, so each block starts as the identity.
+
+    Goyal et al. (*Accurate, Large Minibatch SGD*, 2017) start each residual branch at zero:
+    the network then begins as its shallow skeleton (stem, the stride and width changing
+    blocks) and grows its depth as the gates learn, which trains faster from random weights.
+    Covers torchvision's ResNet ``Bottleneck`` / ``BasicBlock`` (``bn3`` / ``bn2``) and
+    MobileNetV2's ``InvertedResidual`` blocks that have a skip connection (the BatchNorm after
+    the linear 1x1 projection). Only for random initialisation: pretrained blocks are not
+    identities.
+
+    Args:
+        backbone: any module; matching blocks anywhere inside it are changed.
+
+    Returns:
+        How many blocks were changed.
+    """
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    n = 0
+    for m in backbone.modules():
+        bn: nn.Module | None = None
+        if isinstance(m, Bottleneck):
+            bn = m.bn3
+        elif isinstance(m, BasicBlock):
+            bn = m.bn2
+        elif isinstance(m, InvertedResidual) and m.use_res_connect:
+            bn = m.conv[-1]
+        if isinstance(bn, nn.BatchNorm2d):
+            nn.init.zeros_(bn.weight)
+            n += 1
+    return n
+
+
 def build_backbone(name: str, *, pretrained: str | None = None, frozen_stages: int = 1,
                    norm_eval: bool = True, nmode: bool = False) -> Backbone:
     """Build a backbone by name.

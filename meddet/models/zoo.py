@@ -31,7 +31,7 @@ import torch
 
 from meddet.errors import MedDetError
 from meddet.geometry import STRIDES
-from meddet.models.backbones import build_backbone
+from meddet.models.backbones import build_backbone, zero_init_residual
 from meddet.models.detector import (
     DEFAULT_DET_SCALE,
     DEFAULT_LAMBDA_QFL,
@@ -69,7 +69,7 @@ REG_MAX = 16
 OVERRIDES = (
     "nmode", "pretrained", "score_thr", "nms_iou", "max_per_img", "min_box_size", "lambda_qfl",
     "mu_dfl", "nmode_kwargs", "frozen_stages", "norm_eval", "det_scale", "nmode_form",
-    "reg_prior", "box_loss_norm", "fpn_norm", "atss_topk",
+    "reg_prior", "box_loss_norm", "fpn_norm", "atss_topk", "zero_init_residual",
 )
 
 
@@ -141,6 +141,8 @@ def build_gfl(
     backbone = build_backbone(backbone_name,
                               pretrained=None if weights.path is None else str(weights.path),
                               nmode=nmode == "backbone", **bb_kwargs)
+    if opt.get("zero_init_residual") and weights.path is None:
+        zero_init_residual(backbone)
     a = {**PAPER_ARCH, **(arch or {})}
     try:
         neck = FPN(list(backbone.out_channels), out_channels=a["fpn_channels"],
@@ -240,6 +242,9 @@ def build_detector(name: str, num_classes: int = 2, **overrides: Any) -> GFLDete
             GFL's near-uniform start), ``box_loss_norm`` (``"mmdet"``, the default, or
             ``"mean"``; see :class:`~meddet.models.detector.GFLDetector`), ``fpn_norm``
             (``"none"``, the default, or ``"gn"``), ``atss_topk`` (default 9),
+            ``zero_init_residual`` (default False: start every residual block of a randomly
+            initialised backbone as the identity, see
+            :func:`~meddet.models.backbones.zero_init_residual`),
             ``frozen_stages``, ``norm_eval``
             (defaults: 1 and True when the backbone got weights, as mmdetection fine-tunes;
             -1 and False without, i.e. training from scratch, also when ``"auto"`` found
