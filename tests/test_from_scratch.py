@@ -181,3 +181,25 @@ def test_config_keys_reach_the_detector_and_survive_a_state_dict_round_trip():
         load_config(None, {"model": {"nmode_form": "other"}})
     with pytest.raises(MedDetError, match="box_loss_norm"):
         build_detector("gfl_mbv2", box_loss_norm="sum")
+
+
+def test_zero_init_residual_starts_every_residual_block_as_the_identity():
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    from meddet.models.backbones import build_backbone, zero_init_residual
+
+    mb = build_backbone("mobilenet_v2", frozen_stages=-1, norm_eval=False)
+    # MobileNetV2's settings (t, c, n, s) give skip connections to n - 1 blocks of each
+    # setting, plus none for the first: 0 + 1 + 2 + 3 + 2 + 2 + 0 = 10.
+    assert zero_init_residual(mb) == 10
+    blocks = [m for m in mb.modules() if isinstance(m, InvertedResidual) and m.use_res_connect]
+    x = torch.randn(2, blocks[0].conv[-1].num_features, 8, 8)
+    assert torch.equal(blocks[0](x), x)
+    # A ResNet-18 (torchvision's, cheaper to build than the teachers'): 2 + 2 + 2 + 2 blocks.
+    import torchvision
+
+    assert zero_init_residual(torchvision.models.resnet18()) == 8
+    torch.manual_seed(0)
+    model = build_detector("gfl_mbv2", zero_init_residual=True)
+    assert all(float(b.conv[-1].weight.abs().sum()) == 0 for b in model.backbone.modules()
+               if isinstance(b, InvertedResidual) and b.use_res_connect)
