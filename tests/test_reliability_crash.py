@@ -36,8 +36,8 @@ _CHILD = textwrap.dedent("""
 
 # 4 train images, batch 1: one epoch of 4 iterations; last.pt after every iteration. (Resumes
 # across epoch boundaries are covered by tests/test_engine_cli.py and test_engine_trainer.py.)
-COMMON = ["--img-size", "64", "--batch-size", "1", "--epochs", "1", "--workers", "0",
-          "--device", "cpu", "--checkpoint-every-iters", "1"]
+COMMON = ["--config", "default", "--img-size", "64", "--batch-size", "1", "--epochs", "1",
+          "--workers", "0", "--device", "cpu", "--checkpoint-every-iters", "1"]
 TOTAL_ITERS = 4
 
 
