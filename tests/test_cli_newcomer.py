@@ -36,17 +36,39 @@ def fails(argv: list, needle: str, capsys) -> str:
 # --------------------------------------------------------------------------- defaults
 def test_without_config_training_uses_the_device_recipe_and_says_so(tiny_dataset, capsys,
                                                                     monkeypatch):
+    """One run, read three ways: the chosen config, the initial weights line, and the
+    TensorBoard events written by default when the package is installed."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     monkeypatch.setenv("MEDDET_TENSORBOARD", "1")  # as outside the tests: on when installed
-    assert main(["pretrain-teacher", "--model", "gfl_mbv2", "--data", str(tiny_dataset), *TINY,
-                 "--pretrained", "none", "--no-tensorboard"]) == 0
+    assert main(["pretrain-teacher", "--model", "gfl_mbv2", "--data", str(tiny_dataset),
+                 "--img-size", "64", "--batch-size", "2", "--max-iters", "2", "--epochs", "1",
+                 "--pretrained", "none"]) == 0
     out = capsys.readouterr().out
     assert "config: cpu-crop (the default on cpu" in out
     assert "initial weights of gfl_mbv2: mobilenet_v2: random initialisation" in out
-    cfg = yaml.safe_load(Path("runs/pretrain-teacher/gfl_mbv2/config.yaml").read_text())
+    run = Path("runs/pretrain-teacher/gfl_mbv2")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
     # cpu-crop's recipe, and `--device auto` recorded as the device it resolved to.
     assert cfg["train"]["optimizer"] == "adamw" and cfg["data"]["augmentation"]["crop"] == 128
     assert cfg["train"]["device"] == "cpu" and cfg["model"]["pretrained"] == "none"
-    assert not Path("runs/pretrain-teacher/gfl_mbv2/tensorboard").exists()  # --no-tensorboard
+
+    (events,) = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events.parent), size_guidance={"images": 0})
+    acc.Reload()
+    assert {"train/loss", "train/loss_qfl", "train/lr", "epoch/loss", "val/mAP50",
+            "val/recall"} <= set(acc.Tags()["scalars"])
+    # The last iteration is always written; the lr is the one results.csv records.
+    (loss,) = [e for e in acc.Scalars("train/loss") if e.step == 2]
+    assert np.isfinite(loss.value)
+    header, row = (run / "results.csv").read_text().splitlines()
+    rec = dict(zip(header.split(","), row.split(",")))
+    assert acc.Scalars("val/mAP50")[-1].step == 2
+    assert acc.Scalars("train/lr")[-1].value == pytest.approx(float(rec["lr"]), rel=1e-6)
+    (img,) = acc.Images("val/predictions")
+    assert img.width >= 64 and img.height >= 64
+
     # A second run of the same model is numbered after a separator, not glued to the "2".
     from meddet.runs import new_run_dir
 
@@ -76,29 +98,19 @@ def test_auto_device():
 
 
 # --------------------------------------------------------------------------- TensorBoard
-def test_tensorboard_events_of_a_training_run(tiny_dataset):
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def test_tensorboard_switches(monkeypatch):
+    import meddet.engine.tensorboard as tb
 
-    assert main(["pretrain-teacher", "--model", "gfl_mbv2", "--config", "default", "--data",
-                 str(tiny_dataset), "--img-size", "64", "--batch-size", "2", "--max-iters", "2",
-                 "--epochs", "1", "--tensorboard", "--out", "r"]) == 0
-    events = list(Path("r/tensorboard").glob("events.out.tfevents.*"))
-    assert len(events) == 1
-    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
-    acc.Reload()
-    tags = acc.Tags()
-    assert {"train/loss", "train/loss_qfl", "train/lr", "epoch/loss", "val/mAP50",
-            "val/recall"} <= set(tags["scalars"])
-    # The last iteration is always written; the lr is the one results.csv records.
-    (loss,) = [e for e in acc.Scalars("train/loss") if e.step == 2]
-    header, row = Path("r/results.csv").read_text().splitlines()
-    rec = dict(zip(header.split(","), row.split(",")))
-    assert acc.Scalars("val/mAP50")[-1].step == 2
-    assert acc.Scalars("train/lr")[-1].value == pytest.approx(float(rec["lr"]), rel=1e-6)
-    assert np.isfinite(loss.value)
-    (img,) = acc.Images("val/predictions")
-    assert img.width >= 64 and img.height >= 64
+    monkeypatch.setattr(tb, "tensorboard_available", lambda: True)
+    monkeypatch.setenv("MEDDET_TENSORBOARD", "1")
+    assert isinstance(tb.tensorboard_hook("r"), tb.TensorBoardHook)
+    with tb.tensorboard_logging(False):  # --no-tensorboard
+        assert tb.tensorboard_hook("r") is None
+    monkeypatch.setenv("MEDDET_TENSORBOARD", "0")
+    assert tb.tensorboard_hook("r") is None
+    with tb.tensorboard_logging(True):  # --tensorboard wins over the environment
+        assert tb.tensorboard_hook("r").log_dir == Path("r/tensorboard")
+    assert tb.tensorboard_hook("r") is None  # the block ended
 
 
 def test_tensorboard_without_the_package_is_one_line(tiny_dataset, monkeypatch, capsys):
