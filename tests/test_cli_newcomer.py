@@ -221,3 +221,14 @@ def test_predict_runs_an_onnx_export(tiny_teachers, tmp_path):
     np.testing.assert_allclose(onnx["boxes"][:k], torch_["boxes"][:k], atol=1e-2)
     with pytest.raises(Exception, match="exported at 64 px"):
         load_predictor(tmp_path / "m.onnx", img_size=96)
+
+
+def test_unavailable_imagenet_weights_stop_before_any_folder(tiny_dataset, monkeypatch, capsys):
+    import meddet.models.pretrained as pre
+
+    monkeypatch.setattr(pre, "_fetch_imagenet", lambda backbone: (None, "no network here"))
+    fails(["pretrain-teacher", "--model", "gfl_mbv2", "--data", tiny_dataset, *TINY,
+           "--pretrained", "imagenet"], "no ImageNet weights", capsys)
+    fails(["distill", "--data", tiny_dataset, "--method", "none", "--student", "gfl_mbv2",
+           *TINY, "--pretrained", "imagenet"], "no network here", capsys)
+    fails(["demo", "--quick", "--pretrained", "imagenet"], "no network here", capsys)

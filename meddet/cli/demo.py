@@ -51,7 +51,7 @@ def demo(
     from meddet.demo import PLANS, check_students, estimate_seconds, run_demo, scale_note
     from meddet.device import resolve_device
     from meddet.errors import MedDetError
-    from meddet.runs import new_run_dir
+    from meddet.runs import discard_if_failed, first_missing, new_run_dir, run_dir_target
 
     con = human_console(json_dest)
     if pretrained not in ("auto", "none", "imagenet"):
@@ -61,6 +61,8 @@ def demo(
     names = check_students(parse_csv_list(students, "--students") if students is not None
                            else None, plan)
     expected = sum(estimate_seconds(plan, names).values())
+    created = out is None or not out.exists()
+    made = first_missing(run_dir_target(COMMAND, out))
     run_dir = new_run_dir(COMMAND, out)
     con.print(f"[bold]meddet demo{' --quick' if quick else ''}[/]: the whole MedDet pipeline on "
               f"synthetic CDH-MRI data -> {escape(str(run_dir))}")
@@ -68,8 +70,10 @@ def demo(
     con.print(f"Expected time: about {max(1, round(expected / 60))} minute(s) on {where} "
               "(longer on a busy machine; each step prints its own estimate and the time left).")
     con.print(f"Scale ({plan.name} plan, {dev}): {plan.scale_line()}. {scale_note(plan)}")
-    result = run_demo(run_dir, plan=plan, seed=seed, students=names, device=str(dev),
-                      pretrained=pretrained, console=con)
+    # A user error found before the first output (e.g. no ImageNet weights) leaves no run.
+    with discard_if_failed(run_dir, created=created, made=made, outputs=()):
+        result = run_demo(run_dir, plan=plan, seed=seed, students=names, device=str(dev),
+                          pretrained=pretrained, console=con)
 
     t1 = Table(title="Table I: detection on the synthetic test split", box=box.SIMPLE_HEAD,
                caption=f"{plan.num_test} test images; {plan.scale_line()}. {scale_note(plan)}",
