@@ -9,8 +9,8 @@ on top of the base; ``off`` is GFL as the paper and mmdetection build it):
 - ``off``: ``reg_prior`` None, ``box_loss_norm`` mmdet, ``fpn_norm`` none, ``atss_topk`` 9,
   ``nmode_form`` paper, ``train.warmup_ratio`` 0.001
 - ``+prior``, ``+mean``, ``+gn``, ``+topk``, ``+warm``, ``+residual``, ``+zres``: one change each
-- ``all``: every change; ``all-X``: every change but X; either followed by ``+b16`` (batch 16)
-  or ``+lr3`` (AdamW 3e-3): recipe changes tried on top
+- ``all``: every change; ``all-X``: every change but X; either followed by ``+b16`` (batch 16),
+  ``+lr3`` (AdamW 3e-3) or ``+w50`` (50-iteration warm-up): recipe changes tried on top
 
 Runs are resumable (each in its own folder under ``--out``; a finished one is skipped, a cut
 one resumed), run ``--jobs`` at a time with one thread each, and the table is rebuilt from the
@@ -59,6 +59,7 @@ CHANGES: dict[str, dict[str, Any]] = {
 EXTRAS: dict[str, dict[str, Any]] = {
     "b16": {"train": {"batch_size": 16, "base_batch_size": 16}},
     "lr3": {"train": {"lr": 0.003}},
+    "w50": {"train": {"warmup_iters": 50}},
 }
 
 
