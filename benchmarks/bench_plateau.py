@@ -116,10 +116,12 @@ def train_one(args: argparse.Namespace, model: str, variant: str, seed: int) -> 
     if not cfg.exists():
         write_config(cfg, args.base, variant, args.eval_every)
     cmd = [sys.executable, "-m", "meddet", "pretrain-teacher", "--model", model, "--data",
-           str(args.data), "--config", str(cfg), "--seed", str(seed), "--max-iters",
-           str(args.iters), "--device", "cpu", "--out", str(run)]
-    if (run / "last.pt").exists():
-        cmd += ["--resume", str(run)]
+           str(args.data), "--seed", str(seed), "--max-iters", str(args.iters), "--device",
+           "cpu", "--out", str(run)]
+    # A cut or shorter run continues from its own config.yaml (the schedule always spans the
+    # config's epochs; --max-iters only stops early, so a 300-iteration probe is the start of
+    # the full run).
+    cmd += ["--resume", str(run)] if (run / "last.pt").exists() else ["--config", str(cfg)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     t0 = time.time()
     with (args.out / f"{run.name}.log").open("a") as log:
