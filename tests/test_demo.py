@@ -73,6 +73,17 @@ def test_gpu_plan_is_the_studys_recipe():
         crop.train.lr, crop.train.warmup_iters, tuple(crop.train.lr_steps), crop.train.optimizer)
     assert gpu.student_epochs == gpu.teacher_epochs == crop.train.epochs
     assert gpu.eval_every == crop.train.eval_every
+    # Every plan trains with the recipe's model options and warm-up start.
+    from pathlib import Path
+
+    from meddet.demo.steps import _train_cfg
+
+    for plan in PLANS.values():
+        cfg = _train_cfg(plan, Path("d"), model="meddet", epochs=1, seed=0, device="cpu")
+        assert cfg.model.model_dump(exclude={"name", "pretrained"}) == crop.model.model_dump(
+            exclude={"name", "pretrained"})
+        assert cfg.train.warmup_ratio == crop.train.warmup_ratio
+        assert cfg.data.augmentation.crop == plan.crop
 
 
 def test_estimates_cover_every_step_and_fit_the_budgets():

@@ -55,15 +55,17 @@ def synthesise(root: Path, plan: DemoPlan, *, seed: int, console: Any) -> None:
                          progress=(lambda d, _t: prog.update(task, completed=d)) if prog else None)
 
 
+#: The config every demo model starts from (the plan's values win over it).
+RECIPE = "cpu-crop"
+
+
 def _train_cfg(plan: DemoPlan, root: Path, *, model: str, epochs: int, seed: int,
                device: str, pretrained: str = "none",
                distill: dict[str, Any] | None = None) -> Any:
     from meddet.config import load_config
 
     data: dict[str, Any] = {"root": str(root), "img_size": plan.img_size,
-                            "workers": plan.workers}
-    if plan.crop:
-        data["augmentation"] = {"crop": plan.crop}
+                            "workers": plan.workers, "augmentation": {"crop": plan.crop}}
     overrides: dict[str, Any] = {
         "data": data,
         "model": {"name": model, "pretrained": pretrained},
@@ -75,7 +77,12 @@ def _train_cfg(plan: DemoPlan, root: Path, *, model: str, epochs: int, seed: int
     }
     if distill is not None:
         overrides["distill"] = distill
-    return load_config(None, overrides)
+    # The plan sets the schedule; everything else (the from-scratch model options, the
+    # warm-up's start) is the study's recipe, so the demo cannot drift from it.
+    cfg = load_config(RECIPE, overrides)
+    if plan.crop is None:  # a None override is ignored: clear the recipe's crop explicitly
+        cfg.data.augmentation.crop = None
+    return cfg
 
 
 def train(name: str, role: str, epochs: int, *, plan: DemoPlan, root: Path, out: Path,
