@@ -102,7 +102,7 @@ def _reference_loss(det, cls_scores, bbox_preds, targets):
         weight = cls_flat.detach().sigmoid().amax(dim=1)[pos_idx]
         pred_boxes = bo.distance2bbox(pts, bo.integral(pos_reg, det.reg_max))
         quality[pos_idx] = bo.aligned_iou(pred_boxes.detach(), tgt_boxes)
-        weight_sum = weight.sum().clamp(min=1.0)
+        weight_sum = weight.sum().clamp(min=1.0 if det.box_loss_norm == "mmdet" else 1e-6)
         loss_giou = weighted_sum(giou_loss(pred_boxes, tgt_boxes), weight, weight_sum)
         tgt_dist = bo.bbox2distance(pts, tgt_boxes, float(det.reg_max), eps=det.dfl_eps)
         dfl = distribution_focal_loss(pos_reg.reshape(-1, det.reg_max + 1), tgt_dist.reshape(-1))
@@ -113,15 +113,18 @@ def _reference_loss(det, cls_scores, bbox_preds, targets):
     loss_qfl = weighted_sum(qfl, None, max(float(num_pos), 1.0))
     total = det.det_scale * (det.lambda_qfl * loss_qfl + det.mu_dfl * loss_dfl
                              + (1.0 - det.lambda_qfl - det.mu_dfl) * loss_giou)
+    pos_iou = quality[pos_idx].mean() if num_pos else quality.sum()
     return per_image, {"loss": total, "loss_qfl": loss_qfl, "loss_dfl": loss_dfl,
-                       "loss_giou": loss_giou, "num_pos": torch.tensor(float(num_pos))}
+                       "loss_giou": loss_giou, "num_pos": torch.tensor(float(num_pos)),
+                       "pos_iou": pos_iou}
 
 
-def _detector() -> GFLDetector:
+def _detector(box_loss_norm: str = "mmdet") -> GFLDetector:
     head = GFLHead(num_classes=NUM_CLASSES, in_channels=8, feat_channels=8, stacked_convs=1,
                    norm_groups=4)
     return GFLDetector(name="t", num_classes=NUM_CLASSES, backbone=nn.Identity(),
-                       neck=nn.Identity(), head=head, nmode="none", strides=STRIDES)
+                       neck=nn.Identity(), head=head, nmode="none", strides=STRIDES,
+                       box_loss_norm=box_loss_norm)
 
 
 def _target(boxes) -> dict:
@@ -204,10 +207,10 @@ def test_batched_assigner_matches_per_image_on_padded_boxes():
             assert torch.equal(getattr(one, key), value), key
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_batched_loss_matches_per_image_loss(seed):
+@pytest.mark.parametrize("seed,norm", [(0, "mmdet"), (1, "mean"), (2, "mmdet"), (3, "mean")])
+def test_batched_loss_matches_per_image_loss(seed, norm):
     gen = torch.Generator().manual_seed(100 + seed)
-    det = _detector()
+    det = _detector(norm)
     targets = _batch(gen)
     cls, reg = _head_outputs(gen, len(targets), scale=3.0)
     _, ref = _reference_loss(det, cls, reg, targets)
