@@ -184,6 +184,11 @@ def _bad_series(kind: str, tmp_path: Path, phantom) -> Path:
         write_series_dicom(rendered, tmp_path / "mixed" / "a", seed=1)
         write_series_dicom(rendered, tmp_path / "mixed" / "b", seed=2)
         return tmp_path / "mixed"
+    if kind == "png":
+        from PIL import Image
+
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "slice.png")
+        return tmp_path / "slice.png"
     (tmp_path / "empty").mkdir()
     return tmp_path / "empty"
 
@@ -193,6 +198,7 @@ def _bad_series(kind: str, tmp_path: Path, phantom) -> Path:
     ("axial", "the slices are axial"),
     ("mixed", "mixes 2 series"),
     ("empty", "holds no DICOM files"),
+    ("png", "is neither a NIfTI volume (.nii, .nii.gz) nor DICOM"),
 ])
 def test_a_bad_series_is_one_line_exit_2_and_no_output(kind, message, phantom, tmp_path,
                                                        capsys, random_mbv2_ckpt, monkeypatch):

@@ -133,6 +133,9 @@ def load_series(path: str | Path) -> SagittalSeries:
                           "NIfTI volume")
     if path.is_file() and file_suffix(path) in NIFTI_SUFFIXES:
         return _load_nifti(path)
+    if path.is_file() and not _is_dicom(path):
+        raise MedDetError(f"{path} is neither a NIfTI volume (.nii, .nii.gz) nor DICOM; pass a "
+                          "folder of DICOM slices or a NIfTI volume")
     files = [path] if path.is_file() else _dicom_files(path)
     if not files:
         raise MedDetError(f"{path} holds no DICOM files; pass a folder of DICOM slices or a "
@@ -140,16 +143,16 @@ def load_series(path: str | Path) -> SagittalSeries:
     return _load_dicom(path, files)
 
 
-def _dicom_files(folder: Path) -> list[Path]:
+def _is_dicom(path: Path) -> bool:
     from meddet.inference.dicom import has_dicom_magic
     from meddet.inference.sources import DICOM_SUFFIXES, file_suffix
 
-    out = []
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and not f.name.startswith(".") and (
-                file_suffix(f) in DICOM_SUFFIXES or has_dicom_magic(f)):
-            out.append(f)
-    return out
+    return file_suffix(path) in DICOM_SUFFIXES or has_dicom_magic(path)
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return [f for f in sorted(folder.rglob("*"))
+            if f.is_file() and not f.name.startswith(".") and _is_dicom(f)]
 
 
 def _read_header(path: Path):
