@@ -196,6 +196,14 @@ def test_isolated_and_off_line_detections_are_set_aside_not_named():
     assert out.pitch_px == pytest.approx(np.hypot(2, 24))
 
 
+def test_an_outlier_at_the_end_of_the_chain_cannot_bend_the_line_to_itself():
+    chain = [DiscGroup([_det(k, 50 + 2 * i, 40 + 24 * i) for k in range(3)]) for i in range(5)]
+    top = DiscGroup([_det(k, 110, 16, score=0.95) for k in range(3)])  # above, 60 px in front
+    out = assign_levels([top] + chain, n_slices=3)
+    assert [g for _, g in out.named] == chain and out.named[0][0] == "C2/3"
+    assert [(r, id(g)) for r, g in out.set_aside] == [("off the line of the other discs", id(top))]
+
+
 def test_a_gap_of_two_spacings_counts_a_missed_disc():
     centres = [40, 64, 112, 136]  # C4/5 missing
     groups = [DiscGroup([_det(k, 50, y) for k in range(2)]) for y in centres]

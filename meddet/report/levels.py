@@ -274,14 +274,20 @@ def _drop_odd_sizes(groups: list[DiscGroup], aside: list) -> list[DiscGroup]:
 
 
 def _drop_off_line(groups: list[DiscGroup], aside: list) -> list[DiscGroup]:
-    """Set aside groups far from the line through the others (a quadratic in the craniocaudal
-    position, refitted after each removal): more than one disc width across."""
+    """Set aside groups far from the line through the *others* (a quadratic in the
+    craniocaudal position, fitted without the group itself so that an outlier at an end of the
+    chain cannot bend the fit towards itself): more than one disc width across. The worst one
+    goes first, then the rest are checked again."""
     kept = list(groups)
     while len(kept) >= 4:
         c = np.asarray([g.centre for g in kept], float)
         width = float(np.median([g.seed.size[0] for g in kept]))
-        coef = np.polyfit(c[:, 1], c[:, 0], 2 if len(kept) >= 5 else 1)
-        resid = np.abs(c[:, 0] - np.polyval(coef, c[:, 1]))
+        degree = 2 if len(kept) >= 6 else 1
+        resid = np.empty(len(kept))
+        for i in range(len(kept)):
+            rest = np.delete(c, i, axis=0)
+            coef = np.polyfit(rest[:, 1], rest[:, 0], degree)
+            resid[i] = abs(c[i, 0] - np.polyval(coef, c[i, 1]))
         worst = int(np.argmax(resid))
         if resid[worst] <= width:
             break
