@@ -215,7 +215,10 @@ def assign_levels(
     kept.sort(key=lambda g: g.centre[1])
     gaps = [_distance(a, b) for a, b in zip(kept, kept[1:])]
     if gaps:  # a rough spacing first, so that crowded false positives do not set it
-        kept = _drop_crowded(kept, float(np.median(gaps)), aside)
+        rough = float(np.median(gaps))
+        if pixel_mm:  # never closer than discs can be
+            rough = max(rough, DISC_PITCH_MM[0] / pixel_mm)
+        kept = _drop_crowded(kept, rough, aside)
     pitch, source = _pitch(kept, pixel_mm)
     kept = _drop_far_ends(kept, pitch, aside)
 
