@@ -1,4 +1,4 @@
-"""A new user's first hour: defaults that fit the machine, TensorBoard events, the Python API,
+"""Defaults that fit the machine, TensorBoard events, the Python API,
 and bad inputs that get one line, exit code 2 and no new folder.
 
 Every test runs in its own working directory, so ``runs/`` appearing there is debris.
