@@ -17,6 +17,7 @@ from meddet.models.fpn import FPN
 from meddet.models.gfl_head import GFLHead, distance_prior_logits
 from meddet.models.nmode import NmODE2, ResidualNmODE
 
+
 def _targets(batch: int = 2) -> list[dict[str, torch.Tensor]]:
     # Two disc-sized objects (26x12 and 20x8 px) in a 128 px crop, as in the diagnosis.
     boxes = torch.tensor([[30.0, 40.0, 56.0, 52.0], [70.0, 90.0, 90.0, 98.0]])

@@ -31,6 +31,7 @@ import torch
 
 from meddet.errors import MedDetError
 from meddet.geometry import STRIDES
+from meddet.models.assigner import ATSSAssigner
 from meddet.models.backbones import build_backbone, zero_init_residual
 from meddet.models.detector import (
     DEFAULT_DET_SCALE,
@@ -40,7 +41,6 @@ from meddet.models.detector import (
     GFLDetector,
     check_loss_weights,
 )
-from meddet.models.assigner import ATSSAssigner
 from meddet.models.fpn import FPN
 from meddet.models.gfl_head import GFLHead
 from meddet.models.postprocess import GFLPostProcess
