@@ -10,7 +10,8 @@ on top of the base; ``off`` is GFL as the paper and mmdetection build it):
   ``nmode_form`` paper, ``train.warmup_ratio`` 0.001
 - ``+prior``, ``+mean``, ``+gn``, ``+topk``, ``+warm``, ``+residual``, ``+zres``: one change each
 - ``all``: every change; ``all-X``: every change but X; either followed by ``+b16`` (batch 16),
-  ``+lr3`` (AdamW 3e-3) or ``+w50`` (50-iteration warm-up): recipe changes tried on top
+  ``+lr3`` (AdamW 3e-3), ``+w50`` (50-iteration warm-up), ``+cb`` (class-balanced crops) or
+  ``+q2`` (classification loss weighted x2): recipe changes tried on top
 
 Runs are resumable (each in its own folder under ``--out``; a finished one is skipped, a cut
 one resumed), run ``--jobs`` at a time with one thread each, and the table is rebuilt from the
@@ -26,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -60,13 +62,24 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "b16": {"train": {"batch_size": 16, "base_batch_size": 16}},
     "lr3": {"train": {"lr": 0.003}},
     "w50": {"train": {"warmup_iters": 50}},
+    # Class-balanced crops: the window holds a protrusion as often as a non-protrusion.
+    "cb": {"data": {"augmentation": {"crop_balance": True}}},
+    # Classification weighted twice GFL's (QFL : DFL : GIoU = 2 : 0.25 : 2).
+    "q2": {"model": {"lambda_qfl": 2 / 4.25, "mu_dfl": 0.25 / 4.25}},
 }
 
 
+def _deep_update(into: dict[str, Any], upd: dict[str, Any]) -> None:
+    for key, value in upd.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = value
+
+
 def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    out = {k: dict(v) for k, v in base.items()}
-    for section, values in upd.items():
-        out.setdefault(section, {}).update(values)
+    out = copy.deepcopy(base)
+    _deep_update(out, upd)
     return out
 
 
@@ -95,8 +108,7 @@ def variant_overrides(variant: str) -> dict[str, Any]:
 
 def write_config(path: Path, base: str, variant: str, eval_every: int) -> None:
     raw = load_config(base).model_dump(mode="json")
-    for section, values in variant_overrides(variant).items():
-        raw[section].update(values)
+    _deep_update(raw, variant_overrides(variant))
     raw["train"]["eval_every"] = eval_every
     raw["train"]["checkpoint_every"] = eval_every
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

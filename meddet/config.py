@@ -45,6 +45,10 @@ class AugmentConfig(_Strict):
         "that holds a randomly chosen object whole (a multiple of 32; at or above img_size the whole "
         "image is used); evaluation keeps the whole image. Cuts the cost of a step by about "
         "(img_size/crop)^2")
+    crop_balance: bool = Field(
+        False, description="with crop: draw the object the window holds class-balanced (a class "
+        "present in the image uniformly, then one of its objects) instead of uniformly, so a rare "
+        "class is seen as often as a common one")
 
     @model_validator(mode="after")
     def _check_crop(self) -> AugmentConfig:

@@ -225,6 +225,23 @@ def test_crop_at_or_above_the_input_size_keeps_the_whole_image(synth_root):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
 
 
+
+@pytest.mark.parametrize("balance, lo, hi", [(False, 0.10, 0.25), (True, 0.42, 0.58)])
+def test_balanced_crop_holds_the_rare_class_as_often_as_the_common_one(balance, lo, hi):
+    from meddet.data.dataset import _crop_around_object
+
+    # Six 10 px objects 80 px apart on a 512 px input, one of class 1: a 64 px window holds
+    # exactly one whole, so the share of windows holding the class-1 object is the draw's.
+    img = np.zeros((512, 512), np.float32)
+    xs = np.arange(6) * 80.0 + 20
+    boxes = np.stack([xs, np.full(6, 250.0), xs + 10, np.full(6, 260.0)], 1).astype(np.float32)
+    labels = np.asarray([2, 2, 1, 2, 2, 2])
+    rng = np.random.default_rng(0)
+    held = [1 in _crop_around_object(img, boxes, labels, 64, rng, balance=balance)[2]
+            for _ in range(600)]
+    assert lo < np.mean(held) < hi  # uniform: 1/6; balanced: 1/2
+
+
 # --- bad data -----------------------------------------------------------------------------
 
 

@@ -205,7 +205,8 @@ class CocoDetection(Dataset):
             boxes, labels = _clip_boxes(boxes, labels, self.img_size)
         if self.augment is not None and self.augment.crop is not None \
                 and self.augment.crop < self.img_size:
-            out, boxes, labels = _crop_around_object(out, boxes, labels, self.augment.crop, rng)
+            out, boxes, labels = _crop_around_object(out, boxes, labels, self.augment.crop, rng,
+                                                     balance=self.augment.crop_balance)
         target: Target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(labels).long(),
@@ -235,9 +236,14 @@ class CocoDetection(Dataset):
 
 
 def _crop_around_object(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, crop: int,
-                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        rng: np.random.Generator, *, balance: bool = False,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random ``crop × crop`` window of the network input that holds one randomly chosen
     object whole (where the object fits; a uniformly random window without objects).
+
+    The object is drawn uniformly, or with ``balance`` class first (uniformly among the classes
+    present in the image), then uniformly within that class: an image with one protrusion among
+    six discs centres half its windows on the protrusion instead of a sixth.
 
     Boxes are shifted into the window; those mostly cut away are dropped (as for scale jitter).
 
@@ -246,6 +252,7 @@ def _crop_around_object(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, 
         boxes: ``[N, 4]`` xyxy in input pixels; ``labels``: ``[N]``.
         crop: window side.
         rng: the sample's augmentation stream.
+        balance: draw the held object class-balanced.
 
     Returns:
         ``(window, boxes, labels)``.
@@ -253,7 +260,13 @@ def _crop_around_object(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, 
     size_y, size_x = img.shape[:2]
     hi_x, hi_y = size_x - crop, size_y - crop
     if len(boxes):
-        x1, y1, x2, y2 = boxes[int(rng.integers(len(boxes)))]
+        if balance:
+            present = np.unique(labels)
+            pool = np.flatnonzero(labels == present[int(rng.integers(len(present)))])
+            pick = int(pool[int(rng.integers(len(pool)))])
+        else:
+            pick = int(rng.integers(len(boxes)))
+        x1, y1, x2, y2 = boxes[pick]
         # Left edges keeping [x1, x2] inside: x2 - crop <= x0 <= x1 (clamped to the image).
         lo_x, up_x = max(0, int(np.ceil(x2)) - crop), min(hi_x, int(np.floor(x1)))
         lo_y, up_y = max(0, int(np.ceil(y2)) - crop), min(hi_y, int(np.floor(y1)))
