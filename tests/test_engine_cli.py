@@ -59,7 +59,8 @@ def test_eval_prints_json_and_writes_artifacts(run, tiny_dataset, tmp_path, caps
                  "--json", "-", "--out", str(out), "--score-thr", "0"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"mAP", "mAP50", "mAP75", "AR100", "recall", "per_class", "num_images",
-                        "checkpoint", "split"}
+                        "class_agnostic", "checkpoint", "split"}
+    assert set(res["class_agnostic"]) == {"mAP", "mAP50", "recall"}
     assert set(res["per_class"]) == {"protrusion", "non-protrusion"}
     assert res["num_images"] == 2 and res["split"] == "test"
     assert json.loads((out / "predictions.json").read_text())  # non-trivial detections

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 
 import numpy as np
@@ -97,6 +98,30 @@ def test_metrics_equal_pycocotools_exactly():
     assert m["num_images"] == 12
     assert dets == make_dets(coco)  # inputs are not mutated (loadRes adds fields)
 
+
+
+def test_class_agnostic_metrics_equal_pycocotools_without_categories():
+    coco = make_gt()
+    dets = make_dets(coco)
+    m = evaluate_coco(coco, dets, NAMES, CATS)
+    with contextlib.redirect_stdout(io.StringIO()):
+        E = COCOeval(coco, coco.loadRes(copy.deepcopy(dets)), iouType="bbox")
+        E.params.useCats = 0
+        E.evaluate()
+        E.accumulate()
+        E.summarize()
+    assert (m["class_agnostic"]["mAP"], m["class_agnostic"]["mAP50"]) == (E.stats[0], E.stats[1])
+
+
+def test_exact_boxes_with_every_class_wrong_are_found_but_score_zero():
+    coco = make_gt(num_images=3, seed=5)
+    other = {CATS[0]: CATS[1], CATS[1]: CATS[0]}
+    dets = [{"image_id": g["image_id"], "category_id": other[g["category_id"]],
+             "bbox": list(g["bbox"]), "score": 0.9} for g in coco.dataset["annotations"]]
+    m = evaluate_coco(coco, dets, NAMES, CATS)
+    assert m["mAP50"] == 0 and m["recall"] == 0
+    assert m["class_agnostic"]["mAP50"] == pytest.approx(1.0)
+    assert m["class_agnostic"]["recall"] == 1.0
 
 def test_recall_counts_top_100_at_iou_50():
     coco = make_gt(num_images=1, seed=3)

@@ -31,9 +31,15 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
         table.add_row(name, *(_fmt(m[k]) for k in METRIC_KEYS), str(m["num_gt"]))
     total = sum(m["num_gt"] for m in metrics["per_class"].values())
     table.add_row("[bold]all[/]", *(_fmt(metrics[k]) for k in METRIC_KEYS), str(total))
+    agn = metrics.get("class_agnostic")
+    if agn is not None:
+        table.add_row("[dim]any class[/]", _fmt(agn["mAP"]), _fmt(agn["mAP50"]), "", "",
+                      _fmt(agn["recall"]), str(total))
     table.caption = (f"{RECALL_LABEL}: share of all GT boxes matched at IoU 0.5 among each "
                      "image's top 100 detections (classes pooled); AR100: COCO's average "
-                     "recall over classes and IoU 0.5:0.95")
+                     "recall over classes and IoU 0.5:0.95"
+                     + ("; any class: the same detections matched whatever their class "
+                        "(objects found, classes ignored)" if agn is not None else ""))
     return table
 
 

@@ -12,6 +12,10 @@ pycocotools prints for the same detections, to the last digit:
   ``COCOeval.eval["recall"][IoU=.5, k, all, 100]``. It is not COCO's ``AR100``, which averages
   over classes and over IoU 0.5:0.95. The paper reports a recall without defining it; this
   definition is ours.
+- ``class_agnostic``: ``{"mAP", "mAP50", "recall"}`` of the same detections with the classes
+  ignored (``COCOeval.params.useCats = 0``): how well the objects are *found*, whatever class
+  they are given. For a two-class detector that finds every disc but cannot yet tell the classes
+  apart, ``mAP50`` stays near the mean of the classes' shares while this reads near 1.
 
 Following pycocotools, a metric that is undefined (no ground truth for a class) is ``-1``.
 """
@@ -71,7 +75,8 @@ def _load_results(coco_gt: Any, results: list[dict]) -> Any:
     return res
 
 
-def run_cocoeval(coco_gt: Any, results: list[dict], *, img_ids: Sequence[int] | None = None) -> Any:
+def run_cocoeval(coco_gt: Any, results: list[dict], *, img_ids: Sequence[int] | None = None,
+                 use_cats: bool = True) -> Any:
     """Run pycocotools' bbox COCOeval (evaluate, accumulate, summarize) quietly.
 
     Args:
@@ -80,6 +85,7 @@ def run_cocoeval(coco_gt: Any, results: list[dict], *, img_ids: Sequence[int] | 
             not modified.
         img_ids: images to evaluate; default all images of ``coco_gt`` (so images without any
             detection still count their ground truth as missed).
+        use_cats: False matches detections to ground truth whatever their classes.
 
     Returns:
         The ``COCOeval`` object after ``summarize()``.
@@ -89,6 +95,7 @@ def run_cocoeval(coco_gt: Any, results: list[dict], *, img_ids: Sequence[int] | 
     coco_dt = _load_results(coco_gt, results)
     E = COCOeval(coco_gt, coco_dt, iouType="bbox")
     E.params.imgIds = sorted(img_ids if img_ids is not None else coco_gt.getImgIds())
+    E.params.useCats = int(use_cats)
     with _quiet():
         E.evaluate()
         E.accumulate()
@@ -157,10 +164,14 @@ def evaluate_coco(coco_gt: Any, results: list[dict], class_names: Sequence[str],
 
     Returns:
         ``{"mAP", "mAP50", "mAP75", "AR100", "recall", "per_class": {name: {...}},
-        "num_images"}`` with plain floats.
+        "class_agnostic": {"mAP", "mAP50", "recall"}, "num_images"}`` with plain floats.
     """
     E = run_cocoeval(coco_gt, results, img_ids=img_ids)
     out = summarize_cocoeval(E, class_names, cat_ids)
+    A = run_cocoeval(coco_gt, results, img_ids=img_ids, use_cats=False)
+    matched, total = _matched_gt_at_50(A, None)
+    out["class_agnostic"] = {"mAP": float(A.stats[0]), "mAP50": float(A.stats[1]),
+                             "recall": matched / total if total else -1.0}
     out["num_images"] = len(E.params.imgIds)
     return out
 
