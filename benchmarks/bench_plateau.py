@@ -11,7 +11,8 @@ on top of the base; ``off`` is GFL as the paper and mmdetection build it):
 - ``+prior``, ``+mean``, ``+gn``, ``+topk``, ``+warm``, ``+residual``, ``+zres``: one change each
 - ``all``: every change; ``all-X``: every change but X; either followed by ``+b16`` (batch 16),
   ``+lr3`` (AdamW 3e-3), ``+w50`` (50-iteration warm-up), ``+cb`` (class-balanced crops) or
-  ``+q2`` (classification loss weighted x2): recipe changes tried on top
+  ``+q2`` (classification loss weighted x2), ``+r10`` / ``+r25`` / ``+r50`` (residual branches
+  start at scale 0.1 / 0.25 / 0.5): recipe changes tried on top
 
 Runs are resumable (each in its own folder under ``--out``; a finished one is skipped, a cut
 one resumed), run ``--jobs`` at a time with one thread each, and the table is rebuilt from the
@@ -66,6 +67,10 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "cb": {"data": {"augmentation": {"crop_balance": True}}},
     # Classification weighted twice GFL's (QFL : DFL : GIoU = 2 : 0.25 : 2).
     "q2": {"model": {"lambda_qfl": 2 / 4.25, "mu_dfl": 0.25 / 4.25}},
+    # Residual branches start at a small scale instead of 0 (model.residual_init).
+    "r10": {"model": {"residual_init": 0.1}},
+    "r25": {"model": {"residual_init": 0.25}},
+    "r50": {"model": {"residual_init": 0.5}},
 }
 
 

@@ -124,6 +124,11 @@ class ModelConfig(_Strict):
     zero_init_residual: bool | None = Field(
         None, description="start every residual block of a randomly initialised backbone as "
         "the identity (last BatchNorm scale 0); ignored with pretrained weights")
+    residual_init: float | None = Field(
+        None, ge=0, description="start the last BatchNorm scale of every residual block of a "
+        "randomly initialised backbone at this value (0: the identity, as zero_init_residual; "
+        "None: BatchNorm's 1, or 0 with zero_init_residual); takes precedence over "
+        "zero_init_residual; ignored with pretrained weights")
 
 
 class TrainConfig(_Strict):

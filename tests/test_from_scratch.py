@@ -204,3 +204,18 @@ def test_zero_init_residual_starts_every_residual_block_as_the_identity():
     model = build_detector("gfl_mbv2", zero_init_residual=True)
     assert all(float(b.conv[-1].weight.abs().sum()) == 0 for b in model.backbone.modules()
                if isinstance(b, InvertedResidual) and b.use_res_connect)
+
+
+def test_residual_init_starts_the_residual_branches_at_a_given_scale():
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    def scales(model):
+        return {float(v) for b in model.backbone.modules()
+                if isinstance(b, InvertedResidual) and b.use_res_connect
+                for v in b.conv[-1].weight}
+
+    torch.manual_seed(0)
+    assert scales(build_detector("gfl_mbv2", residual_init=0.25)) == {0.25}
+    # It takes precedence over zero_init_residual; unset, the blocks keep BatchNorm's 1.
+    assert scales(build_detector("gfl_mbv2", zero_init_residual=True, residual_init=0.5)) == {0.5}
+    assert scales(build_detector("gfl_mbv2")) == {1.0}

@@ -291,7 +291,7 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 }
 
 
-def zero_init_residual(backbone: nn.Module) -> int:
+def zero_init_residual(backbone: nn.Module, *, value: float = 0.0) -> int:
     """Zero the last BatchNorm scale of every residual block, so each block starts as the identity.
 
     Goyal et al. (*Accurate, Large Minibatch SGD*, 2017) start each residual branch at zero:
@@ -302,8 +302,13 @@ def zero_init_residual(backbone: nn.Module) -> int:
     the linear 1x1 projection). Only for random initialisation: pretrained blocks are not
     identities.
 
+    With Adam the scales grow slowly from 0 (a step moves a scale by about the learning rate, and
+    their gradients change sign often), so the blocks stay weak for long; ``value`` starts them
+    at a small scale instead, the branch then adding a ``value``-sized part to the skip.
+
     Args:
         backbone: any module; matching blocks anywhere inside it are changed.
+        value: the starting scale (0: the identity).
 
     Returns:
         How many blocks were changed.
@@ -321,7 +326,7 @@ def zero_init_residual(backbone: nn.Module) -> int:
         elif isinstance(m, InvertedResidual) and m.use_res_connect:
             bn = m.conv[-1]
         if isinstance(bn, nn.BatchNorm2d):
-            nn.init.zeros_(bn.weight)
+            nn.init.constant_(bn.weight, value)
             n += 1
     return n
 

@@ -70,6 +70,7 @@ OVERRIDES = (
     "nmode", "pretrained", "score_thr", "nms_iou", "max_per_img", "min_box_size", "lambda_qfl",
     "mu_dfl", "nmode_kwargs", "frozen_stages", "norm_eval", "det_scale", "nmode_form",
     "reg_prior", "box_loss_norm", "fpn_norm", "atss_topk", "zero_init_residual",
+    "residual_init",
 )
 
 
@@ -141,8 +142,11 @@ def build_gfl(
     backbone = build_backbone(backbone_name,
                               pretrained=None if weights.path is None else str(weights.path),
                               nmode=nmode == "backbone", **bb_kwargs)
-    if opt.get("zero_init_residual") and weights.path is None:
-        zero_init_residual(backbone)
+    residual_init = opt.get("residual_init")
+    if residual_init is None and opt.get("zero_init_residual"):
+        residual_init = 0.0
+    if residual_init is not None and weights.path is None:
+        zero_init_residual(backbone, value=residual_init)
     a = {**PAPER_ARCH, **(arch or {})}
     try:
         neck = FPN(list(backbone.out_channels), out_channels=a["fpn_channels"],
@@ -244,7 +248,8 @@ def build_detector(name: str, num_classes: int = 2, **overrides: Any) -> GFLDete
             (``"none"``, the default, or ``"gn"``), ``atss_topk`` (default 9),
             ``zero_init_residual`` (default False: start every residual block of a randomly
             initialised backbone as the identity, see
-            :func:`~meddet.models.backbones.zero_init_residual`),
+            :func:`~meddet.models.backbones.zero_init_residual`), ``residual_init`` (the
+            starting last-BatchNorm scale of those blocks instead; 0 is the identity start),
             ``frozen_stages``, ``norm_eval``
             (defaults: 1 and True when the backbone got weights, as mmdetection fine-tunes;
             -1 and False without, i.e. training from scratch, also when ``"auto"`` found
