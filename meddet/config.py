@@ -129,6 +129,9 @@ class ModelConfig(_Strict):
         "randomly initialised backbone at this value (0: the identity, as zero_init_residual; "
         "None: BatchNorm's 1, or 0 with zero_init_residual); takes precedence over "
         "zero_init_residual; ignored with pretrained weights")
+    qfl_beta: float | None = Field(
+        None, ge=0, le=4, description="QFL focusing exponent β (None: GFL's 2); a lower β "
+        "keeps the push on a wrong class's channel from vanishing while scores are still low")
 
 
 class TrainConfig(_Strict):

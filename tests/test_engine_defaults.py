@@ -26,7 +26,7 @@ def test_model_override_fields_are_the_config_fields_the_zoo_accepts():
                                           "max_per_img", "min_box_size", "lambda_qfl", "mu_dfl",
                                           "nmode_form", "reg_prior", "box_loss_norm", "fpn_norm",
                                           "atss_topk", "zero_init_residual",
-                                          "residual_init"}
+                                          "residual_init", "qfl_beta"}
     assert set(MODEL_OVERRIDE_FIELDS) <= set(OVERRIDES)
     assert set(MODEL_OVERRIDE_FIELDS) | {"name"} == set(ModelConfig.model_fields)
     cfg = load_config(None, {"model": {"nmode": "fpn", "score_thr": 0.2}})

@@ -219,3 +219,17 @@ def test_residual_init_starts_the_residual_branches_at_a_given_scale():
     # It takes precedence over zero_init_residual; unset, the blocks keep BatchNorm's 1.
     assert scales(build_detector("gfl_mbv2", zero_init_residual=True, residual_init=0.5)) == {0.5}
     assert scales(build_detector("gfl_mbv2")) == {1.0}
+
+
+def test_qfl_beta_reaches_the_detector_loss():
+    from meddet.models.losses import quality_focal_loss
+
+    assert build_detector("gfl_mbv2").qfl_beta == 2.0
+    model = build_detector("gfl_mbv2", qfl_beta=1.0)
+    assert model.qfl_beta == 1.0
+    # A wrong class at σ = 0.1 (target 0): β = 1 weighs its BCE by 0.1, β = 2 by 0.01.
+    logit = torch.logit(torch.tensor([[0.1, 0.1]]))
+    labels, scores = torch.tensor([0]), torch.tensor([0.0])
+    bce = -math.log(0.9)
+    assert quality_focal_loss(logit, labels, scores, beta=1.0).item() == pytest.approx(2 * 0.1 * bce)
+    assert quality_focal_loss(logit, labels, scores, beta=2.0).item() == pytest.approx(2 * 0.01 * bce)

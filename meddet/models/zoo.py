@@ -70,7 +70,7 @@ OVERRIDES = (
     "nmode", "pretrained", "score_thr", "nms_iou", "max_per_img", "min_box_size", "lambda_qfl",
     "mu_dfl", "nmode_kwargs", "frozen_stages", "norm_eval", "det_scale", "nmode_form",
     "reg_prior", "box_loss_norm", "fpn_norm", "atss_topk", "zero_init_residual",
-    "residual_init",
+    "residual_init", "qfl_beta",
 )
 
 
@@ -169,6 +169,7 @@ def build_gfl(
                         head=head, nmode=nmode, strides=STRIDES, postprocessor=post,
                         assigner=assigner, box_loss_norm=opt.get("box_loss_norm", "mmdet"),
                         lambda_qfl=lambda_qfl, mu_dfl=mu_dfl,
+                        qfl_beta=float(opt.get("qfl_beta", 2.0)),
                         det_scale=float(opt.get("det_scale", DEFAULT_DET_SCALE)))
     model.prefers_channels_last = name in PREFERS_CHANNELS_LAST
     # Which weights the backbone started from, for callers to print (``auto`` may have fallen
@@ -250,7 +251,7 @@ def build_detector(name: str, num_classes: int = 2, **overrides: Any) -> GFLDete
             initialised backbone as the identity, see
             :func:`~meddet.models.backbones.zero_init_residual`), ``residual_init`` (the
             starting last-BatchNorm scale of those blocks instead; 0 is the identity start),
-            ``frozen_stages``, ``norm_eval``
+            ``qfl_beta`` (QFL's focusing exponent; default 2), ``frozen_stages``, ``norm_eval``
             (defaults: 1 and True when the backbone got weights, as mmdetection fine-tunes;
             -1 and False without, i.e. training from scratch, also when ``"auto"`` found
             none).
