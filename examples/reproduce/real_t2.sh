@@ -8,6 +8,7 @@
 #   bash examples/reproduce/real_t2.sh              # from the repository root
 #   ROOT=runs/real-t2 SEEDS="0 1 2" JOBS=2 VOLUMES=../shared/data/real-mri \
 #     V2_RUNS="runs/v2-s0 runs/v2-s1" bash examples/reproduce/real_t2.sh
+#   SEEDS= FAMILIES= V2_RUNS="..." bash examples/reproduce/real_t2.sh   # score V2_RUNS only
 #
 # Resumable: a step whose output exists is skipped; a training stopped half-way (no `done`
 # marker beside its last.pt) continues with --resume. Each training is ~70 min of one core
@@ -19,10 +20,10 @@
 # SYNTH_FLAGS="--num-train 8 --num-val 2 --num-test 2 --size 128"
 # TRAIN_FLAGS="--max-iters 2 --epochs 1 --img-size 128 --batch-size 2" SEEDS=0 FAMILIES=fov).
 set -u
-ROOT=${ROOT:-runs/real-t2}; SEEDS=${SEEDS:-"0 1 2"}; JOBS=${JOBS:-1}
+ROOT=${ROOT:-runs/real-t2}; SEEDS=${SEEDS-"0 1 2"}; JOBS=${JOBS:-1}
 VOLUMES=${VOLUMES:-../shared/data/real-mri}; V2_RUNS=${V2_RUNS:-}
 SYNTH_FLAGS=${SYNTH_FLAGS:-}; TRAIN_FLAGS=${TRAIN_FLAGS:-}
-FAMILIES=${FAMILIES:-"contrast gamma bias blur noise disc fov spacing"}
+FAMILIES=${FAMILIES-"contrast gamma bias blur noise disc fov spacing"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 M="python -m meddet"
 mkdir -p "$ROOT"
@@ -36,7 +37,7 @@ synth() {  # synth NAME [FLAGS...]
     >/dev/null || exit 3
 }
 synth v2
-synth random --phantom random
+[ -n "$SEEDS" ] && synth random --phantom random
 for f in $FAMILIES; do synth "random-no-$f" --phantom random --random-off "$f"; done
 
 # 2. trainings: "<run name> <data set> <seed>", JOBS at a time, each resumed if interrupted.
