@@ -155,6 +155,11 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(35.0, description="max grad norm; None disables clipping")
     max_iters: int | None = Field(None, ge=1, description="stop after this many iterations")
     amp: bool = Field(True, description="mixed precision (CUDA only; ignored on CPU)")
+    cpu_amp: bool = Field(
+        False, description="bfloat16 autocast of the training forward pass on the CPU (about "
+        "1.6x faster steps where the CPU has AVX-512 BF16 or AMX; weights, optimiser state and "
+        "losses stay float32); ignored on CUDA"
+    )
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     seed: int = Field(0, description="seed for weights, data order and augmentation")

@@ -179,6 +179,14 @@ def test_several_models_get_one_run_directory_each(tiny_dataset, tmp_path):
         assert load_checkpoint(tmp_path / name / "last.pt")["meta"]["model_name"] == name
 
 
+def test_cpu_amp_flag_is_recorded_and_logged(tiny_dataset, tmp_path):
+    assert train(tiny_dataset, tmp_path / "b", "--max-iters", "1", "--cpu-amp") == 0
+    assert "cpu_amp: true" in (tmp_path / "b" / "config.yaml").read_text()
+    assert "bfloat16 autocast" in (tmp_path / "b" / "train.log").read_text()
+    assert torch.isfinite(torch.tensor(float(
+        (tmp_path / "b" / "results.csv").read_text().splitlines()[1].split(",")[2])))
+
+
 def test_bare_resume_flag_means_last():
     from meddet.cli.train import normalize_resume_argv
 

@@ -95,6 +95,15 @@ def test_assemble_trainer_builds_the_standard_run(tiny_dataset, tmp_path):
                                                for h in bare.trainer.hooks)
 
 
+def test_cpu_amp_reaches_the_trainer_and_the_log_header(tiny_dataset):
+    for on in (False, True):
+        cfg = _cfg(tiny_dataset, cpu_amp=on)
+        run = assemble_trainer(cfg, None, model_name="gfl_mbv2", datasets=build_datasets(cfg),
+                               device=torch.device("cpu"))
+        assert run.trainer.amp_dtype == (torch.bfloat16 if on else None)
+        assert ("bfloat16 autocast" in run.header) == on
+
+
 def test_an_extension_adds_parameters_state_and_step_after_the_model(tiny_dataset):
     cfg = _cfg(tiny_dataset)
     datasets = build_datasets(cfg)

@@ -330,3 +330,41 @@ def test_recorded_best_reads_the_checkpoint_hook_state_then_the_metrics_row():
     assert recorded_best({"metrics": {"mAP50": float("nan")}}) is None
     assert recorded_best({"metrics": {"mAP50": "n/a"}}) is None
     assert recorded_best({}) is None
+
+
+class DtypeProbe(TinyDet):
+    """TinyDet that records the dtype its convolution computes in, and its losses."""
+
+    losses: list[float]
+
+    def forward(self, images, targets):
+        self.conv_dtype = self.conv(images).dtype
+        out = super().forward(images, targets)
+        self.losses = [*getattr(self, "losses", []), float(out["loss"].detach())]
+        return out
+
+
+def _probe_trainer(cpu_amp: bool) -> Trainer:
+    seed_everything(0)
+    ds = TinyData()
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate,
+                                         sampler=du.ResumableSampler(len(ds), shuffle=False))
+    model = DtypeProbe()
+    opt = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=0.0)
+    return Trainer(model, opt, loader, iters_per_epoch=3, max_iters=3, cpu_amp=cpu_amp)
+
+
+def test_cpu_amp_runs_the_forward_in_bfloat16_and_keeps_float32_weights():
+    ref, amp = _probe_trainer(False), _probe_trainer(True)
+    w0 = ref.model.conv.weight.detach().clone()
+    assert torch.equal(w0, amp.model.conv.weight)  # same seed, same start
+    ref.train()
+    amp.train()
+    assert ref.model.conv_dtype == torch.float32 and amp.model.conv_dtype == torch.bfloat16
+    for p in amp.model.parameters():
+        assert p.dtype == torch.float32 and torch.isfinite(p).all()
+    assert not torch.equal(amp.model.conv.weight, w0)  # it trained
+    # The same three steps in float32 and under bfloat16 autocast (8 significant bits) give
+    # nearby losses, not identical ones.
+    la, lb = ref.model.losses, amp.model.losses
+    assert len(la) == len(lb) == 3 and la != lb and la == pytest.approx(lb, rel=0.05)

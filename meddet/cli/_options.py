@@ -59,6 +59,13 @@ def max_iters_option() -> Any:
                         help="Stop after this many iterations in total.")
 
 
+def cpu_amp_option() -> Any:
+    """``--cpu-amp/--no-cpu-amp``."""
+    return typer.Option(None, "--cpu-amp/--no-cpu-amp", help="bfloat16 autocast of the "
+                        "forward pass on the CPU (train.cpu_amp): about 1.6x faster steps on "
+                        "CPUs with AVX-512 BF16 or AMX; weights and losses stay float32.")
+
+
 def eval_every_option() -> Any:
     """``--eval-every``."""
     return typer.Option(None, "--eval-every", min=1, help="Evaluate on val every N epochs.")
@@ -151,7 +158,8 @@ def training_overrides(*, data: Any, img_size: int | None, workers: int | None,
                        epochs: int | None, batch_size: int | None, lr: float | None,
                        max_iters: int | None, device: str | None, seed: int | None,
                        eval_every: int | None, checkpoint_every: int | None,
-                       checkpoint_every_iters: int | None) -> dict[str, Any]:
+                       checkpoint_every_iters: int | None,
+                       cpu_amp: bool | None = None) -> dict[str, Any]:
     """The ``data`` and ``train`` config sections set by the shared flags (``None``: unset,
     changes nothing; ``device`` ``auto`` becomes ``cuda`` or ``cpu`` here, so that the run's
     config.yaml names the device it ran on)."""
@@ -164,5 +172,5 @@ def training_overrides(*, data: Any, img_size: int | None, workers: int | None,
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_iters": max_iters,
                   "device": device, "seed": seed, "eval_every": eval_every,
                   "checkpoint_every": checkpoint_every,
-                  "checkpoint_every_iters": checkpoint_every_iters},
+                  "checkpoint_every_iters": checkpoint_every_iters, "cpu_amp": cpu_amp},
     }

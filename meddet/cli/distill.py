@@ -59,6 +59,7 @@ def distill(
     config: str | None = opt.config_option(),
     epochs: int | None = opt.epochs_option(),
     max_iters: int | None = opt.max_iters_option(),
+    cpu_amp: bool | None = opt.cpu_amp_option(),
     img_size: int | None = opt.img_size_option(),
     batch_size: int | None = opt.batch_size_option(),
     lr: float | None = opt.lr_option(),
@@ -104,7 +105,8 @@ def distill(
              **opt.training_overrides(
         data=data, img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
         lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
-        checkpoint_every=checkpoint_every, checkpoint_every_iters=checkpoint_every_iters),
+        checkpoint_every=checkpoint_every, checkpoint_every_iters=checkpoint_every_iters,
+        cpu_amp=cpu_amp),
         "distill": {"method": method, "student": student, "fusion": fusion,
                     "aatm": False if no_aatm else None, "sigma": sigma, "tau": tau,
                     "per_teacher_alpha": per_teacher_alpha,

@@ -89,6 +89,7 @@ def pretrain_teacher(
     img_size: int | None = opt.img_size_option(),
     workers: int | None = opt.workers_option(),
     max_iters: int | None = opt.max_iters_option(),
+    cpu_amp: bool | None = opt.cpu_amp_option(),
     eval_every: int | None = opt.eval_every_option(),
     checkpoint_every: int | None = opt.checkpoint_every_option(),
     checkpoint_every_iters: int | None = opt.checkpoint_every_iters_option(),
@@ -129,7 +130,8 @@ def pretrain_teacher(
              **opt.training_overrides(
         data=data, img_size=img_size, workers=workers, epochs=epochs, batch_size=batch_size,
         lr=lr, max_iters=max_iters, device=device, seed=seed, eval_every=eval_every,
-        checkpoint_every=checkpoint_every, checkpoint_every_iters=checkpoint_every_iters)}
+        checkpoint_every=checkpoint_every, checkpoint_every_iters=checkpoint_every_iters,
+        cpu_amp=cpu_amp)}
     models = parse_csv_list(model, "--model")
     notes: list[str] = []
     jobs: list[tuple[Config, Path | None, Path | None]] = []  # (config, run dir, checkpoint)

@@ -335,16 +335,19 @@ def assemble_trainer(cfg: Config, run_dir: Path | None, *, model_name: str,
     eval_fn = build_eval_fn(val_ds, batch_size=tc.batch_size, workers=cfg.data.workers)
     ema_note = (f"weight EMA (decay {tc.ema_decay:g}, warm-up {tc.ema_warmup}), "
                 if ema is not None else "")
+    amp_note = ("bfloat16 autocast, " if tc.cpu_amp and torch.device(device).type == "cpu"
+                else "")
     header = (f"{title} on {cfg.data.root} ({len(train_ds)} train / {len(val_ds)} val "
               f"images, {cfg.data.img_size} px), batch {tc.batch_size} x {world} process(es), "
-              f"lr {lr:g}, {ema_note}device {device}: ")
+              f"lr {lr:g}, {ema_note}{amp_note}device {device}: ")
     hooks, checkpoint = _standard_hooks(
         run_dir, meta, eval_fn=eval_fn, eval_every=tc.eval_every,
         checkpoint_every=tc.checkpoint_every, checkpoint_every_iters=tc.checkpoint_every_iters,
         console=console, log_header=header, val_dataset=val_ds)
     trainer = Trainer(model, optimizer, loader, iters_per_epoch=ipe, max_iters=max_iters,
                       scheduler=scheduler, hooks=hooks, device=device, seed=tc.seed,
-                      amp=tc.amp, channels_last=tc.channels_last, grad_clip=tc.grad_clip,
+                      amp=tc.amp, cpu_amp=tc.cpu_amp, channels_last=tc.channels_last,
+                      grad_clip=tc.grad_clip,
                       max_nonfinite=tc.max_nonfinite, step_fn=ext.step_fn,
                       checkpointables=ext.checkpointables, ema=ema)
     return AssembledTrainer(trainer, meta, run_dir, title, header, checkpoint)

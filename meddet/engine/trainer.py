@@ -78,6 +78,8 @@ class Trainer:
         seed: base seed for the per-epoch data order and DataLoader worker seeds.
         amp: mixed precision on CUDA (bfloat16 where supported, else float16 with a grad
             scaler); ignored on CPU.
+        cpu_amp: bfloat16 autocast of the forward pass on the CPU (no grad scaler: bfloat16
+            has float32's exponent range); ignored on CUDA.
         channels_last: feed NHWC images (the model should be converted too); CUDA only.
         grad_clip: max gradient L2 norm; ``None`` disables clipping.
         max_nonfinite: stop after this many consecutive non-finite steps.
@@ -92,6 +94,7 @@ class Trainer:
                  data_loader: Any, *, iters_per_epoch: int, max_iters: int,
                  scheduler: Any = None, hooks: Sequence[HookBase] = (),
                  device: str | torch.device = "cpu", seed: int = 0, amp: bool = False,
+                 cpu_amp: bool = False,
                  channels_last: bool = False, grad_clip: float | None = None,
                  max_nonfinite: int = 20, step_fn: Callable[[Trainer], None] | None = None,
                  checkpointables: Mapping[str, Any] | None = None,
@@ -117,6 +120,8 @@ class Trainer:
         self.amp_dtype: torch.dtype | None = None
         if amp and on_cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif cpu_amp and self.device.type == "cpu":
+            self.amp_dtype = torch.bfloat16
         # Only float16 needs loss scaling; bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
@@ -266,10 +271,11 @@ class Trainer:
         return images, targets
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed-precision context for the forward pass (a no-op unless AMP on CUDA)."""
+        """Mixed-precision context for the forward pass (a no-op unless AMP on CUDA or
+        ``cpu_amp`` on the CPU)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def run_step(self) -> None:
         """One iteration: fetch a batch, compute the losses, update the weights."""
