@@ -10,6 +10,13 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Training runs in tests write no TensorBoard events (the tests that check them switch it on).
 os.environ.setdefault("MEDDET_TENSORBOARD", "0")
+# Nothing a test runs keeps files in the user's cache folder (the demo's trained teachers).
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["MEDDET_CACHE"] = tempfile.mkdtemp(prefix="meddet-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MEDDET_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

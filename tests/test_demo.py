@@ -203,3 +203,88 @@ def test_curves_draw_one_loss_and_one_map50_line_per_model(monkeypatch, tmp_path
     # One run keeps every loss term and every metric it has.
     assert [ln.get_label() for ln in one_l.lines] == ["loss", "loss_qfl"]
     assert [ln.get_label() for ln in one_m.lines] == ["val mAP50"]
+
+
+def _fake_teacher_step(made: list, template):
+    """A stand-in for the demo's training step: copies a small checkpoint as the run's best.pt
+    and records which model it "trained"."""
+    import shutil
+
+    def train(name, role, epochs, *, out, **_):
+        run = out / ("teachers" if role == "teacher" else "students") / name
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.copy(template, run / "last.pt")
+        (run / "results.csv").write_text(f"epoch,iter,loss\n1,1,{len(made)}\n")
+        made.append(name)
+        return {"role": role, "run_dir": str(run), "checkpoint": str(run / "last.pt"),
+                "history": [{"epoch": 1, "loss": float(len(made))}], "iters": 1}
+    return train
+
+
+def test_a_second_run_reuses_the_cached_teachers(tmp_path, monkeypatch, tiny_teachers):
+    from meddet.demo import cache, run, steps
+
+    monkeypatch.setenv("MEDDET_CACHE", str(tmp_path / "cache"))
+    made: list[str] = []
+    monkeypatch.setattr(steps, "train", _fake_teacher_step(made, tiny_teachers[0]))
+    # Everything after the teachers is the quick pipeline's business; stop there.
+    monkeypatch.setattr(steps, "distill_student", lambda *a, **k: (_ for _ in ()).throw(
+        MedDetError("stop after the teachers")))
+    plan = dataclasses.replace(PLANS["quick"], name="tiny", max_iters=3)
+    for _ in range(2):
+        with pytest.raises(MedDetError, match="stop after the teachers"):
+            run.run_demo(tmp_path / f"run{_}", plan=plan, pretrained="none")
+    # Trained once, then taken from the cache, into the second run's own folder.
+    assert made == list(TEACHERS)
+    entry = run.cached_teachers(plan, seed=0, device="cpu", pretrained="none")
+    assert entry is not None and entry.parent == tmp_path / "cache" / "teachers"
+    for t in TEACHERS:
+        restored = tmp_path / "run1" / "teachers" / t
+        assert (restored / "best.pt").is_file() and (restored / "results.csv").read_text() == (
+            entry / t / "results.csv").read_text()
+    from meddet.engine.checkpoint import load_checkpoint
+    slim = load_checkpoint(tmp_path / "run1" / "teachers" / "gfl_r50" / "best.pt")
+    assert "optimizer" not in slim and slim["meta"]["model_name"] == "gfl_mbv2"
+    # A different seed, teacher schedule or --pretrained is another entry; a student-only
+    # change is the same one.
+    assert run.cached_teachers(plan, seed=1, device="cpu", pretrained="none") is None
+    assert run.cached_teachers(dataclasses.replace(plan, teacher_epochs=2), seed=0,
+                               device="cpu", pretrained="none") is None
+    assert run.cached_teachers(plan, seed=0, device="cpu", pretrained="auto") is None
+    assert run.cached_teachers(dataclasses.replace(plan, student_epochs=5), seed=0,
+                               device="cpu", pretrained="none") == entry
+    # reuse_teachers=False trains again and replaces the entry; the quick plan keeps nothing.
+    with pytest.raises(MedDetError, match="stop after the teachers"):
+        run.run_demo(tmp_path / "run2", plan=plan, pretrained="none", reuse_teachers=False)
+    assert made == [*TEACHERS, *TEACHERS]
+    assert (entry / "gfl_r50" / "results.csv").read_text().endswith(",3\n")
+    assert run.cached_teachers("quick", seed=0, device="cpu", pretrained="none") is None
+    assert sorted(p.name for p in (tmp_path / "cache" / "teachers").iterdir()) == [entry.name]
+    # An entry made from other data is not used.
+    assert cache.restore(entry, tmp_path / "x", fingerprint="other",
+                         initial_weights={t: "random" for t in TEACHERS}) is None
+    assert not (tmp_path / "x").exists()
+
+
+def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
+    from meddet.demo.cache import cache_root
+
+    monkeypatch.setenv("MEDDET_CACHE", str(tmp_path / "m"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_root() == tmp_path / "m"
+    monkeypatch.delenv("MEDDET_CACHE")
+    assert cache_root() == tmp_path / "x" / "meddet"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    assert cache_root() == tmp_path / "h" / ".cache" / "meddet"
+
+
+def test_cached_teachers_cost_seconds_in_the_estimate():
+    fresh = estimate_seconds("full", ["meddet"])
+    cached = estimate_seconds("full", ["meddet"], cached_teachers=True)
+    assert all(cached[f"pretrain {t}"] <= 5 for t in TEACHERS)
+    assert {k: v for k, v in cached.items() if not k.startswith("pretrain")} == {
+        k: v for k, v in fresh.items() if not k.startswith("pretrain")}
+    assert sum(cached.values()) == pytest.approx(
+        sum(fresh.values()) - sum(fresh[f"pretrain {t}"] - cached[f"pretrain {t}"]
+                                  for t in TEACHERS))

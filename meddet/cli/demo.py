@@ -38,6 +38,10 @@ def demo(
                                    "weights for every backbone that has them (its cache, or a "
                                    "download), random weights otherwise; none: random weights "
                                    "for all; imagenet: ImageNet weights or an error."),
+    retrain_teachers: bool = typer.Option(False, "--retrain-teachers", help="Train the "
+                                          "teachers even when an earlier run with the same "
+                                          "plan and data left them in the cache "
+                                          "($MEDDET_CACHE, else ~/.cache/meddet)."),
     json_dest: str | None = typer.Option(None, "--json", metavar="PATH|-",
                                             help="Also write results.json here ('-' = stdout)."),
 ) -> None:
@@ -49,6 +53,7 @@ def demo(
 
     --quick: one minute, every step once."""
     from meddet.demo import PLANS, check_students, estimate_seconds, run_demo, scale_note
+    from meddet.demo.run import cached_teachers
     from meddet.device import resolve_device
     from meddet.errors import MedDetError
     from meddet.runs import discard_if_failed, first_missing, new_run_dir, run_dir_target
@@ -60,7 +65,9 @@ def demo(
     plan = PLANS["quick" if quick else ("gpu" if dev.type == "cuda" else "full")]
     names = check_students(parse_csv_list(students, "--students") if students is not None
                            else None, plan)
-    expected = sum(estimate_seconds(plan, names).values())
+    entry = None if retrain_teachers else cached_teachers(plan, seed=seed, device=str(dev),
+                                                           pretrained=pretrained)
+    expected = sum(estimate_seconds(plan, names, cached_teachers=entry is not None).values())
     created = out is None or not out.exists()
     made = first_missing(run_dir_target(COMMAND, out))
     run_dir = new_run_dir(COMMAND, out)
@@ -70,10 +77,14 @@ def demo(
     con.print(f"Expected time: about {max(1, round(expected / 60))} minute(s) on {where} "
               "(longer on a busy machine; each step prints its own estimate and the time left).")
     con.print(f"Scale ({plan.name} plan, {dev}): {plan.scale_line()}. {scale_note(plan)}")
+    if entry is not None:
+        con.print(f"Teachers: reusing those an earlier run trained ({escape(str(entry))}); "
+                  "--retrain-teachers trains them again.")
     # A user error found before the first output (e.g. no ImageNet weights) leaves no run.
     with discard_if_failed(run_dir, created=created, made=made, outputs=()):
         result = run_demo(run_dir, plan=plan, seed=seed, students=names, device=str(dev),
-                          pretrained=pretrained, console=con)
+                          pretrained=pretrained, reuse_teachers=not retrain_teachers,
+                          console=con)
 
     t1 = Table(title="Table I: detection on the synthetic test split", box=box.SIMPLE_HEAD,
                caption=f"{plan.num_test} test images; {plan.scale_line()}. {scale_note(plan)}",

@@ -36,6 +36,7 @@ _TRAIN_FIXED_SHARE = {"gfl_r50": 0.0, "gfl_r101": 0.0, "gfl_r152": 0.0}
 _TRAIN_FIXED_SHARE_DEFAULT = 0.57
 _MODEL_SETUP_S = 3.0          # build + first-iteration overhead per model run
 _FIXED_S = 8.0                # imports, data set writing, tables, figures
+_CACHED_TEACHER_S = 2.0       # a teacher taken from the cache (linked or copied)
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,12 @@ def _s_per_img(plan: DemoPlan, name: str) -> float:
     return table.get(name, table["meddet"])
 
 
-def estimate_seconds(plan: str | DemoPlan, students: Sequence[str] | None = None) -> dict[str, float]:
+def estimate_seconds(plan: str | DemoPlan, students: Sequence[str] | None = None, *,
+                     cached_teachers: bool = False) -> dict[str, float]:
     """Expected seconds per step on 2 idle CPU cores (a rough, up-front estimate).
+
+    ``cached_teachers``: the teachers come from the cache (:mod:`meddet.demo.cache`), a copy
+    of a few seconds each.
 
     Returns:
         ``{step_name: seconds}`` in run order, step names as in ``results.json``.
@@ -240,7 +245,7 @@ def estimate_seconds(plan: str | DemoPlan, students: Sequence[str] | None = None
     teacher_fwd = sum(_s_per_img(p, t) * train_px(t) for t in TEACHERS) * _EVAL_S_PER_IMG_FACTOR
     out = {"synth": 1.0 + 0.01 * eval_px * (p.num_train + p.num_val + p.num_test)}
     for t in TEACHERS:
-        out[f"pretrain {t}"] = train(t, p.teacher_epochs)
+        out[f"pretrain {t}"] = _CACHED_TEACHER_S if cached_teachers else train(t, p.teacher_epochs)
     for s in students:
         imgs = p.iters(p.student_epochs) * p.batch_size
         fwd = min(imgs, variants * p.num_train) if p.teacher_cache else imgs

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from meddet._io import atomic_write_json, atomic_write_text
-from meddet.demo import steps
+from meddet.demo import cache, steps
 from meddet.demo.figures import preview
 from meddet.demo.plan import (
     PAPER_IMG_SIZE,
@@ -109,6 +109,26 @@ def _report(out: Path, root: Path, models: dict[str, dict[str, Any]], names: Seq
     return drawn
 
 
+def teacher_cache_key(plan: DemoPlan, *, seed: int, device: str, pretrained: str) -> str | None:
+    """The teacher-cache key of a run (:func:`meddet.demo.cache.teacher_key`), or ``None`` for
+    a plan whose teachers are not kept (the pipeline check)."""
+    from meddet.config import load_config
+
+    if not cache.cacheable(plan):
+        return None
+    return cache.teacher_key(plan, seed=seed, device=device, pretrained=pretrained,
+                             teachers=TEACHERS,
+                             recipe=load_config(steps.RECIPE).model_dump(mode="json"))
+
+
+def cached_teachers(plan: str | DemoPlan, *, seed: int, device: str,
+                    pretrained: str) -> Path | None:
+    """The cache entry a run with these settings would reuse, if there is one (the data and
+    initial weights are checked again once the run has made its data)."""
+    key = teacher_cache_key(resolve_plan(plan), seed=seed, device=device, pretrained=pretrained)
+    return cache.lookup(key) if key else None
+
+
 def run_demo(
     out_dir: str | os.PathLike,
     *,
@@ -118,6 +138,7 @@ def run_demo(
     device: str = "cpu",
     threads: int | None = None,
     pretrained: str = "none",
+    reuse_teachers: bool = True,
     console: Any = None,
 ) -> dict[str, Any]:
     """Run the whole paper at reduced scale: data, teachers, distillation, baseline, eval,
@@ -135,10 +156,15 @@ def run_demo(
         pretrained: backbone initialisation of every model: ``none`` (random), ``auto``
             (torchvision's ImageNet weights where they can be had, else random) or
             ``imagenet`` (those weights, else an error); see :mod:`meddet.models.pretrained`.
+        reuse_teachers: take the teachers from the cache (:mod:`meddet.demo.cache`) when an
+            earlier run with the same plan, data, seed, device, initial weights and package
+            version left them there; ``False`` trains them again (and replaces the entry).
+            Trained teachers are always kept there, except by the one-iteration quick plan.
         console: a ``rich.console.Console`` for progress; ``None`` runs silently.
 
     Returns:
-        The content of ``results.json``: ``{"plan", "seed", "students", "machine",
+        The content of ``results.json``: ``{"plan", "seed", "students", "teachers_cached"
+        (the cache entry the teachers came from, or ``None``), "machine",
         "expected_s", "seconds", "elapsed_s", "models": {name: {"role", "checkpoint", "run_dir",
         "test": metrics, "bench": row, "history"}}, "bench", "table1", "table2", "preview",
         "files", "notes"}``.
@@ -158,7 +184,9 @@ def run_demo(
     threads = threads if threads is not None else _default_threads()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    expected = estimate_seconds(p, students)
+    key = teacher_cache_key(p, seed=seed, device=device, pretrained=pretrained)
+    entry = cache.lookup(key) if key and reuse_teachers else None
+    expected = estimate_seconds(p, students, cached_teachers=entry is not None)
     clock = _Clock(expected, console)
     machine = _machine(threads)
     root = out / "data"
@@ -173,11 +201,34 @@ def run_demo(
         clock.run("synth", f"synthesise CDH-MRI data: {p.num_train}/{p.num_val}/{p.num_test} "
                   f"images at {max(128, p.img_size)} px -> {root}", steps.synthesise, root, p,
                   seed=seed, console=console)
+        fingerprint = cache.data_fingerprint(root) if key else ""
+        cached = (steps.guard("reading the teacher cache", cache.restore, entry, out,
+                              fingerprint=fingerprint, initial_weights=init)
+                  if entry is not None else None)
+        if entry is not None and cached is None:
+            _say(console, f"The cached teachers in {entry} were trained on other data or from "
+                 "other initial weights: training them again.")
+            clock.expected.update({k: v for k, v in estimate_seconds(p, students).items()
+                                   if k.startswith("pretrain ")})
         for t in TEACHERS:
+            if cached is not None:
+                models[t] = clock.run(f"pretrain {t}", f"teacher {t}: reused from the cache "
+                                      f"({entry})", cached.__getitem__, t)
+                continue
             models[t] = clock.run(
                 f"pretrain {t}", f"pretrain teacher {t} ({p.iters(p.teacher_epochs)} "
                 f"iterations of batch {p.batch_size} at {p.train_size} px)",
                 steps.train, t, "teacher", p.teacher_epochs, **where)
+        if key and cached is None:
+            try:
+                kept = cache.store(key, {t: models[t] for t in TEACHERS},
+                                   fingerprint=fingerprint, initial_weights=init)
+                _say(console, f"Kept the trained teachers in {kept}: a later `meddet demo` with "
+                     "the same plan and data reuses them (--retrain-teachers trains them again).")
+            except OSError as exc:
+                _say(console, f"Could not keep the teachers in the cache {cache.cache_root()} "
+                     f"({exc.strerror or exc}); set {cache.CACHE_ENV} to a writable folder to "
+                     "reuse them in a later run.")
         teacher_ckpts = [models[t]["checkpoint"] for t in TEACHERS]
         for s in students:
             models[s] = clock.run(
@@ -210,6 +261,7 @@ def run_demo(
         "preview": drawn,
         "plan": dataclasses.asdict(p),
         "seed": seed,
+        "teachers_cached": str(entry) if cached is not None else None,
         "pretrained": pretrained,
         "initial_weights": init,
         "students": students,
@@ -228,6 +280,9 @@ def run_demo(
                   **{n: str(Path(m["run_dir"]).relative_to(out)) for n, m in models.items()}},
         "notes": [
             scale_note(p),
+            *([f"teachers reused from the cache ({entry}), trained by an earlier run with the "
+               "same plan, data and package version; --retrain-teachers trains them again"]
+              if cached is not None else []),
             ("the paper's setting: meddet pretrain-teacher / distill --config paper (512 px, "
              "mmdetection's 12-epoch GFL schedule) on a GPU, on the private CDH-1848 data"),
             ("FPS: random-weight models, batch 1, forward + post-processing; GFLOPs and "
@@ -241,6 +296,13 @@ def run_demo(
     except OSError as exc:
         raise MedDetError(f"cannot write the demo results to {out}: {exc.strerror}") from exc
     return result
+
+
+def _say(console: Any, text: str) -> None:
+    if console is not None:
+        from rich.markup import escape
+
+        console.print(escape(text))
 
 
 def initial_weights(names: Sequence[str], pretrained: str) -> dict[str, str]:
