@@ -12,7 +12,8 @@ on top of the base; ``off`` is GFL as the paper and mmdetection build it):
 - ``all``: every change; ``all-X``: every change but X; either followed by ``+b16`` (batch 16),
   ``+lr3`` (AdamW 3e-3), ``+w50`` (50-iteration warm-up), ``+cb`` (class-balanced crops) or
   ``+q2`` (classification loss weighted x2), ``+r10`` / ``+r25`` / ``+r50`` (residual branches
-  start at scale 0.1 / 0.25 / 0.5), ``+qb1`` (QFL focusing exponent 1): recipe changes tried
+  start at scale 0.1 / 0.25 / 0.5), ``+qb1`` (QFL focusing exponent 1), ``+bf16`` (bfloat16
+  autocast on the CPU), ``+c64`` / ``+c96`` (64 / 96 px training crops): recipe changes tried
   on top
 
 Runs are resumable (each in its own folder under ``--out``; a finished one is skipped, a cut
@@ -75,6 +76,10 @@ EXTRAS: dict[str, dict[str, Any]] = {
     # QFL's focusing exponent 1 instead of 2: the push down on a wrong class's channel scales
     # with σ^β, so at low scores β = 2 leaves it near zero (model.qfl_beta).
     "qb1": {"model": {"qfl_beta": 1.0}},
+    # bfloat16 autocast on the CPU (train.cpu_amp), and smaller training crops: cheaper steps.
+    "bf16": {"train": {"cpu_amp": True}},
+    "c64": {"data": {"augmentation": {"crop": 64}}},
+    "c96": {"data": {"augmentation": {"crop": 96}}},
 }
 
 
