@@ -53,6 +53,21 @@ def test_p6_reads_p5_output_and_p7_has_no_relu():
     torch.testing.assert_close(outs[4], fpn.extra_convs[1](outs[3]))
 
 
+def test_cpu_bfloat16_autocast_keeps_the_extra_levels_in_float32():
+    torch.manual_seed(0)
+    fpn = FPN(IN_CHANNELS, 16, norm="gn")
+    feats = _inputs(64, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = fpn(feats)
+    # P3-P5 follow autocast; P6/P7 (1x1 maps at 64 px) are computed in float32, from P5 as
+    # autocast left it, so they equal the float32 convs of that map.
+    assert [o.dtype for o in outs] == [torch.bfloat16] * 3 + [torch.float32] * 2
+    torch.testing.assert_close(outs[3], fpn.extra_convs[0](outs[2].float()))
+    torch.testing.assert_close(outs[4], fpn.extra_convs[1](outs[3]))
+    sum(o.float().sum() for o in outs).backward()
+    assert all(torch.isfinite(p.grad).all() for p in fpn.parameters() if p.grad is not None)
+
+
 def test_top_down_path_is_nearest_upsample_plus_add():
     fpn = FPN(IN_CHANNELS, 8, num_outs=3)
     feats = _inputs(64, 1)

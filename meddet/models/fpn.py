@@ -10,9 +10,11 @@ initialises its FPN.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -123,8 +125,15 @@ class FPN(nn.Module):
                 laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
             )
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
-        for conv in self.extra_convs:
-            outs.append(conv(outs[-1]))  # no ReLU between P6 and P7 (relu_before_extra_convs)
+        # Under bfloat16 autocast on the CPU, oneDNN's weight gradient of these stride-2
+        # convolutions on 1x1 maps (inputs of 64 px) intermittently comes back NaN (measured with
+        # torch 2.14 on AVX-512 BF16); the coarse levels are a negligible share of the work, so
+        # they run in float32 there.
+        cpu_amp = outs[-1].device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        with torch.autocast("cpu", enabled=False) if cpu_amp else contextlib.nullcontext():
+            for conv in self.extra_convs:
+                # no ReLU between P6 and P7 (relu_before_extra_convs)
+                outs.append(conv(outs[-1].float() if cpu_amp else outs[-1]))
         if self.nmode is not None:
             outs = [block(o) for block, o in zip(self.nmode, outs)]
         return outs
