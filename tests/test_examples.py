@@ -68,3 +68,49 @@ def test_examples_run_in_order(tmp_path, monkeypatch):
     preds = json.loads((tmp_path / "predictions" / "predictions.json").read_text())
     assert preds["summary"]["images"] >= 1
     assert list((tmp_path / "predictions" / "overlays").glob("*.png"))
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (EXAMPLES / "reproduce").glob("*.sh")))
+def test_reproduce_scripts_parse(script):
+    import subprocess
+
+    res = subprocess.run(["bash", "-n", str(EXAMPLES / "reproduce" / script)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_cpu_study_stages_name_rows_of_the_plan(tmp_path):
+    """The CPU study script's stages, run with a stand-in `python` that records each
+    `meddet study run`: three stages in the documented order, every --only id a row of its
+    --tables/--seeds plan, the teachers in each, bfloat16 passed to every row."""
+    import os
+    import shlex
+    import subprocess
+
+    from meddet.study.tables import plan
+
+    shim = tmp_path / "bin" / "python"
+    shim.parent.mkdir()
+    log = tmp_path / "calls"
+    shim.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$(printf "%q " "$@")" >> {log}\n')
+    shim.chmod(0o755)
+    (tmp_path / "data" / "annotations").mkdir(parents=True)
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "S": str(tmp_path / "s"),
+           "DATA": str(tmp_path / "data")}
+    res = subprocess.run(["bash", str(EXAMPLES / "reproduce" / "cpu_study.sh")], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 3 and all(c[:4] == ["-m", "meddet", "study", "run"] for c in calls)
+    stages = []
+    for c in calls:
+        opt = {c[i]: c[i + 1] for i in range(4, len(c) - 1) if c[i].startswith("--")}
+        assert opt["--extra"] == "--cpu-amp" and opt["--teacher-epochs"] == "160"
+        ids = {r.id for r in plan([int(s) for s in opt["--seeds"].split(",")],
+                                  set(opt["--tables"].split(",")), 160)}
+        only = opt["--only"].split(",")
+        assert set(only) <= ids and {"teacher-gfl_r50", "teacher-gfl_r152"} <= set(only)
+        stages.append(set(only))
+    assert {"meddet-s2", "mgd-s1", "plain-gfl_mbv2-s0", "alone-meddet-s2"} <= stages[0]
+    assert {"abl-base-s2", "abl-nmode-s0", "abl-lwff-s1"} <= stages[1]
+    assert {"fusion-sum", "nmode-fpn", "plain-gfl_effb0-s0"} <= stages[2]

@@ -346,7 +346,8 @@ def _header(rows: dict[str, dict], meta: dict, planned: list[str] | None,
         if gpu:
             w(f"  * {len(gpu)} of them are GPU rows (the three ResNet teachers, every row "
               "distilled from them, the GPU timings): `examples/reproduce/gpu_distill.sh` "
-              "runs them in resumable slots")
+              "runs them in resumable slots on a GPU, `examples/reproduce/cpu_study.sh` on a "
+              "2-core CPU over several sittings (hours per teacher)")
         if len(gpu) < len(missing):
             w(f"  * {len(missing) - len(gpu)} need no teachers and can run on a CPU: "
               "`meddet study run --device cpu --only ROW,...`")
