@@ -9,8 +9,8 @@ on top of the base; ``off`` is GFL as the paper and mmdetection build it):
 - ``off``: ``reg_prior`` None, ``box_loss_norm`` mmdet, ``fpn_norm`` none, ``atss_topk`` 9,
   ``nmode_form`` paper, ``train.warmup_ratio`` 0.001
 - ``+prior``, ``+mean``, ``+gn``, ``+topk``, ``+warm``, ``+residual``, ``+zres``: one change each
-- ``all``: every change; ``all-X``: every change but X; either followed by ``+b16`` / ``+b4`` (batch 16 / 4),
-  ``+lr3`` (AdamW 3e-3), ``+w50`` (50-iteration warm-up), ``+cb`` (class-balanced crops) or
+- ``all``: every change; ``all-X``: every change but X; either followed by ``+b16`` /
+  ``+b4`` (batch 16 / 4), ``+lr3`` (AdamW 3e-3), ``+w50`` (50-iteration warm-up), ``+cb`` (class-balanced crops) or
   ``+q2`` (classification loss weighted x2), ``+r10`` / ``+r25`` / ``+r50`` (residual branches
   start at scale 0.1 / 0.25 / 0.5), ``+qb1`` (QFL focusing exponent 1), ``+bf16`` (bfloat16
   autocast on the CPU), ``+c64`` / ``+c96`` (64 / 96 px training crops): recipe changes tried

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from meddet._io import atomic_copy
 from meddet.demo.plan import DemoPlan
 
 #: Environment variable that overrides the cache folder.
@@ -73,10 +74,7 @@ def data_fingerprint(root: Path, splits: Sequence[str] = ("train", "val")) -> st
         raw = ann.read_bytes()
         h.update(raw)
         for img in sorted(json.loads(raw)["images"], key=lambda r: r["file_name"]):
-            path = root / "images" / split / img["file_name"]
-            if not path.is_file():
-                path = root / "images" / img["file_name"]
-            h.update(path.read_bytes())
+            h.update((root / "images" / split / img["file_name"]).read_bytes())
     return h.hexdigest()
 
 
@@ -111,7 +109,7 @@ def store(key: str, models: Mapping[str, Mapping[str, Any]], *, fingerprint: str
                                                                    "epoch", "iter") if k in ckpt})
             for f in _KEPT:
                 if (Path(m["run_dir"]) / f).is_file():
-                    shutil.copy2(Path(m["run_dir"]) / f, dst / f)
+                    atomic_copy(Path(m["run_dir"]) / f, dst / f)
             record["teachers"][name] = {k: m[k] for k in ("role", "history", "iters") if k in m}
         (tmp / _ENTRY).write_text(json.dumps(record, default=str), encoding="utf-8")
         if final.exists():
@@ -141,16 +139,8 @@ def restore(entry: Path, out: Path, *, fingerprint: str,
         dst = out / "teachers" / name
         dst.mkdir(parents=True, exist_ok=True)
         for f in (entry / name).iterdir():
-            _link_or_copy(f, dst / f.name)
+            atomic_copy(f, dst / f.name)  # a hard link where the file system allows one
         models[name] = {**m, "run_dir": str(dst), "checkpoint": str(dst / "best.pt"),
                         "cached": str(entry)}
     return models
 
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    # A hard link costs no space and no time; across file systems, copy.
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
