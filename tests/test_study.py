@@ -1267,3 +1267,72 @@ def test_records_without_the_headline_metric_still_report(tmp_path):
     assert ("MedDet vs GFL-MobileNetV2: — (mAP not recorded) · mAP50: reproduced (+11.0 > "
             "spread 2.0)") in text
     assert _line(text, "| GFL mbv2_1.4 |").count("not run") == 3  # never ran: not run, not —
+
+
+def test_claim_verdict_needs_every_comparison():
+    cv = verdicts.claim_verdict
+    assert cv(["reproduced", "reproduced"]) == ("reproduced", "2 of 2 comparisons reproduced")
+    assert cv(["reproduced", "not resolved", "reproduced"]) == (
+        "not resolved", "2 of 3 comparisons reproduced, 1 within the spread")
+    # one contradicted comparison contradicts the claim, one missing leaves it not run
+    assert cv(["reproduced", "contradicted"])[0] == "contradicted"
+    assert cv(["contradicted", "reproduced", "not run"]) == (
+        "not run", "1 of 3 comparisons reproduced, 1 contradicted, 1 not run yet")
+    assert cv(["not run"] * 5) == ("not run", "none of its 5 comparisons measured yet")
+    assert cv(["not run"]) == ("not run", "not measured yet")
+    assert [verdicts.verdict_kind(v) for v in (
+        "**reproduced** (+1.0 > spread 0.5)", "**contradicted** (-2.0, beyond spread 1.0)",
+        "not resolved (+0.1, within spread 1.0)", "+0.3: one seed, spread unknown, not "
+        "assessable", "not run")] == ["reproduced", "contradicted", "not resolved",
+                                      "not resolved", "not run"]
+
+
+def test_claim_kinds_and_readme_summary(fake_study):
+    _write_row(fake_study, "teacher-gfl_r50", "teacher-gfl_r50", 0, _test_json(0.83))
+    _write_row(fake_study, "teacher-gfl_r101", "teacher-gfl_r101", 0, _test_json(0.90))
+    rows = records.load_rows(fake_study)
+    kinds = report.claim_kinds(rows)
+    assert list(kinds) == ["1", "2", "3", "4", "5", "6"]
+    # MedDet mAP 41.0 ± 1.0 vs plain 35.5 ± 0.5: reproduced; the KD rows never ran
+    assert kinds["1"] == ["reproduced", "not run", "not run", "not run", "not run"]
+    # vs R50 41.5: within 1.0; vs R101 45.0: less accurate beyond it; R152 and the bench missing
+    assert kinds["2"] == ["reproduced", "contradicted", "not run", "not run"]
+    assert kinds["5"] == ["contradicted", "not run"]  # sum 43.0 beats MedDet by 2.0 > 1.0
+    text = report.readme_summary(rows)
+    assert text.count("\n") == 8 and text.startswith("| claim of the paper |")
+    assert _line(text, "| 2.").endswith(
+        "| not run (1 of 4 comparisons reproduced, 1 contradicted, 2 not run yet) |")
+    assert "| 6. nmODE² makes the detector more robust to MRI noise | stated, no figure | " \
+        "not run (not measured yet) |" in text
+
+
+def test_update_readme_rewrites_only_its_block(fake_study, tmp_path, capsys):
+    rows = records.load_rows(fake_study)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n\nbefore\n{report.README_START}\nold table\n{report.README_END}\n"
+                      "after\n")
+    new = report.update_readme(readme, rows)
+    assert new == readme.read_text() == (f"# T\n\nbefore\n{report.README_START}\n"
+                                         f"{report.readme_summary(rows)}{report.README_END}\n"
+                                         "after\n")
+    assert report.update_readme(readme, rows) == new  # idempotent
+    bare = tmp_path / "BARE.md"
+    bare.write_text("# no block\n")
+    with pytest.raises(MedDetError, match="no study summary block"):
+        report.update_readme(bare, rows)
+    # the CLI checks the block before writing anything
+    assert cli(["study", "report", str(fake_study), "--out", str(tmp_path / "r.md"),
+                "--readme", str(bare)]) == 2
+    assert "no study summary block" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists() and bare.read_text() == "# no block\n"
+    assert cli(["study", "report", str(fake_study), "--out", str(tmp_path / "r.md"),
+                "--readme", str(readme)]) == 0
+    assert (tmp_path / "r.md").is_file() and readme.read_text() == new
+
+
+def test_the_readme_states_the_committed_studys_verdicts():
+    """README.md's table of the claims is `meddet study report docs/results --readme
+    README.md` of the committed records, not text edited by hand."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split(report.README_START + "\n")[1].split(report.README_END)[0]
+    assert block == report.readme_summary(records.load_rows(ROOT / "docs/results"))

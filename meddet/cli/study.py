@@ -125,6 +125,9 @@ def report(
     seeds: str = typer.Option(DEFAULT_SEEDS, "--seeds", help=_SEEDS_HELP + " The report counts "
                               "the rows of this selection as planned."),
     tables: str = typer.Option("all", "--tables", help=_TABLES_HELP),
+    readme: Path | None = typer.Option(None, "--readme", help="Also rewrite the table of the "
+                                       "paper's claims in this Markdown file (a README), "
+                                       "between its study-summary marker lines."),
 ) -> None:
     """Rebuild the Markdown report (and its noise plots) from a study's records alone."""
     from meddet.study.report import write_report
@@ -136,8 +139,17 @@ def report(
         raise MedDetError(f"{records} holds no runs/<row>/row.json; pass the folder that "
                           "`meddet study run --out` wrote")
     dest = out or records / "results.md"
+    if readme is not None:  # checked first: a missing block writes neither file
+        from meddet.study.records import load_rows
+        from meddet.study.report import update_readme
+
+        rows = load_rows(records)
+        update_readme(readme, rows, check_only=True)
     write_report(records, dest, planned)
     typer.echo(f"wrote {dest}")
+    if readme is not None:
+        update_readme(readme, rows)
+        typer.echo(f"updated the study summary in {readme}")
 
 
 app.command("plan")(plan)

@@ -41,18 +41,22 @@ from meddet.study.verdicts import (
     BESIDE,
     HEADLINE,
     Stats,
+    claim_verdict,
     fmt,
     group_cost,
     group_metric,
     group_seconds,
     lite_verdict,
     noise_beside,
+    noise_verdict,
     overhead,
     paired,
     resolution,
     taught_apart,
     teacher_scores,
     teacher_set,
+    verdict,
+    verdict_kind,
     verdicts_beside,
 )
 
@@ -233,6 +237,17 @@ def _versus_teacher(med: Stats, m: Stats, spread: float | None) -> str | None:
     return f"{d:+.1f} ({word})"
 
 
+def _spreads(rows: dict[str, dict]) -> tuple[dict[str, float | None],
+                                             dict[str, dict[str, float | None]]]:
+    """The spread a single-seed row is judged by, per metric (its own table's multi-seed
+    row: MedDet's), and per claim of :data:`CLAIMS` (Table IV's: the nmODE² row's)."""
+    metrics = (HEADLINE, BESIDE)
+    spread = {k: _spread(rows, "meddet", k) for k in metrics}
+    nm = {k: _spread(rows, "abl-nmode", k, spread[k]) for k in metrics}
+    return spread, {"1": spread, "3": spread, "4": nm, "5": spread, "alone": {},
+                    "imagenet": spread}
+
+
 def paper_effects(claim: str) -> dict[str, float]:
     """The paper's ``a − b`` (mAP points on CDH-1848) per comparison of ``claim`` that it
     reports both sides of."""
@@ -379,10 +394,7 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
     L: list[str] = []
     w = L.append
     metrics = (HEADLINE, BESIDE)
-    # the spread a single-seed row is judged by, per metric: its own table's multi-seed row
-    spread = {k: _spread(rows, "meddet", k) for k in metrics}
-    nm = {k: _spread(rows, "abl-nmode", k, spread[k]) for k in metrics}
-    spreads = {"1": spread, "3": spread, "4": nm, "5": spread, "alone": {}, "imagenet": spread}
+    spread, spreads = _spreads(rows)
     verdicts = {k: "; ".join(
         f"{label}: {verdicts_beside(rows, a_, b_, spreads[k])}"
         + (" [different teacher sets]" if taught_apart(rows, a_, b_) else "")
@@ -641,3 +653,102 @@ def _sweep(rows: dict[str, dict], spread: float | None, w) -> None:
     line = teachers_line(rows, sweep)
     if line:
         w(line)
+
+
+# The README's summary of the study: one line per claim of the paper, rewritten by
+# `meddet study report --readme` between these two lines.
+README_START = "<!-- study summary: written by `meddet study report --readme`; do not edit -->"
+README_END = "<!-- end of study summary -->"
+
+_PAPER_SIDE = {
+    "1": (f"MedDet {paper.MAP['meddet']} mAP vs {paper.MAP['gfl_mbv2']} (GFL-MobileNetV2), "
+          f"{min(paper.MAP[k] for k in KD)}–{max(paper.MAP[k] for k in KD)} (MGD, LD, FGD)"),
+    "2": (f"{paper.MAP['meddet']} vs {paper.MAP['gfl_r50']}–{paper.MAP['gfl_r152']} mAP; "
+          f"{paper.TABLE2['meddet'][0] / paper.TABLE2['gfl_r50'][0]:.0%} of GFL-R50's "
+          f"parameters, {paper.FPS['meddet'] / paper.FPS['gfl_r50']:.1f}× its FPS"),
+    "3": (f"+{paper.MAP['abl_nmode'] - paper.MAP['abl_base']:.1f}, "
+          f"+{paper.MAP['abl_lwff'] - paper.MAP['abl_nmode']:.1f}, "
+          f"+{paper.MAP['abl_aatm'] - paper.MAP['abl_lwff']:.1f} mAP"),
+    "4": (f"head {paper.MAP['nmode_head']} vs none {paper.MAP['nmode_none']}, backbone "
+          f"{paper.MAP['nmode_backbone']}, FPN {paper.MAP['nmode_fpn']} mAP"),
+    "5": (f"LWFF {paper.MAP['fusion_lwff']} vs sum {paper.MAP['fusion_sum']}, concat "
+          f"{paper.MAP['fusion_concat']} mAP"),
+    "6": "stated, no figure",
+}
+_CLAIM_TEXT = {
+    "1": "MedDet beats the plain student and MGD, LD, FGD",
+    "2": "MedDet about as accurate as its teachers at a fraction of the cost",
+    "3": "nmODE², LWFF and AATM each add accuracy",
+    "4": "nmODE² helps in the head, not in the backbone or FPN",
+    "5": "LWFF beats sum and concatenation",
+    "6": "nmODE² makes the detector more robust to MRI noise",
+}
+
+
+def claim_kinds(rows: dict[str, dict]) -> dict[str, list[str]]:
+    """Per claim of the paper ("1"–"6"), the verdict of each of its comparisons on
+    :data:`HEADLINE` (:data:`~meddet.study.verdicts.KINDS`), as the report decides them.
+
+    Claim 2 compares MedDet with each teacher (as accurate, within the spread or better:
+    reproduced; less accurate beyond it: contradicted) and adds the cost against GFL-R50
+    (fewer parameters and more frames per second in the first benchmark: reproduced).
+    """
+    spread, spreads = _spreads(rows)
+    out = {}
+    for k in ("1", "3", "4", "5"):
+        out[k] = [verdict_kind(verdict(group_metric(rows, a, HEADLINE),
+                                       group_metric(rows, b, HEADLINE),
+                                       spreads[k].get(HEADLINE)))
+                  for _, a, b in CLAIMS[k]]
+    two = []
+    for t in TEACHERS:
+        v = _versus_teacher(group_metric(rows, "meddet", HEADLINE),
+                            group_metric(rows, f"teacher-{t}", HEADLINE), spread[HEADLINE])
+        two.append("not run" if v is None else "contradicted" if "less accurate" in v
+                   else "not resolved" if "spread unknown" in v else "reproduced")
+    benches = [b for _, b in _benches(rows) if "meddet" in b and "gfl_r50" in b]
+    if benches:
+        m, r = benches[0]["meddet"], benches[0]["gfl_r50"]
+        cheaper = m["params_m"] < r["params_m"] and m["fps"] > r["fps"]
+        two.append("reproduced" if cheaper else "contradicted")
+    else:
+        two.append("not run")
+    out["2"] = two
+    out["6"] = [verdict_kind(noise_verdict(rows, "abl-nmode", "abl-base", HEADLINE))]
+    return {k: out[k] for k in sorted(out)}
+
+
+def readme_summary(rows: dict[str, dict]) -> str:
+    """The README's table of the paper's six claims: the paper's figures and the verdict on
+    this benchmark with how its comparisons split (:func:`claim_kinds`)."""
+    L = ["| claim of the paper | the paper (CDH-1848) | verdict here (synthetic phantom, "
+         f"test {HEADLINE}) |", "|---|---|---|"]
+    for k, kinds in claim_kinds(rows).items():
+        kind, detail = claim_verdict(kinds)
+        shown = f"**{kind}**" if kind in ("reproduced", "contradicted") else kind
+        L.append(f"| {k}. {_CLAIM_TEXT[k]} | {_PAPER_SIDE[k]} | {shown} ({detail}) |")
+    return "\n".join(L) + "\n"
+
+
+def update_readme(readme: Path, rows: dict[str, dict], check_only: bool = False) -> str:
+    """Replace the summary block of ``readme`` (between :data:`README_START` and
+    :data:`README_END`) with :func:`readme_summary` of ``rows``; written atomically
+    (``check_only``: only check that the block is there, and return the new text).
+
+    Raises:
+        MedDetError: the file or its block is missing.
+    """
+    from meddet.errors import MedDetError
+
+    readme = Path(readme)
+    if not readme.is_file():
+        raise MedDetError(f"--readme {readme}: no such file")
+    text = readme.read_text()
+    i, j = text.find(README_START), text.find(README_END)
+    if i < 0 or j < i:
+        raise MedDetError(f"{readme} has no study summary block: put the lines "
+                          f"'{README_START}' and '{README_END}' where the table goes")
+    new = text[:i + len(README_START)] + "\n" + readme_summary(rows) + text[j:]
+    if not check_only:
+        atomic_write_text(readme, new)
+    return new

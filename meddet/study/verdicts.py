@@ -282,3 +282,50 @@ def noise_beside(rows: dict[str, dict], with_g: str, without_g: str) -> str:
     """:func:`noise_verdict` on :data:`HEADLINE`, then (unbolded) on :data:`BESIDE`."""
     return _beside(noise_verdict(rows, with_g, without_g, HEADLINE),
                    noise_verdict(rows, with_g, without_g, BESIDE))
+
+
+# The one-word verdicts a claim can end with (the report's summary and the README's table).
+KINDS = ("reproduced", "contradicted", "not resolved", "not run")
+
+
+def verdict_kind(v: str) -> str:
+    """The word a :func:`verdict` (or :func:`noise_verdict`) text is decided by: reproduced,
+    contradicted, not resolved (within the spread, or one seed each with no spread to judge
+    by) or not run."""
+    if v == "not run":
+        return "not run"
+    for k in ("reproduced", "contradicted"):
+        if v.startswith(f"**{k}**"):
+            return k
+    return "not resolved"
+
+
+def claim_verdict(kinds: list[str]) -> tuple[str, str]:
+    """One claim's verdict from those of its comparisons, and how they split.
+
+    Every comparison must be reproduced for the claim to be; one contradicted comparison
+    contradicts it (the paper claims each); anything else is not resolved; a claim with a
+    comparison still missing is not run, however the others came out.
+
+    Returns:
+        ``(kind, detail)``, e.g. ``("not resolved", "2 of 3 comparisons reproduced, 1 within
+        the spread")``.
+    """
+    n = len(kinds)
+    c = {k: kinds.count(k) for k in KINDS}
+    if c["not run"]:
+        kind = "not run"
+    elif c["contradicted"]:
+        kind = "contradicted"
+    elif c["reproduced"] == n:
+        kind = "reproduced"
+    else:
+        kind = "not resolved"
+    words = {"reproduced": "reproduced", "contradicted": "contradicted",
+             "not resolved": "within the spread", "not run": "not run yet"}
+    if c["not run"] == n:
+        return kind, f"none of its {n} comparisons measured yet" if n > 1 else "not measured yet"
+    parts = [f"{c[k]} {words[k]}" for k in KINDS if c[k]]
+    detail = (f"{parts[0].split(' ', 1)[0]} of {n} comparison{'s' if n > 1 else ''} "
+              f"{parts[0].split(' ', 1)[1]}" + "".join(f", {p}" for p in parts[1:]))
+    return kind, detail
