@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -973,6 +974,12 @@ def test_run_study_runs_records_and_reports(tmp_path, monkeypatch):
     meta = records.read_meta(opts.out)
     assert [c["command"] for c in meta["invocations"]] == [opts.command()]
     assert meta["teacher_epochs"] == 3 and meta["seeds"] == [0]
+    # the machine by its CPU model and cores, not the bare architecture
+    import torch
+
+    from meddet.device import device_name
+    cpu = f"{os.cpu_count()}-core {device_name(torch.device('cpu'))} (CPU)"
+    assert meta["device_name"] == meta["invocations"][0]["device_name"] == cpu
     text = (opts.out / "results.md").read_text()
     assert "| GFL-R50 | 85.6 | 30.0 (n=1) | 60.0 (n=1) |" in text
     assert "rows finished: 1 of 1 planned" in text
@@ -1336,3 +1343,76 @@ def test_the_readme_states_the_committed_studys_verdicts():
     text = (ROOT / "README.md").read_text()
     block = text.split(report.README_START + "\n")[1].split(report.README_END)[0]
     assert block == report.readme_summary(records.load_rows(ROOT / "docs/results"))
+
+
+def _meta(out: Path, phantom: str, calls: list[str]) -> None:
+    records.write_json(out / "study.json", {"phantom": phantom, "config": f"c-{out.name}",
+                                            "invocations": [{"command": c} for c in calls]})
+
+
+def test_merge_records_replaces_rows_and_prunes_their_invocations(tmp_path, capsys):
+    old, new = tmp_path / "old", tmp_path / "new"
+    _write_row(old, "plain-s0", "plain", 0, _test_json(0.7))
+    _write_row(old, "bench", "bench", 0, _test_json(0.1))
+    _meta(old, "v2", ["meddet study run --only plain-s0", "meddet study run --only bench",
+                      "by hand"])
+    _write_row(new, "plain-s0", "plain", 0, _test_json(0.8))
+    _write_row(new, "meddet-s0", "meddet", 0, _test_json(0.9))
+    _meta(new, "v2", ["meddet study run --only plain-s0,meddet-s0"])
+    assert cli(["study", "merge", str(new), str(old)]) == 0
+    out = capsys.readouterr().out
+    assert "added 1: meddet-s0" in out and "replaced 1: plain-s0" in out
+    rows = records.load_rows(old)
+    assert sorted(rows) == ["bench", "meddet-s0", "plain-s0"]
+    assert rows["plain-s0"]["test"]["mAP50"] == 0.8
+    meta = records.read_meta(old)
+    # the invocation of the replaced row alone is gone; the bench's, the unparsable one and
+    # the new one stay, in that order; the schedule fields are the new study's
+    assert [c["command"] for c in meta["invocations"]] == [
+        "meddet study run --only bench", "by hand", "meddet study run --only plain-s0,meddet-s0"]
+    assert meta["config"] == "c-new"
+    # merging again changes nothing
+    assert records.merge_records(new, old) == {"added": [], "replaced": [],
+                                               "unchanged": ["meddet-s0", "plain-s0"]}
+    assert len(records.read_meta(old)["invocations"]) == 3
+    # another phantom, or a folder without rows: one line, exit 2, nothing written
+    other = tmp_path / "v1"
+    _write_row(other, "plain-s1", "plain", 1, _test_json(0.5))
+    _meta(other, "v1", [])
+    assert cli(["study", "merge", str(other), str(old)]) == 2
+    assert "phantom 'v1'" in capsys.readouterr().err
+    assert not (old / "runs" / "plain-s1").exists()
+    (tmp_path / "empty").mkdir()
+    assert cli(["study", "merge", str(tmp_path / "empty"), str(old)]) == 2
+    assert "holds no runs/<row>/row.json" in capsys.readouterr().err
+
+
+def test_a_row_placed_from_a_finished_run_says_how_it_was_trained(tmp_path, monkeypatch):
+    """A linked teacher row only resumes (nothing left to train) and evaluates: its record
+    keeps how the run was trained, from the run's config.yaml, and the Rows table says it."""
+    import sys
+
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)
+    opts = StudyOptions(out=tmp_path / "s", data=data, tables={"5"}, seeds=[0],
+                        only="teacher-gfl_r50", teacher_epochs=3)
+    cfg = ("command: pretrain-teacher\ndata:\n  img_size: 256\n  augmentation:\n    crop: 128\n"
+           "model:\n  name: gfl_r50\ntrain:\n  epochs: 160\n  batch_size: 8\n  cpu_amp: true\n"
+           "  seed: 0\n")
+
+    def steps(self, row):
+        run = self.runs / row.id
+        files = {"test.json": json.dumps(_test_json(0.6)), "config.yaml": cfg}
+        code = "".join(f"open({str(run / n)!r}, 'w').write({t!r});" for n, t in files.items())
+        return [[sys.executable, "-c", code, "--resume"]]
+
+    monkeypatch.setattr(runner.Runner, "steps", steps)
+    runner.run_study(opts, echo=lambda _: None)
+    row = json.loads((opts.out / "runs" / "teacher-gfl_r50" / "row.json").read_text())
+    assert row["trained_with"] == {"command": "pretrain-teacher", "model": "gfl_r50",
+                                   "epochs": 160, "max_iters": None, "batch_size": 8,
+                                   "img_size": 256, "crop": 128, "cpu_amp": True, "seed": 0}
+    text = report.render(records.load_rows(opts.out), {})
+    assert ("| teacher-gfl_r50 | cpu |" in text and "(trained before: pretrain-teacher gfl_r50, "
+            "160 epochs of batch 8, 128 px crops of 256 px images, bfloat16 autocast, seed 0) "
+            "`") in text

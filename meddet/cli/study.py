@@ -1,4 +1,4 @@
-"""`meddet study plan | run | report`: the paper's ablation tables on a dataset.
+"""`meddet study plan | run | report | merge`: the paper's ablation tables on a dataset.
 
 Thin: the options become a :class:`meddet.study.StudyOptions` (or a plan), the library runs
 the rows or renders the report, and this module prints.
@@ -14,7 +14,8 @@ from meddet.errors import MedDetError
 from meddet.study.tables import DEFAULT_SEEDS, OPTIONAL_TABLES, TABLES
 
 app = typer.Typer(help="Run the paper's ablation study (Tables I–V, the noise claim) on a "
-                  "dataset: list the rows, run or resume them, rebuild the report.",
+                  "dataset: list the rows, run or resume them, rebuild the report, merge "
+                  "records.",
                   no_args_is_help=True)
 
 _TABLES_HELP = (f"Comma list of tables ({','.join(TABLES + OPTIONAL_TABLES)}) or all (every "
@@ -152,6 +153,23 @@ def report(
         typer.echo(f"updated the study summary in {readme}")
 
 
+def merge(
+    src: Path = typer.Argument(..., help="Study folder (the --out of `meddet study run`)."),
+    dest: Path = typer.Argument(..., help="Records folder to merge its finished rows into "
+                                "(e.g. docs/results); made when missing."),
+) -> None:
+    """Copy a study's finished rows (row.json, no weights) and its invocations into a records
+    folder; a row of the same id is replaced. Rebuild the report with `meddet study report`."""
+    from meddet.study.records import merge_records
+
+    res = merge_records(src, dest)
+    for k in ("added", "replaced", "unchanged"):
+        if res[k]:
+            typer.echo(f"{k} {len(res[k])}: {', '.join(res[k])}")
+    typer.echo(f"merged into {dest}; now `meddet study report {dest}`")
+
+
 app.command("plan")(plan)
 app.command("run")(run)
 app.command("report")(report)
+app.command("merge")(merge)

@@ -143,3 +143,32 @@ def training_cost(run_dir: str | os.PathLike) -> dict[str, float | int] | None:
     if not epochs or None in secs or None in iters:
         return None
     return {"train_seconds": round(sum(secs), 1), "train_images": int(max(iters)) * batch}
+
+
+def trained_with(run_dir: str | os.PathLike) -> dict | None:
+    """How a run was trained, from its ``config.yaml``: the command, model, schedule, input,
+    precision and seed (``None`` without the file). Recorded beside a study row that resumed a
+    run trained elsewhere, whose own commands say only ``--resume``."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        t, d = cfg["train"], cfg["data"]
+        return {"command": cfg.get("command"), "model": cfg["model"]["name"],
+                "epochs": t["epochs"], "max_iters": t.get("max_iters"),
+                "batch_size": t["batch_size"], "img_size": d["img_size"],
+                "crop": (d.get("augmentation") or {}).get("crop"),
+                "cpu_amp": bool(t.get("cpu_amp")), "seed": t.get("seed")}
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
+def describe_training(t: dict) -> str:
+    """:func:`trained_with`'s record in words, e.g. ``pretrain-teacher gfl_r50, 160 epochs
+    of batch 8, 128 px crops of 256 px images, bfloat16 autocast, seed 0``."""
+    sched = (f"{t['max_iters']} iterations" if t.get("max_iters") else f"{t['epochs']} epochs")
+    size = (f"{t['crop']} px crops of {t['img_size']} px images" if t.get("crop")
+            else f"{t['img_size']} px images")
+    return (f"{t.get('command') or 'trained'} {t['model']}, {sched} of batch "
+            f"{t['batch_size']}, {size}, {'bfloat16 autocast' if t.get('cpu_amp') else 'float32'}"
+            f", seed {t.get('seed')}")

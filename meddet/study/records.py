@@ -81,8 +81,11 @@ def record_invocation(out: Path, *, command: str, jobs: int, device: str, config
 
     meta = read_meta(out)
     calls = meta.get("invocations", [])
-    name = (torch.cuda.get_device_name(0) if device.startswith("cuda")
-            else platform.processor() or platform.machine())
+    from meddet.device import device_name
+
+    # the GPU's name, or the CPU model (/proc/cpuinfo) with its core count
+    name = (device_name(torch.device(device)) if device.startswith("cuda")
+            else f"{os.cpu_count()}-core {device_name(torch.device('cpu'))} (CPU)")
     calls.append({"command": command, "jobs": jobs, "device_name": name,
                   "finished": datetime.now(timezone.utc).isoformat(timespec="minutes")})
     meta = {"config": config, "data": str(data), "phantom": data_phantom(data),
@@ -92,3 +95,62 @@ def record_invocation(out: Path, *, command: str, jobs: int, device: str, config
             "teacher_epochs": teacher_epochs, "invocations": calls}
     write_json(Path(out) / "study.json", meta)
     return meta
+
+
+def _only_rows(command: str) -> set[str]:
+    """The rows an invocation was limited to (``--only a,b``; empty when it was not)."""
+    parts = command.split()
+    for i, p in enumerate(parts[:-1]):
+        if p == "--only":
+            return set(parts[i + 1].split(","))
+    return set()
+
+
+def merge_records(src: Path, dest: Path) -> dict[str, list[str]]:
+    """Copy the finished rows of study folder ``src`` into the records folder ``dest`` (made
+    when missing) and merge their ``study.json``: how a study run in several places, or a
+    scratch folder outside the repository, reaches the committed records.
+
+    A row of ``src`` replaces the row of the same id in ``dest``; ``dest``'s invocations that
+    were limited (``--only``) to rows all replaced now are dropped, the others kept, and
+    ``src``'s are added after them; the machine and schedule fields come from ``src``. Only
+    ``row.json`` files travel (no weights).
+
+    Returns:
+        ``{"added": [...], "replaced": [...], "unchanged": [...]}`` row ids.
+
+    Raises:
+        MedDetError: ``src`` has no finished row, or the two were measured on different
+            synthetic phantoms.
+    """
+    src, dest = Path(src), Path(dest)
+    rows = sorted((src / "runs").glob("*/row.json"))
+    if not rows:
+        raise MedDetError(f"{src} holds no runs/<row>/row.json; pass the folder that "
+                          "`meddet study run --out` wrote")
+    a, b = read_meta(src), read_meta(dest)
+    if a.get("phantom") and b.get("phantom") and a["phantom"] != b["phantom"]:
+        raise MedDetError(f"{src} was measured on phantom {a['phantom']!r} and {dest} on "
+                          f"{b['phantom']!r}; merge into an empty folder instead")
+    out: dict[str, list[str]] = {"added": [], "replaced": [], "unchanged": []}
+    for p in rows:
+        text = p.read_text()
+        rid = json.loads(text)["id"]
+        target = dest / "runs" / rid / "row.json"
+        if not target.is_file():
+            out["added"].append(rid)
+        elif target.read_text() != text:
+            out["replaced"].append(rid)
+        else:
+            out["unchanged"].append(rid)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, text)
+    gone = set(out["replaced"])
+    kept = [c for c in b.get("invocations", [])
+            if not ((only := _only_rows(c["command"])) and only <= gone)]
+    new = [c for c in a.get("invocations", []) if c not in kept]
+    meta = {**b, **{k: v for k, v in a.items() if k != "invocations"},
+            "invocations": kept + new}
+    write_json(dest / "study.json", meta)
+    return out

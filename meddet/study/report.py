@@ -16,7 +16,7 @@ from pathlib import Path
 from meddet import paper
 from meddet._io import atomic_write_text
 from meddet.data.generate import DEFAULT_PHANTOM
-from meddet.engine.curves import PLATEAU_POINTS, LastQuarter
+from meddet.engine.curves import PLATEAU_POINTS, LastQuarter, describe_training
 from meddet.study.noise import (
     noise_rows,
     plot_curves,
@@ -538,9 +538,15 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
     w("|---|---|---:|---|---|")
     for r in sorted(rows.values(), key=lambda r: r["id"]):
         w(f"| {r['id']} | {r.get('device', '?')} | {r['seconds']:.0f} | {_quarter(r)} | "
-          f"`{' && '.join(r['commands'])}` |")
+          f"{_trained(r)}`{' && '.join(r['commands'])}` |")
     w("")
     return "\n".join(L)
+
+
+def _trained(row: dict) -> str:
+    """For a row that resumed a run trained before the study placed it: how it was trained."""
+    t = row.get("trained_with")
+    return f"(trained before: {describe_training(t)}) " if t else ""
 
 
 def _quarter(row: dict) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from meddet._io import atomic_write_text
-from meddet.engine.curves import last_quarter, training_cost, val_curve
+from meddet.engine.curves import last_quarter, trained_with, training_cost, val_curve
 from meddet.errors import MedDetError
 from meddet.study.records import record_invocation, write_json
 from meddet.study.report import write_report
@@ -313,6 +313,9 @@ class Runner:
             quarter = last_quarter(curve)
             info["last_quarter"] = quarter.to_dict() if quarter is not None else None
             info.update(training_cost(run) or {})  # train_seconds, train_images
+            if "--resume" in steps[0] and not (run / "partial.json").is_file():
+                # a run trained before the study placed it (linked teachers): say how
+                info["trained_with"] = trained_with(run)
             taught = {n: json.loads((self.runs / n / "row.json").read_text())["test"]
                       for n in row.needs if n.startswith("teacher-")}
             if taught:  # say which teachers taught the row: they may differ between machines
