@@ -114,3 +114,40 @@ def test_cpu_study_stages_name_rows_of_the_plan(tmp_path):
     assert {"meddet-s2", "mgd-s1", "plain-gfl_mbv2-s0", "alone-meddet-s2"} <= stages[0]
     assert {"abl-base-s2", "abl-nmode-s0", "abl-lwff-s1"} <= stages[1]
     assert {"fusion-sum", "nmode-fpn", "plain-gfl_effb0-s0"} <= stages[2]
+
+
+def test_cpu_study_refuses_a_teacher_run_still_training(tmp_path):
+    """TEACHERS_FROM links finished teacher runs only: one whose results.csv has not reached
+    its config's epochs stops the script with one line before any row starts."""
+    import os
+    import subprocess
+
+    shim = tmp_path / "bin" / "python"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/usr/bin/env bash\necho "$@" >> {tmp_path / "calls"}\n')
+    shim.chmod(0o755)
+    (tmp_path / "data" / "annotations").mkdir(parents=True)
+    for t, last in (("gfl_r50", 160), ("gfl_r101", 160), ("gfl_r152", 26)):
+        d = tmp_path / "teachers" / t
+        d.mkdir(parents=True)
+        (d / "last.pt").write_bytes(b"")
+        (d / "config.yaml").write_text("data:\n  img_size: 256\ntrain:\n  epochs: 160\n")
+        (d / "results.csv").write_text("epoch,iter\n" + "".join(
+            f"{e},{25 * e}\n" for e in (1, last)))
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "S": str(tmp_path / "s"),
+           "DATA": str(tmp_path / "data"), "TEACHERS_FROM": str(tmp_path / "teachers")}
+    script = str(EXAMPLES / "reproduce" / "cpu_study.sh")
+    res = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stdout.strip() == (
+        f"the teacher run in {tmp_path / 'teachers' / 'gfl_r152'} is not finished (epoch 26 of "
+        f"160): finish it first (meddet pretrain-teacher --resume "
+        f"{tmp_path / 'teachers' / 'gfl_r152'})")
+    assert not (tmp_path / "calls").exists()
+    # finished: linked as the teacher rows, and the stages run
+    (tmp_path / "teachers" / "gfl_r152" / "results.csv").write_text("epoch,iter\n160,4000\n")
+    res = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (tmp_path / "s" / "runs" / "teacher-gfl_r152").resolve() == \
+        (tmp_path / "teachers" / "gfl_r152")
+    assert len((tmp_path / "calls").read_text().splitlines()) == 3

@@ -16,7 +16,9 @@
 #
 # TEACHERS_FROM: a folder holding finished gfl_r50/ gfl_r101/ gfl_r152/ runs of the teacher
 # recipe on DATA; they are linked in as the teacher rows (their own config.yaml says how they
-# were trained) instead of being trained here. DATA defaults to S/data (the default phantom,
+# were trained, and the rows record it) instead of being trained here. A run that has not
+# reached its config's epochs stops the script: the study would resume it beside its own
+# training process. DATA defaults to S/data (the default phantom,
 # made here when missing).
 set -u
 S=${S:-runs/study-cpu}; DATA=${DATA:-$S/data}; JOBS=${JOBS:-2}; SEEDS=${SEEDS:-0,1,2}
@@ -26,7 +28,13 @@ mkdir -p "$S/runs"
 [ -d "$DATA/annotations" ] || python -m meddet data synth "$DATA" --seed 0 >/dev/null || exit 3
 if [ -n "$TEACHERS_FROM" ]; then
   for t in gfl_r50 gfl_r101 gfl_r152; do
-    [ -f "$TEACHERS_FROM/$t/last.pt" ] || { echo "no teacher run (last.pt) in $TEACHERS_FROM/$t"; exit 2; }
+    d=$TEACHERS_FROM/$t
+    [ -f "$d/last.pt" ] || { echo "no teacher run (last.pt) in $d"; exit 2; }
+    # a run still training must not be resumed by the study beside its own process
+    done_ep=$(tail -n 1 "$d/results.csv" 2>/dev/null | cut -d, -f1)
+    want_ep=$(awk '/^  epochs:/ {print $2; exit}' "$d/config.yaml")
+    [ "$done_ep" = "$want_ep" ] || { echo "the teacher run in $d is not finished (epoch" \
+      "${done_ep:-0} of $want_ep): finish it first (meddet pretrain-teacher --resume $d)"; exit 2; }
     [ -e "$S/runs/teacher-$t" ] || ln -s "$(cd "$TEACHERS_FROM/$t" && pwd)" "$S/runs/teacher-$t"
   done
 fi
