@@ -164,3 +164,47 @@ def test_recipe_is_cpu_crop_on_the_randomised_data():
     crop["data"].pop("root")
     # One recipe, two data sets: when cpu-crop changes, copy the change into cpu-random.yaml.
     assert rnd == crop, "meddet/configs/cpu-random.yaml no longer matches cpu-crop.yaml"
+
+
+def test_disc_thickness_maps_the_same_draws_onto_a_wider_range():
+    """--disc-thickness: the default range reproduces the randomised phantom exactly; a
+    range of [0.25, 0.3] makes every disc 0.25-0.3 x 0.85-1.15 of v2's height, and leaves
+    every other family's draws as they were."""
+    for i in range(3):
+        a, ra = make_image(2, "train", i, size=128, phantom="random")
+        b, rb = make_image(2, "train", i, size=128, phantom="random",
+                           disc_thickness=R.DISC_THICKNESS)
+        assert np.array_equal(ra.image, rb.image) and np.array_equal(ra.boxes, rb.boxes)
+        v2, _ = make_image(2, "train", i, size=128, phantom="random", random_off=("disc",))
+        thin, rt = make_image(2, "train", i, size=128, phantom="random",
+                              disc_thickness=(0.25, 0.3))
+        ratio = np.array([t.height / d.height for t, d in zip(thin.discs, v2.discs)])
+        assert np.all(ratio >= 0.25 * 0.85 - 1e-9) and np.all(ratio <= 0.3 * 1.15 + 1e-9)
+        assert thin.body_widths == a.body_widths and thin.tissue == a.tissue
+        assert thin.scale == a.scale and thin.acquisition == a.acquisition
+        # thinner discs, lower boxes (where a disc is in view in both)
+        both = (ra.boxes[:, 2] > 0) & (rt.boxes[:, 2] > 0)
+        assert np.median((rt.boxes[both, 3] - rt.boxes[both, 1])
+                         / (ra.boxes[both, 3] - ra.boxes[both, 1])) < 1
+
+
+def test_disc_thickness_records_and_errors(tmp_path, capsys):
+    out = tmp_path / "thin"
+    assert main(["data", "synth", str(out), "--phantom", "random", "--disc-thickness",
+                 "0.25,1.25", "--num-train", "1", "--num-val", "0", "--num-test", "0",
+                 "--size", "128"]) == 0
+    gen = json.loads((out / "annotations" / "train.json").read_text())["info"]["generator"]
+    assert gen["disc_thickness"] == [0.25, 1.25]
+    # sets made without the option keep their records as they were
+    plain = generate_dataset(tmp_path / "plain", num_train=1, num_val=0, num_test=0, size=128,
+                             phantom="random")
+    assert "disc_thickness" not in plain
+    capsys.readouterr()
+    for args, msg in ((["--disc-thickness", "0.3,1"], "add --phantom random"),
+                      (["--phantom", "random", "--disc-thickness", "0.05,1"], "0.1 <= LOW"),
+                      (["--phantom", "random", "--disc-thickness", "1,0.5"], "0.1 <= LOW"),
+                      (["--phantom", "random", "--disc-thickness", "thin"], "LOW,HIGH")):
+        assert main(["data", "synth", str(tmp_path / "bad"), *args, "--num-train", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--disc-thickness" in err and msg in err, err
+    assert not (tmp_path / "bad").exists()

@@ -36,14 +36,15 @@ def _out_dir(out: Path | None, out_opt: Path | None, command: str) -> Path:
     return out if out is not None else out_opt  # type: ignore[return-value]
 
 
-def _parse_range(value: str) -> tuple[float, float]:
+def _parse_range(value: str, flag: str = "--snr-range", example: str = "8,40"
+                 ) -> tuple[float, float]:
     parts = [p.strip() for p in value.split(",")]
     try:
         if len(parts) != 2:
             raise ValueError
         return float(parts[0]), float(parts[1])
     except ValueError:
-        raise MedDetError(f"--snr-range must be LOW,HIGH (e.g. 8,40), got {value!r}") from None
+        raise MedDetError(f"{flag} must be LOW,HIGH (e.g. {example}), got {value!r}") from None
 
 
 @app.command("synth")
@@ -72,6 +73,10 @@ def synth(
         "--random-off", help="With --phantom random: families left at v2's values, comma-"
         "separated, from contrast, gamma, bias, blur, noise, disc, fov, spacing "
         "(ablations).")] = None,
+    disc_thickness: Annotated[str | None, typer.Option(
+        "--disc-thickness", help="With --phantom random: range LOW,HIGH of the factor on v2's "
+        "disc heights, drawn per image (default 0.5,1.25; e.g. 0.25,1.25 for thinner "
+        "discs).")] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
     out_opt: OutOpt = None,
@@ -87,15 +92,17 @@ def synth(
     out = _out_dir(out, out_opt, "synth")
     snr = _parse_range(snr_range)
     off = tuple(parse_csv_list(random_off, "--random-off"))
+    thick = (None if disc_thickness is None
+             else _parse_range(disc_thickness, "--disc-thickness", "0.25,1.25"))
     # Validate before the progress bar starts so that a bad flag prints only its error line.
     validate_args(out, num_train=num_train, num_val=num_val, num_test=num_test, size=size,
                   seed=seed, snr_range=snr, protrusion_rate=protrusion_rate,
                   bit_depth=bit_depth, overwrite=overwrite, phantom=phantom,
-                  random_off=off)
+                  random_off=off, disc_thickness=thick)
     args = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "size": size,
             "seed": seed, "snr_range": snr, "protrusion_rate": protrusion_rate,
             "bit_depth": bit_depth, "overwrite": overwrite, "phantom": phantom,
-            "random_off": off}
+            "random_off": off, "disc_thickness": thick}
     if json_out == "-":  # stdout carries the JSON: no table, no progress bar
         emit_json(generate_dataset(out, **args), json_out)
         return

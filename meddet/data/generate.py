@@ -67,10 +67,13 @@ def make_image(
     protrusion_rate: float = 0.3,
     phantom: str = DEFAULT_PHANTOM,
     random_off: tuple[str, ...] = (),
+    disc_thickness: tuple[float, float] | None = None,
 ) -> tuple[Case, Rendered]:
     """Sample and render one image exactly as :func:`generate_dataset` does."""
     mod = PHANTOMS[phantom]
-    extra = {"off": random_off} if phantom == "random" else {}
+    extra: dict[str, Any] = {"off": random_off} if phantom == "random" else {}
+    if disc_thickness is not None:
+        extra["disc_thickness"] = disc_thickness
     case = mod.sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, **extra)
     return case, mod.render_case(case)
@@ -158,6 +161,7 @@ def validate_args(
     overwrite: bool,
     phantom: str = DEFAULT_PHANTOM,
     random_off: tuple[str, ...] | list[str] = (),
+    disc_thickness: tuple[float, float] | None = None,
 ) -> dict[str, int]:
     """Check the arguments of :func:`generate_dataset` without writing anything.
 
@@ -200,6 +204,18 @@ def validate_args(
         _random.check_families(random_off)
     except MedDetError as exc:
         raise MedDetError(f"--random-off: {exc}") from None
+    if disc_thickness is not None:
+        if phantom != "random":
+            raise MedDetError("--disc-thickness sets the disc family of --phantom random; add "
+                              "--phantom random or drop --disc-thickness")
+        try:
+            lo, hi = (float(v) for v in disc_thickness)
+        except (TypeError, ValueError):
+            raise MedDetError("--disc-thickness must be two numbers LOW,HIGH, got "
+                              f"{disc_thickness!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0.1 <= lo <= hi <= 3):
+            raise MedDetError("--disc-thickness must satisfy 0.1 <= LOW <= HIGH <= 3 (v2's discs "
+                              f"times that factor; e.g. 0.25,1.25), got {lo:g},{hi:g}")
     check_out_folder(Path(out), overwrite=overwrite)
     return counts
 
@@ -241,6 +257,7 @@ def generate_dataset(
     progress: Callable[[int, int], None] | None = None,
     phantom: str = DEFAULT_PHANTOM,
     random_off: tuple[str, ...] | list[str] = (),
+    disc_thickness: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Generate the synthetic CDH-MRI dataset.
 
@@ -261,11 +278,13 @@ def generate_dataset(
             and geometry family drawn from wider ranges, for detectors meant for real scans.
         random_off: with ``phantom="random"``, families of
             :data:`~meddet.data.phantom.randomised.FAMILIES` left at v2's values (ablation).
+        disc_thickness: with ``phantom="random"``, the range of the disc family's thickness
+            factor (``None``: :data:`~meddet.data.phantom.randomised.DISC_THICKNESS`).
 
     Returns:
         Summary: ``{"out", "size", "seed", "bit_depth", "snr_range", "protrusion_rate",
         "phantom", "splits": {split: {"images", "protrusion", "non-protrusion"}}}``, plus
-        ``"random_off"`` for the randomised phantom.
+        ``"random_off"`` for the randomised phantom (and ``"disc_thickness"`` when set).
 
     Raises:
         MedDetError: invalid arguments or an unusable ``out``; nothing is written then.
@@ -273,8 +292,11 @@ def generate_dataset(
     counts = validate_args(out, num_train=num_train, num_val=num_val, num_test=num_test,
                            size=size, seed=seed, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, bit_depth=bit_depth,
-                           overwrite=overwrite, phantom=phantom, random_off=random_off)
+                           overwrite=overwrite, phantom=phantom, random_off=random_off,
+                           disc_thickness=disc_thickness)
     off = _random.check_families(random_off)
+    thick = None if disc_thickness is None else (float(disc_thickness[0]),
+                                                 float(disc_thickness[1]))
     out = Path(out)
     snr = (float(snr_range[0]), float(snr_range[1]))
     params = {"size": int(size), "seed": int(seed), "snr_range": list(snr),
@@ -282,6 +304,8 @@ def generate_dataset(
               "phantom": phantom}
     if phantom == "random":  # v2 and v1 datasets keep their records as they were
         params["random_off"] = list(off)
+        if thick is not None:  # sets made before the option keep their records too
+            params["disc_thickness"] = list(thick)
     summary: dict[str, Any] = {"out": str(out), **params, "splits": {}}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +325,7 @@ def generate_dataset(
             for i in range(counts[split]):
                 case, rendered = make_image(seed, split, i, size=size, snr_range=snr,
                                             protrusion_rate=protrusion_rate, phantom=phantom,
-                                            random_off=off)
+                                            random_off=off, disc_thickness=thick)
                 name = f"{split}_{i:05d}.png"
                 (img_dir / name).write_bytes(encode_png(quantize(rendered.image, bit_depth)))
                 image, anns = _records(case, rendered, i + 1, name, len(annotations) + 1)

@@ -60,6 +60,9 @@ __all__ = ["FAMILIES", "NOISE_MODELS", "RandomCase", "check_families", "pixel_mm
 
 #: The randomisation families, in the order their random streams are split off.
 FAMILIES = ("contrast", "gamma", "bias", "blur", "noise", "disc", "fov", "spacing")
+# The ``disc`` family's range of the thickness factor of an image's discs (log-uniform); data
+# sets may widen it (``meddet data synth --disc-thickness LO,HI``).
+DISC_THICKNESS = (0.5, 1.25)
 NOISE_MODELS = ("rician", "gaussian", "chi")
 # Smallest gaps between tissues in an independent contrast draw: herniated disc material and
 # CSF, cord and CSF (as the default phantom), and the disc against the bone around it, so
@@ -126,10 +129,12 @@ def _independent_tissue(rng: np.random.Generator) -> Tissue:
             return Tissue(**v, cortex=u(0.0, 0.5), ligament=u(0.0, 0.5), contrast="random")
 
 
-def _discs(case: Case, rng: np.random.Generator) -> dict:
-    """Thinner or thicker discs, deeper or shallower bodies and discs."""
+def _discs(case: Case, rng: np.random.Generator,
+           thickness: tuple[float, float] = DISC_THICKNESS) -> dict:
+    """Thinner or thicker discs (the factor log-uniform in ``thickness``), deeper or shallower
+    bodies and discs."""
     u = rng.uniform
-    thick = float(np.exp(u(np.log(0.5), np.log(1.25))))
+    thick = float(np.exp(u(np.log(thickness[0]), np.log(thickness[1]))))
     discs = []
     for disc in case.discs:
         h = disc.height * thick * u(0.85, 1.15)
@@ -175,6 +180,7 @@ def sample_case(
     snr_range: tuple[float, float] = (8.0, 40.0),
     protrusion_rate: float = 0.3,
     off: Iterable[str] = (),
+    disc_thickness: tuple[float, float] = DISC_THICKNESS,
 ) -> RandomCase:
     """Draw a default case, then redraw every family not in ``off`` (see the module docstring).
 
@@ -185,6 +191,8 @@ def sample_case(
         snr_range: the default phantom's SNR range; the ``noise`` family widens it.
         protrusion_rate: probability of a protrusion, per disc.
         off: families of :data:`FAMILIES` to leave at the default phantom's values.
+        disc_thickness: range of the ``disc`` family's thickness factor (default
+            :data:`DISC_THICKNESS`); the draws are the same, mapped onto the range.
 
     Returns:
         A :class:`RandomCase`.
@@ -208,7 +216,7 @@ def sample_case(
         acq_fields.update(bias=float(on["bias"].uniform(0.0, 0.9)),
                           coil=float(on["bias"].uniform(-0.6, 1.4)))
     if "disc" in on:
-        fields.update(_discs(base, on["disc"]))
+        fields.update(_discs(base, on["disc"], disc_thickness))
     if "fov" in on:
         fields.update(_field_of_view(dataclasses.replace(base, **fields), on["fov"]))
     case = dataclasses.replace(base, **fields)
