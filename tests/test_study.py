@@ -1416,3 +1416,14 @@ def test_a_row_placed_from_a_finished_run_says_how_it_was_trained(tmp_path, monk
     assert ("| teacher-gfl_r50 | cpu |" in text and "(trained before: pretrain-teacher gfl_r50, "
             "160 epochs of batch 8, 128 px crops of 256 px images, bfloat16 autocast, seed 0) "
             "`") in text
+
+
+def test_regenerate_lines_name_the_studys_device_and_flags(fake_study):
+    rows = records.load_rows(fake_study)
+    cpu = report.render(rows, {"config": "cpu-crop", "device": "cpu", "extra": ["--cpu-amp"],
+                               "teacher_epochs": 160})
+    assert ("Regenerate: `meddet study run --config cpu-crop --tables 1 --seeds 0,1,2 --device "
+            "cpu --teacher-epochs 160 --extra --cpu-amp` (finished rows") in cpu
+    # a study spread over devices, or none recorded: the GPU command, no flags
+    for meta in ({"config": "c", "device": "cuda and cpu", "extra": []}, {}):
+        assert "--tables 1 --seeds 0,1,2 --device cuda` (finished" in report.render(rows, meta)

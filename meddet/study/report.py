@@ -434,13 +434,18 @@ def render(rows: dict[str, dict], meta: dict, planned: list[str] | None = None,
         w(f"Claims: {verdicts[key]}.\n")
         w(f"What the spreads resolve: {resolves[key]}.\n")
 
-    def regen(tables: str, device: str = "cuda", extra: str = "") -> None:
+    # the study's own device and per-row flags (a study run on one device), else a GPU
+    dev = meta.get("device") if meta.get("device") in ("cpu", "cuda") else "cuda"
+    flags = " ".join(meta.get("extra") or [])
+
+    def regen(tables: str, device: str = dev, extra: str = "") -> None:
         """The command that (re)runs the rows of ``tables``."""
         te = meta.get("teacher_epochs") if tables != "alone" else None
+        more = f" --extra {flags}" if flags and tables != "alone" else ""
         w(f"Regenerate: `meddet study run --config "
           f"{meta.get('config') or 'cpu-small'} --tables {tables} --seeds 0,1,2 --device "
-          f"{device}{f' --teacher-epochs {te}' if te else ''}{extra}` (finished rows are kept; "
-          "`meddet study report` rewrites this file from them alone).\n")
+          f"{device}{f' --teacher-epochs {te}' if te else ''}{more}{extra}` (finished rows are "
+          "kept; `meddet study report` rewrites this file from them alone).\n")
 
     p = paper.MAP.get
     table("Table I: lightweight detectors and distillation methods",
