@@ -1427,3 +1427,21 @@ def test_regenerate_lines_name_the_studys_device_and_flags(fake_study):
     # a study spread over devices, or none recorded: the GPU command, no flags
     for meta in ({"config": "c", "device": "cuda and cpu", "extra": []}, {}):
         assert "--tables 1 --seeds 0,1,2 --device cuda` (finished" in report.render(rows, meta)
+
+
+def test_spread_line_says_when_seeds_trained_in_different_arithmetic(tmp_path):
+    out = tmp_path / "s"
+    for s, v in enumerate((0.70, 0.80, 0.76)):
+        _write_row(out, f"plain-gfl_mbv2-s{s}", "plain-gfl_mbv2", s, _test_json(v))
+    p = out / "runs" / "plain-gfl_mbv2-s0" / "row.json"
+    row = json.loads(p.read_text())
+    row["commands"][0] += " --cpu-amp"
+    row["device"] = "cuda"
+    p.write_text(json.dumps(row))
+    line = report._spread_line(records.load_rows(out))
+    # mAP50 70 / 80 / 76: sd 5.0
+    assert line.endswith("above it: plain-gfl_mbv2 (5.0; 1 of 3 seeds trained in bfloat16, the "
+                         "others in float32; its seeds ran on different devices).\n")
+    # a linked run that recorded bfloat16 counts as bfloat16 too
+    assert report._bf16({"commands": ["meddet x --resume R"], "trained_with": {"cpu_amp": True}})
+    assert not report._bf16({"commands": ["meddet x --cpu-ampere"]})

@@ -575,10 +575,31 @@ def _spread_line(rows: dict[str, dict]) -> str | None:
     sds = {g: ms for g in groups if (ms := group_metric(rows, g, BESIDE))[2] >= 3}
     if not sds:
         return None
-    wide = [f"{g} ({ms[1]:.1f})" for g, ms in sds.items() if ms[1] > MAX_SD_POINTS]
+    wide = [f"{g} ({ms[1]:.1f}{_mixed(rows, g)})" for g, ms in sds.items()
+            if ms[1] > MAX_SD_POINTS]
     return (f"Seed spread: {len(sds) - len(wide)} of {len(sds)} rows with three or more seeds "
             f"have a test {BESIDE} standard deviation of at most {MAX_SD_POINTS:g} points"
             + (f"; above it: {', '.join(wide)}" if wide else "") + ".\n")
+
+
+def _bf16(row: dict) -> bool:
+    """Whether a row trained under bfloat16 autocast (``--cpu-amp`` in its training command,
+    or a run trained before the study that recorded it)."""
+    t = row.get("trained_with") or {}
+    return bool(t.get("cpu_amp")) or "--cpu-amp" in (row.get("commands") or [""])[0].split()
+
+
+def _mixed(rows: dict[str, dict], group: str) -> str:
+    """``; its seeds mix ...`` when a group's seeds trained in different arithmetic (float32
+    and bfloat16, or on different devices), which widens its spread; else ``""``."""
+    rs = [r for r in rows.values() if r.get("group") == group and "test" in r]
+    why = []
+    if len({_bf16(r) for r in rs}) > 1:
+        n = sum(_bf16(r) for r in rs)
+        why.append(f"{n} of {len(rs)} seeds trained in bfloat16, the others in float32")
+    if len({r.get("device") for r in rs}) > 1:
+        why.append("its seeds ran on different devices")
+    return "".join(f"; {w}" for w in why)
 
 
 def _plateau_line(rows: dict[str, dict]) -> str:
