@@ -140,16 +140,18 @@ def report(
         raise MedDetError(f"{records} holds no runs/<row>/row.json; pass the folder that "
                           "`meddet study run --out` wrote")
     dest = out or records / "results.md"
-    if readme is not None:  # checked first: a missing block writes neither file
+    text = None
+    if readme is not None:  # made first: a missing block writes neither file
         from meddet.study.records import load_rows
         from meddet.study.report import update_readme
 
-        rows = load_rows(records)
-        update_readme(readme, rows, check_only=True)
+        text = update_readme(readme, load_rows(records), check_only=True)
     write_report(records, dest, planned)
     typer.echo(f"wrote {dest}")
-    if readme is not None:
-        update_readme(readme, rows)
+    if text is not None:
+        from meddet._io import atomic_write_text
+
+        atomic_write_text(readme, text)
         typer.echo(f"updated the study summary in {readme}")
 
 
