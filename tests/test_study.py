@@ -1309,8 +1309,8 @@ def test_claim_kinds_and_readme_summary(fake_study):
     assert text.count("\n") == 8 and text.startswith("| claim of the paper |")
     assert _line(text, "| 2.").endswith(
         "| not run (1 of 4 comparisons reproduced, 1 contradicted, 2 not run yet) |")
-    assert "| 6. nmODE² makes the detector more robust to MRI noise | stated, no figure | " \
-        "not run (not measured yet) |" in text
+    assert "| 6. nmODE² makes the detector more robust to MRI noise | not run (not measured " \
+        "yet) |" in text
 
 
 def test_update_readme_rewrites_only_its_block(fake_study, tmp_path, capsys):

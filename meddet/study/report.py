@@ -721,21 +721,6 @@ def _sweep(rows: dict[str, dict], spread: float | None, w) -> None:
 README_START = "<!-- study summary: written by `meddet study report --readme`; do not edit -->"
 README_END = "<!-- end of study summary -->"
 
-_PAPER_SIDE = {
-    "1": (f"MedDet {paper.MAP['meddet']} mAP vs {paper.MAP['gfl_mbv2']} (GFL-MobileNetV2), "
-          f"{min(paper.MAP[k] for k in KD)}–{max(paper.MAP[k] for k in KD)} (MGD, LD, FGD)"),
-    "2": (f"{paper.MAP['meddet']} vs {paper.MAP['gfl_r50']}–{paper.MAP['gfl_r152']} mAP; "
-          f"{paper.TABLE2['meddet'][0] / paper.TABLE2['gfl_r50'][0]:.0%} of GFL-R50's "
-          f"parameters, {paper.FPS['meddet'] / paper.FPS['gfl_r50']:.1f}× its FPS"),
-    "3": (f"+{paper.MAP['abl_nmode'] - paper.MAP['abl_base']:.1f}, "
-          f"+{paper.MAP['abl_lwff'] - paper.MAP['abl_nmode']:.1f}, "
-          f"+{paper.MAP['abl_aatm'] - paper.MAP['abl_lwff']:.1f} mAP"),
-    "4": (f"head {paper.MAP['nmode_head']} vs none {paper.MAP['nmode_none']}, backbone "
-          f"{paper.MAP['nmode_backbone']}, FPN {paper.MAP['nmode_fpn']} mAP"),
-    "5": (f"LWFF {paper.MAP['fusion_lwff']} vs sum {paper.MAP['fusion_sum']}, concat "
-          f"{paper.MAP['fusion_concat']} mAP"),
-    "6": "stated, no figure",
-}
 
 
 def claim_kinds(rows: dict[str, dict]) -> dict[str, list[str]]:
@@ -769,14 +754,14 @@ def claim_kinds(rows: dict[str, dict]) -> dict[str, list[str]]:
 
 
 def readme_summary(rows: dict[str, dict]) -> str:
-    """The README's table of the paper's six claims: the paper's figures and the verdict on
-    this benchmark with how its comparisons split (:func:`claim_kinds`)."""
-    L = ["| claim of the paper | the paper (CDH-1848) | verdict here (synthetic phantom, "
-         f"test {HEADLINE}) |", "|---|---|---|"]
+    """The README's table of the paper's six claims: the verdict on this benchmark with how
+    its comparisons split (:func:`claim_kinds`); the figures stay in the report."""
+    L = [f"| claim of the paper | verdict here (synthetic phantom, test {HEADLINE}) |",
+         "|---|---|"]
     for k, kinds in claim_kinds(rows).items():
         kind, detail = claim_verdict(kinds)
         shown = f"**{kind}**" if kind in ("reproduced", "contradicted") else kind
-        L.append(f"| {k}. {CLAIM_TEXT[k]} | {_PAPER_SIDE[k]} | {shown} ({detail}) |")
+        L.append(f"| {k}. {CLAIM_TEXT[k]} | {shown} ({detail}) |")
     return "\n".join(L) + "\n"
 
 
