@@ -164,6 +164,13 @@ def test_recipe_is_cpu_crop_on_the_randomised_data():
     crop["data"].pop("root")
     # One recipe, two data sets: when cpu-crop changes, copy the change into cpu-random.yaml.
     assert rnd == crop, "meddet/configs/cpu-random.yaml no longer matches cpu-crop.yaml"
+    # cpu-random-wide: its own data, four times the images for half the epochs (twice the
+    # steps), validation as often in steps; the rest is cpu-crop's.
+    wide = load_config("cpu-random-wide").model_dump()
+    assert wide["data"].pop("root") == "cdh-random-wide"
+    assert (wide["train"].pop("epochs"), wide["train"].pop("eval_every")) == (40, 4)
+    crop["train"].pop("epochs"), crop["train"].pop("eval_every")
+    assert wide == crop, "meddet/configs/cpu-random-wide.yaml no longer matches cpu-crop.yaml"
 
 
 def test_disc_thickness_maps_the_same_draws_onto_a_wider_range():
@@ -208,3 +215,51 @@ def test_disc_thickness_records_and_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--disc-thickness" in err and msg in err, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_wide_geometry_adds_draws_after_the_default_ones():
+    """--geometry wide: thickness, depth and every other family draw as before; the bodies are
+    1-1.3 x taller, corners and concavity 0.3-1 x, wedges scaled by one factor, and the disc
+    reaches under the endplates only as far as concavity and wedge need (at most v2's 3 px)."""
+    for i in range(3):
+        a, ra = make_image(4, "train", i, size=128, phantom="random")
+        d, rd = make_image(4, "train", i, size=128, phantom="random", geometry="default")
+        assert np.array_equal(ra.image, rd.image) and a == d
+        w, rw = make_image(4, "train", i, size=128, phantom="random", geometry="wide")
+        assert w.discs == a.discs and w.body_widths == a.body_widths
+        assert w.tissue == a.tissue and w.acquisition == a.acquisition and w.scale == a.scale
+        body = np.array(w.body_heights) / np.array(a.body_heights)
+        assert np.allclose(body, body[0]) and 1.0 <= body[0] <= 1.3
+        assert 0.3 <= w.corner / a.corner <= 1.0
+        assert 0.3 <= w.concavity / a.concavity <= 1.0
+        wedge = np.array(w.body_wedge) / np.array(a.body_wedge)
+        assert np.allclose(wedge, wedge[0]) and 0.3 <= wedge[0] <= 1.0
+        need = w.concavity + max(abs(x) for x in w.body_wedge) + 0.5
+        assert a.disc_overhang == 3.0 and w.disc_overhang == pytest.approx(min(3.0, need))
+    # Thinner boxes for the same discs: a straight spine, one case rendered both ways.
+    a = R.sample_case(image_rng(4, "train", 0), 128, off=("fov",))
+    w = R.sample_case(image_rng(4, "train", 0), 128, off=("fov",), geometry="wide")
+    straight = {"angle": 0.0, "lordosis": 0.0, "s_shape": 0.0, "body_heights": a.body_heights}
+    ra = R.render_case(dataclasses.replace(a, **straight))
+    rw = R.render_case(dataclasses.replace(w, **straight))
+    both = (ra.boxes[:, 2] > 0) & (rw.boxes[:, 2] > 0)
+    assert both.sum() >= 3
+    assert np.all(rw.boxes[both, 3] - rw.boxes[both, 1] <= ra.boxes[both, 3] - ra.boxes[both, 1])
+    assert np.any(rw.boxes[both, 3] - rw.boxes[both, 1] < ra.boxes[both, 3] - ra.boxes[both, 1])
+
+
+def test_geometry_records_and_errors(tmp_path, capsys):
+    out = tmp_path / "wide"
+    assert main(["data", "synth", str(out), "--phantom", "random", "--geometry", "wide",
+                 "--num-train", "1", "--num-val", "0", "--num-test", "0", "--size", "128"]) == 0
+    gen = json.loads((out / "annotations" / "train.json").read_text())["info"]["generator"]
+    assert gen["geometry"] == "wide" and "disc_thickness" not in gen
+    capsys.readouterr()
+    for args, msg in ((["--geometry", "wide"], "add --phantom random"),
+                      (["--phantom", "random", "--geometry", "tall"], "default, wide")):
+        assert main(["data", "synth", str(tmp_path / "bad"), *args, "--num-train", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--geometry" in err and msg in err, err
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(MedDetError, match="unknown geometry"):
+        R.sample_case(image_rng(0, "train", 0), 128, geometry="tall")

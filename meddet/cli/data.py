@@ -77,6 +77,11 @@ def synth(
         "--disc-thickness", help="With --phantom random: range LOW,HIGH of the factor on v2's "
         "disc heights, drawn per image (default 0.5,1.25; e.g. 0.25,1.25 for thinner "
         "discs).")] = None,
+    geometry: Annotated[str | None, typer.Option(
+        "--geometry", help="With --phantom random: default, or wide to also draw the "
+        "vertebral bodies' height, corner radius and endplate concavity per image, so that "
+        "with thin discs a disc box can take a fifth of its level, as on real T2 slices.")
+    ] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
     out_opt: OutOpt = None,
@@ -98,11 +103,11 @@ def synth(
     validate_args(out, num_train=num_train, num_val=num_val, num_test=num_test, size=size,
                   seed=seed, snr_range=snr, protrusion_rate=protrusion_rate,
                   bit_depth=bit_depth, overwrite=overwrite, phantom=phantom,
-                  random_off=off, disc_thickness=thick)
+                  random_off=off, disc_thickness=thick, geometry=geometry)
     args = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "size": size,
             "seed": seed, "snr_range": snr, "protrusion_rate": protrusion_rate,
             "bit_depth": bit_depth, "overwrite": overwrite, "phantom": phantom,
-            "random_off": off, "disc_thickness": thick}
+            "random_off": off, "disc_thickness": thick, "geometry": geometry}
     if json_out == "-":  # stdout carries the JSON: no table, no progress bar
         emit_json(generate_dataset(out, **args), json_out)
         return

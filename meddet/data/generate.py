@@ -68,12 +68,15 @@ def make_image(
     phantom: str = DEFAULT_PHANTOM,
     random_off: tuple[str, ...] = (),
     disc_thickness: tuple[float, float] | None = None,
+    geometry: str | None = None,
 ) -> tuple[Case, Rendered]:
     """Sample and render one image exactly as :func:`generate_dataset` does."""
     mod = PHANTOMS[phantom]
     extra: dict[str, Any] = {"off": random_off} if phantom == "random" else {}
     if disc_thickness is not None:
         extra["disc_thickness"] = disc_thickness
+    if geometry is not None:
+        extra["geometry"] = geometry
     case = mod.sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, **extra)
     return case, mod.render_case(case)
@@ -162,6 +165,7 @@ def validate_args(
     phantom: str = DEFAULT_PHANTOM,
     random_off: tuple[str, ...] | list[str] = (),
     disc_thickness: tuple[float, float] | None = None,
+    geometry: str | None = None,
 ) -> dict[str, int]:
     """Check the arguments of :func:`generate_dataset` without writing anything.
 
@@ -216,6 +220,13 @@ def validate_args(
         if not (math.isfinite(lo) and math.isfinite(hi) and 0.1 <= lo <= hi <= 3):
             raise MedDetError("--disc-thickness must satisfy 0.1 <= LOW <= HIGH <= 3 (v2's discs "
                               f"times that factor; e.g. 0.25,1.25), got {lo:g},{hi:g}")
+    if geometry is not None:
+        if phantom != "random":
+            raise MedDetError("--geometry sets the disc family of --phantom random; add "
+                              "--phantom random or drop --geometry")
+        if geometry not in _random.GEOMETRIES:
+            raise MedDetError(f"--geometry must be one of {', '.join(_random.GEOMETRIES)}, "
+                              f"got {geometry!r}")
     check_out_folder(Path(out), overwrite=overwrite)
     return counts
 
@@ -258,6 +269,7 @@ def generate_dataset(
     phantom: str = DEFAULT_PHANTOM,
     random_off: tuple[str, ...] | list[str] = (),
     disc_thickness: tuple[float, float] | None = None,
+    geometry: str | None = None,
 ) -> dict[str, Any]:
     """Generate the synthetic CDH-MRI dataset.
 
@@ -280,11 +292,15 @@ def generate_dataset(
             :data:`~meddet.data.phantom.randomised.FAMILIES` left at v2's values (ablation).
         disc_thickness: with ``phantom="random"``, the range of the disc family's thickness
             factor (``None``: :data:`~meddet.data.phantom.randomised.DISC_THICKNESS`).
+        geometry: with ``phantom="random"``, the disc family's geometry draws, ``"default"``
+            or ``"wide"`` (:data:`~meddet.data.phantom.randomised.GEOMETRIES`; ``None``:
+            ``"default"``).
 
     Returns:
         Summary: ``{"out", "size", "seed", "bit_depth", "snr_range", "protrusion_rate",
         "phantom", "splits": {split: {"images", "protrusion", "non-protrusion"}}}``, plus
-        ``"random_off"`` for the randomised phantom (and ``"disc_thickness"`` when set).
+        ``"random_off"`` for the randomised phantom (and ``"disc_thickness"`` and
+        ``"geometry"`` when set).
 
     Raises:
         MedDetError: invalid arguments or an unusable ``out``; nothing is written then.
@@ -293,7 +309,7 @@ def generate_dataset(
                            size=size, seed=seed, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, bit_depth=bit_depth,
                            overwrite=overwrite, phantom=phantom, random_off=random_off,
-                           disc_thickness=disc_thickness)
+                           disc_thickness=disc_thickness, geometry=geometry)
     off = _random.check_families(random_off)
     thick = None if disc_thickness is None else (float(disc_thickness[0]),
                                                  float(disc_thickness[1]))
@@ -306,6 +322,8 @@ def generate_dataset(
         params["random_off"] = list(off)
         if thick is not None:  # sets made before the option keep their records too
             params["disc_thickness"] = list(thick)
+        if geometry is not None:
+            params["geometry"] = geometry
     summary: dict[str, Any] = {"out": str(out), **params, "splits": {}}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -325,7 +343,8 @@ def generate_dataset(
             for i in range(counts[split]):
                 case, rendered = make_image(seed, split, i, size=size, snr_range=snr,
                                             protrusion_rate=protrusion_rate, phantom=phantom,
-                                            random_off=off, disc_thickness=thick)
+                                            random_off=off, disc_thickness=thick,
+                                            geometry=geometry)
                 name = f"{split}_{i:05d}.png"
                 (img_dir / name).write_bytes(encode_png(quantize(rendered.image, bit_depth)))
                 image, anns = _records(case, rendered, i + 1, name, len(annotations) + 1)

@@ -266,7 +266,8 @@ def spinous_sdf(s, d, canal, tilt, bc, bh, lengths, taper, corner):
     return rrect_sdf(sp - bc[js] - 3, d - canal - length / 2, hs, length / 2, corner)
 
 
-def paint_disc(img, ds, d, disc_h, dw, deg, contour, t, px, *, margin, nucleus, cleft=None):
+def paint_disc(img, ds, d, disc_h, dw, deg, contour, t, px, *, margin, nucleus, cleft=None,
+               overhang=3):
     """Paint discs (annulus around a nucleus that degeneration darkens) and return their
     coverage.
 
@@ -275,11 +276,13 @@ def paint_disc(img, ds, d, disc_h, dw, deg, contour, t, px, *, margin, nucleus, 
         disc_h, dw, deg, contour: per-pixel disc height, antero-posterior depth, degeneration
             and (normal) posterior contour.
         margin: how far the disc space reaches beyond the bodies, front and back of ``dw``.
+        overhang: how far the disc reaches beyond its height above and below (under the
+            bodies, which hide it except in their endplate concavity and round corners).
         nucleus: ``(centre, radius)`` of the nucleus across the disc, as fractions of ``dw``.
         cleft: per-pixel darkness of an intranuclear cleft (None: no cleft).
     """
     f32 = np.float32
-    disc_box = rrect_sdf(ds, d + dw / 2 + margin, disc_h / 2 + 3, dw / 2 + margin, f32(2.0))
+    disc_box = rrect_sdf(ds, d + dw / 2 + margin, disc_h / 2 + overhang, dw / 2 + margin, f32(2.0))
     disc_cov = np.minimum(soft(disc_box, px), soft(d - contour, px))
     nuc_r2 = np.square(ds / (disc_h * f32(0.48))) + \
         np.square((d + dw * nucleus[0]) / (dw * nucleus[1]))

@@ -132,6 +132,9 @@ class Case:
     basivertebral: float = 0.0  # visibility of the basivertebral veins (0 = none)
     texture_seed: int = 0
     acquisition: Acquisition | None = None
+    # How far disc material reaches under the bodies' endplates (it fills their concavity and
+    # wedge), reference px.
+    disc_overhang: float = 3.0
 
     @property
     def pose(self) -> geometry.Pose:

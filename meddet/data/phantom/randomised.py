@@ -18,7 +18,11 @@ families of :data:`FAMILIES`:
 - ``noise``: the noise model (Rician, Gaussian, or the non-central chi of a 2-8 coil
   sum-of-squares) and its level, SNR log-uniform in [low / 2, 1.5 high] of ``snr_range``.
 - ``disc``: disc thickness (all discs x0.5-1.25, each jittered x0.85-1.15) and aspect ratio
-  (the antero-posterior depth of bodies and discs x0.8-1.3).
+  (the antero-posterior depth of bodies and discs x0.8-1.3). With ``geometry="wide"`` the
+  family also draws the vertebral bodies' height (x1-1.3), corner radius (x0.3-1) and endplate
+  concavity (x0.3-1), all log-uniform: with thin discs, a disc box can then take as little as
+  a fifth of its vertebral level, as on real sagittal T2 slices, where the default draws keep
+  it above about 0.27.
 - ``fov``: 60 % of the images are crops around the spine with a field of view down to 34 mm
   (zoom log-uniform in [1.3, 6]); the rest keep the default phantom's view.
 - ``spacing``: 60 % of the images are acquired on a coarser matrix (0.6-1.6 mm pixels) and
@@ -55,7 +59,7 @@ from meddet.data.phantom.model import sample_case as sample_default_case
 from meddet.data.phantom.render import filter_kspace, labelled, render_clean, shade
 from meddet.errors import MedDetError
 
-__all__ = ["FAMILIES", "NOISE_MODELS", "RandomCase", "check_families", "pixel_mm",
+__all__ = ["FAMILIES", "GEOMETRIES", "NOISE_MODELS", "RandomCase", "check_families", "pixel_mm",
            "render_case", "sample_case"]
 
 #: The randomisation families, in the order their random streams are split off.
@@ -64,6 +68,13 @@ FAMILIES = ("contrast", "gamma", "bias", "blur", "noise", "disc", "fov", "spacin
 # sets may widen it (``meddet data synth --disc-thickness LO,HI``).
 DISC_THICKNESS = (0.5, 1.25)
 NOISE_MODELS = ("rician", "gaussian", "chi")
+#: The ``disc`` family's geometry draws: ``default`` (thickness and depth) or ``wide`` (also
+#: the bodies' height, corner radius and endplate concavity).
+GEOMETRIES = ("default", "wide")
+# ``wide`` geometry: log-uniform factors on v2's body heights, corner radius and concavity.
+_WIDE_BODY = (1.0, 1.3)
+_WIDE_CORNER = (0.3, 1.0)
+_WIDE_CONCAVITY = (0.3, 1.0)
 # Smallest gaps between tissues in an independent contrast draw: herniated disc material and
 # CSF, cord and CSF (as the default phantom), and the disc against the bone around it, so
 # the labelled boxes stay visible.
@@ -129,10 +140,15 @@ def _independent_tissue(rng: np.random.Generator) -> Tissue:
             return Tissue(**v, cortex=u(0.0, 0.5), ligament=u(0.0, 0.5), contrast="random")
 
 
+def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    return float(np.exp(rng.uniform(np.log(lo_hi[0]), np.log(lo_hi[1]))))
+
+
 def _discs(case: Case, rng: np.random.Generator,
-           thickness: tuple[float, float] = DISC_THICKNESS) -> dict:
+           thickness: tuple[float, float] = DISC_THICKNESS, geometry: str = "default") -> dict:
     """Thinner or thicker discs (the factor log-uniform in ``thickness``), deeper or shallower
-    bodies and discs."""
+    bodies and discs; with ``geometry="wide"`` also taller bodies, squarer corners and flatter
+    endplates (drawn after the others, so the default draws stay the same)."""
     u = rng.uniform
     thick = float(np.exp(u(np.log(thickness[0]), np.log(thickness[1]))))
     discs = []
@@ -142,8 +158,19 @@ def _discs(case: Case, rng: np.random.Generator,
         half = disc.protrusion_halfwidth - disc.height / 2 + h / 2 if disc.protrusion else 0.0
         discs.append(dataclasses.replace(disc, height=float(h), protrusion_halfwidth=float(half)))
     depth = u(0.8, 1.3)
-    return {"discs": tuple(discs), "body_widths": tuple(float(w * depth)
-                                                        for w in case.body_widths)}
+    out: dict = {"discs": tuple(discs),
+                 "body_widths": tuple(float(w * depth) for w in case.body_widths)}
+    if geometry == "wide":
+        body = _log_uniform(rng, _WIDE_BODY)
+        concavity = case.concavity * _log_uniform(rng, _WIDE_CONCAVITY)
+        wedge = _log_uniform(rng, _WIDE_CONCAVITY)
+        wedges = tuple(float(w * wedge) for w in case.body_wedge)
+        # The disc reaches under the endplates only as far as their concavity and wedge need.
+        overhang = min(case.disc_overhang, concavity + max(map(abs, wedges)) + 0.5)
+        out.update(body_heights=tuple(float(h * body) for h in case.body_heights),
+                   corner=case.corner * _log_uniform(rng, _WIDE_CORNER),
+                   concavity=concavity, body_wedge=wedges, disc_overhang=overhang)
+    return out
 
 
 def _field_of_view(case: Case, rng: np.random.Generator) -> dict:
@@ -181,6 +208,7 @@ def sample_case(
     protrusion_rate: float = 0.3,
     off: Iterable[str] = (),
     disc_thickness: tuple[float, float] = DISC_THICKNESS,
+    geometry: str = "default",
 ) -> RandomCase:
     """Draw a default case, then redraw every family not in ``off`` (see the module docstring).
 
@@ -193,11 +221,17 @@ def sample_case(
         off: families of :data:`FAMILIES` to leave at the default phantom's values.
         disc_thickness: range of the ``disc`` family's thickness factor (default
             :data:`DISC_THICKNESS`); the draws are the same, mapped onto the range.
+        geometry: ``"default"`` or ``"wide"`` (:data:`GEOMETRIES`; see the module docstring).
 
     Returns:
         A :class:`RandomCase`.
+
+    Raises:
+        MedDetError: an unknown family or geometry.
     """
     off = check_families(off)
+    if geometry not in GEOMETRIES:
+        raise MedDetError(f"unknown geometry {geometry!r}; use one of: {', '.join(GEOMETRIES)}")
     base = sample_default_case(rng, size, snr_range=snr_range, protrusion_rate=protrusion_rate)
     # One stream per family, split off whether or not the family is used, so switching one off
     # never changes another's draws.
@@ -216,7 +250,7 @@ def sample_case(
         acq_fields.update(bias=float(on["bias"].uniform(0.0, 0.9)),
                           coil=float(on["bias"].uniform(-0.6, 1.4)))
     if "disc" in on:
-        fields.update(_discs(base, on["disc"], disc_thickness))
+        fields.update(_discs(base, on["disc"], disc_thickness, geometry))
     if "fov" in on:
         fields.update(_field_of_view(dataclasses.replace(base, **fields), on["fov"]))
     case = dataclasses.replace(base, **fields)

@@ -64,6 +64,7 @@ class _Scene:
         self.wedge = np.asarray(case.body_wedge, np.float32)
         self.corner = _F(case.corner)
         self.concavity = _F(case.concavity)
+        self.overhang = _F(case.disc_overhang)
         self.discs = DiscArrays(case.discs, lay["disc_c"])
         self.disc_w = (self.bw[:-1] + self.bw[1:]) / 2
         self.cleft = np.asarray(case.clefts, np.float32)
@@ -295,6 +296,7 @@ def _render_spine(sc: _Scene, s, d, coarse, fine, img, label) -> None:
     dw = sc.disc_w[kd]
     ds = s - dcen
     disc_cov = paint_disc(img, ds, d, disc_h, dw, deg, contour, t, px, margin=0.5,
+                          overhang=sc.overhang,
                           nucleus=(_F(0.48), _F(0.36)), cleft=sc.cleft[kd])
     disc_all = paint_herniation(img, d, hern, disc_cov, deg, t, px)
 
