@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Detectors for real scans: GFL-MobileNetV2 from random weights with the cpu-random recipe
-# (cpu-crop on the randomised phantom), three seeds, plus the ablation (each randomisation
+# Detectors for real scans: GFL-MobileNetV2 from random weights with a randomised-phantom recipe
+# (RECIPE: cpu-random, cpu-crop on the randomised phantom, or cpu-random-wide, on its
+# wide-geometry thin-disc data), three seeds, plus the ablation (each randomisation
 # family off in turn, seed 0); each run scored on the synthetic v2 test split and on the
 # hand-labelled real slices (spacing-aware and fixed-size pre-processing). The table in
 # docs/data.md ("Randomised training for real scans") is filled from the summary it prints.
@@ -9,10 +10,11 @@
 #   ROOT=runs/real-t2 SEEDS="0 1 2" JOBS=2 VOLUMES=../shared/data/real-mri \
 #     V2_RUNS="runs/v2-s0 runs/v2-s1" bash examples/reproduce/real_t2.sh
 #   SEEDS= FAMILIES= V2_RUNS="..." bash examples/reproduce/real_t2.sh   # score V2_RUNS only
+#   RECIPE=cpu-random-wide FAMILIES= bash examples/reproduce/real_t2.sh  # its three seeds
 #
 # Resumable: a step whose output exists is skipped; a training stopped half-way (no `done`
-# marker beside its last.pt) continues with --resume. Each training is ~70 min of one core
-# (OMP_NUM_THREADS=1); JOBS trainings run at a time. V2_RUNS: run folders of cpu-crop trained
+# marker beside its last.pt) continues with --resume. Each training is ~70 min (cpu-random) or
+# ~2 h (cpu-random-wide) of one core (OMP_NUM_THREADS=1); JOBS trainings run at a time. V2_RUNS: run folders of cpu-crop trained
 # on the default phantom, scored on the real slices as well (the rows to compare against),
 # also spacing-aware at the v2 training set's pixel size when their checkpoints do not record
 # it (`check-real --input-spacing`).
@@ -20,12 +22,19 @@
 # SYNTH_FLAGS="--num-train 8 --num-val 2 --num-test 2 --size 128"
 # TRAIN_FLAGS="--max-iters 2 --epochs 1 --img-size 128 --batch-size 2" SEEDS=0 FAMILIES=fov).
 set -u
-ROOT=${ROOT:-runs/real-t2}; SEEDS=${SEEDS-"0 1 2"}; JOBS=${JOBS:-1}
+ROOT=${ROOT:-runs/real-t2}; SEEDS=${SEEDS-"0 1 2"}; JOBS=${JOBS:-1}; RECIPE=${RECIPE:-cpu-random}
 VOLUMES=${VOLUMES:-../shared/data/real-mri}; V2_RUNS=${V2_RUNS:-}
 SYNTH_FLAGS=${SYNTH_FLAGS:-}; TRAIN_FLAGS=${TRAIN_FLAGS:-}
 FAMILIES=${FAMILIES-"contrast gamma bias blur noise disc fov spacing"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 M="python -m meddet"
+# the recipe's data set (SET, made with RFLAGS) names its runs: SET-sS, SET-no-F-s0
+case $RECIPE in
+  cpu-random) SET=random; RFLAGS=(--phantom random) ;;
+  cpu-random-wide) SET=random-wide
+    RFLAGS=(--phantom random --disc-thickness 0.25,1.25 --geometry wide --num-train 800) ;;
+  *) echo "RECIPE must be cpu-random or cpu-random-wide, got '$RECIPE'" >&2; exit 2 ;;
+esac
 mkdir -p "$ROOT"
 
 # 1. data: the default phantom (its test split is the synthetic benchmark), the randomised
@@ -37,8 +46,8 @@ synth() {  # synth NAME [FLAGS...]
     >/dev/null || exit 3
 }
 synth v2
-[ -n "$SEEDS" ] && synth random --phantom random
-for f in $FAMILIES; do synth "random-no-$f" --phantom random --random-off "$f"; done
+[ -n "$SEEDS" ] && synth "$SET" "${RFLAGS[@]}"
+for f in $FAMILIES; do synth "$SET-no-$f" "${RFLAGS[@]}" --random-off "$f"; done
 
 # 2. trainings: "<run name> <data set> <seed>", JOBS at a time, each resumed if interrupted.
 train() {  # train RUN DATA SEED
@@ -47,14 +56,14 @@ train() {  # train RUN DATA SEED
   if [ -f "$run/last.pt" ]; then
     $M pretrain-teacher --resume "$run" >>"$log" 2>&1
   else
-    $M pretrain-teacher --model gfl_mbv2 --config cpu-random --data "$ROOT/data/$2" \
+    $M pretrain-teacher --model gfl_mbv2 --config "$RECIPE" --data "$ROOT/data/$2" \
       --seed "$3" --out "$run" $TRAIN_FLAGS >"$log" 2>&1
   fi && touch "$run/done" || echo "FAILED $1 (see $log)"
 }
 mkdir -p "$ROOT/runs"
 jobs_list=()
-for s in $SEEDS; do jobs_list+=("random-s$s random $s"); done
-for f in $FAMILIES; do jobs_list+=("random-no-$f-s0 random-no-$f 0"); done
+for s in $SEEDS; do jobs_list+=("$SET-s$s $SET $s"); done
+for f in $FAMILIES; do jobs_list+=("$SET-no-$f-s0 $SET-no-$f 0"); done
 for job in "${jobs_list[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
   train $job &
