@@ -263,3 +263,39 @@ def test_geometry_records_and_errors(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(MedDetError, match="unknown geometry"):
         R.sample_case(image_rng(0, "train", 0), 128, geometry="tall")
+
+
+def test_random_fraction_leaves_the_other_images_at_v2():
+    """--random-fraction P: an image is either the randomised phantom's own draw or, with
+    every family off, v2's image pixel for pixel; about P of them are randomised."""
+    n, mixed = 40, 0
+    for i in range(n):
+        case, r = make_image(6, "train", i, size=128, phantom="random", random_fraction=0.5)
+        if case.off == R.FAMILIES:
+            _, v2 = make_image(6, "train", i, size=128)
+            assert np.array_equal(r.image, v2.image) and np.array_equal(r.boxes, v2.boxes)
+        else:
+            full, rf = make_image(6, "train", i, size=128, phantom="random")
+            assert case == full and np.array_equal(r.image, rf.image)
+            mixed += 1
+    assert 10 <= mixed <= 30  # binomial(40, 0.5): outside only with probability < 0.2 %
+    # fraction 1 is the randomised phantom itself
+    a, _ = make_image(6, "train", 0, size=128, phantom="random", random_fraction=1.0)
+    b, _ = make_image(6, "train", 0, size=128, phantom="random")
+    assert a == b
+
+
+def test_random_fraction_records_and_errors(tmp_path, capsys):
+    out = tmp_path / "mix"
+    assert main(["data", "synth", str(out), "--phantom", "random", "--random-fraction", "0.5",
+                 "--num-train", "1", "--num-val", "0", "--num-test", "0", "--size", "128"]) == 0
+    gen = json.loads((out / "annotations" / "train.json").read_text())["info"]["generator"]
+    assert gen["random_fraction"] == 0.5
+    capsys.readouterr()
+    for args, msg in ((["--random-fraction", "0.5"], "add --phantom random"),
+                      (["--phantom", "random", "--random-fraction", "0"], "(0, 1]"),
+                      (["--phantom", "random", "--random-fraction", "1.5"], "(0, 1]")):
+        assert main(["data", "synth", str(tmp_path / "bad"), *args, "--num-train", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--random-fraction" in err and msg in err, err
+    assert not (tmp_path / "bad").exists()

@@ -82,6 +82,9 @@ def synth(
         "vertebral bodies' height, corner radius and endplate concavity per image, so that "
         "with thin discs a disc box can take a fifth of its level, as on real T2 slices.")
     ] = None,
+    random_fraction: Annotated[float | None, typer.Option(
+        "--random-fraction", help="With --phantom random: the share of images randomised, in "
+        "(0, 1] (default 1); the others are v2's own images.")] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
     out_opt: OutOpt = None,
@@ -103,11 +106,13 @@ def synth(
     validate_args(out, num_train=num_train, num_val=num_val, num_test=num_test, size=size,
                   seed=seed, snr_range=snr, protrusion_rate=protrusion_rate,
                   bit_depth=bit_depth, overwrite=overwrite, phantom=phantom,
-                  random_off=off, disc_thickness=thick, geometry=geometry)
+                  random_off=off, disc_thickness=thick, geometry=geometry,
+                  random_fraction=random_fraction)
     args = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "size": size,
             "seed": seed, "snr_range": snr, "protrusion_rate": protrusion_rate,
             "bit_depth": bit_depth, "overwrite": overwrite, "phantom": phantom,
-            "random_off": off, "disc_thickness": thick, "geometry": geometry}
+            "random_off": off, "disc_thickness": thick, "geometry": geometry,
+            "random_fraction": random_fraction}
     if json_out == "-":  # stdout carries the JSON: no table, no progress bar
         emit_json(generate_dataset(out, **args), json_out)
         return

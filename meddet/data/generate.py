@@ -69,6 +69,7 @@ def make_image(
     random_off: tuple[str, ...] = (),
     disc_thickness: tuple[float, float] | None = None,
     geometry: str | None = None,
+    random_fraction: float | None = None,
 ) -> tuple[Case, Rendered]:
     """Sample and render one image exactly as :func:`generate_dataset` does."""
     mod = PHANTOMS[phantom]
@@ -77,6 +78,8 @@ def make_image(
         extra["disc_thickness"] = disc_thickness
     if geometry is not None:
         extra["geometry"] = geometry
+    if random_fraction is not None:
+        extra["fraction"] = random_fraction
     case = mod.sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, **extra)
     return case, mod.render_case(case)
@@ -166,6 +169,7 @@ def validate_args(
     random_off: tuple[str, ...] | list[str] = (),
     disc_thickness: tuple[float, float] | None = None,
     geometry: str | None = None,
+    random_fraction: float | None = None,
 ) -> dict[str, int]:
     """Check the arguments of :func:`generate_dataset` without writing anything.
 
@@ -227,6 +231,14 @@ def validate_args(
         if geometry not in _random.GEOMETRIES:
             raise MedDetError(f"--geometry must be one of {', '.join(_random.GEOMETRIES)}, "
                               f"got {geometry!r}")
+    if random_fraction is not None:
+        if phantom != "random":
+            raise MedDetError("--random-fraction sets how many images --phantom random "
+                              "randomises; add --phantom random or drop --random-fraction")
+        if isinstance(random_fraction, bool) or not isinstance(random_fraction, (int, float)) \
+                or not 0 < random_fraction <= 1:
+            raise MedDetError(f"--random-fraction must be in (0, 1] (e.g. 0.5), got "
+                              f"{random_fraction!r}")
     check_out_folder(Path(out), overwrite=overwrite)
     return counts
 
@@ -270,6 +282,7 @@ def generate_dataset(
     random_off: tuple[str, ...] | list[str] = (),
     disc_thickness: tuple[float, float] | None = None,
     geometry: str | None = None,
+    random_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Generate the synthetic CDH-MRI dataset.
 
@@ -295,12 +308,14 @@ def generate_dataset(
         geometry: with ``phantom="random"``, the disc family's geometry draws, ``"default"``
             or ``"wide"`` (:data:`~meddet.data.phantom.randomised.GEOMETRIES`; ``None``:
             ``"default"``).
+        random_fraction: with ``phantom="random"``, the share of images randomised (the rest
+            are v2's own images; ``None``: every image).
 
     Returns:
         Summary: ``{"out", "size", "seed", "bit_depth", "snr_range", "protrusion_rate",
         "phantom", "splits": {split: {"images", "protrusion", "non-protrusion"}}}``, plus
-        ``"random_off"`` for the randomised phantom (and ``"disc_thickness"`` and
-        ``"geometry"`` when set).
+        ``"random_off"`` for the randomised phantom (and ``"disc_thickness"``, ``"geometry"``
+        and ``"random_fraction"`` when set).
 
     Raises:
         MedDetError: invalid arguments or an unusable ``out``; nothing is written then.
@@ -309,7 +324,8 @@ def generate_dataset(
                            size=size, seed=seed, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, bit_depth=bit_depth,
                            overwrite=overwrite, phantom=phantom, random_off=random_off,
-                           disc_thickness=disc_thickness, geometry=geometry)
+                           disc_thickness=disc_thickness, geometry=geometry,
+                           random_fraction=random_fraction)
     off = _random.check_families(random_off)
     thick = None if disc_thickness is None else (float(disc_thickness[0]),
                                                  float(disc_thickness[1]))
@@ -324,6 +340,8 @@ def generate_dataset(
             params["disc_thickness"] = list(thick)
         if geometry is not None:
             params["geometry"] = geometry
+        if random_fraction is not None:
+            params["random_fraction"] = float(random_fraction)
     summary: dict[str, Any] = {"out": str(out), **params, "splits": {}}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +362,8 @@ def generate_dataset(
                 case, rendered = make_image(seed, split, i, size=size, snr_range=snr,
                                             protrusion_rate=protrusion_rate, phantom=phantom,
                                             random_off=off, disc_thickness=thick,
-                                            geometry=geometry)
+                                            geometry=geometry,
+                                            random_fraction=random_fraction)
                 name = f"{split}_{i:05d}.png"
                 (img_dir / name).write_bytes(encode_png(quantize(rendered.image, bit_depth)))
                 image, anns = _records(case, rendered, i + 1, name, len(annotations) + 1)

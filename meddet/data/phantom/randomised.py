@@ -28,6 +28,10 @@ families of :data:`FAMILIES`:
 - ``spacing``: 60 % of the images are acquired on a coarser matrix (0.6-1.6 mm pixels) and
   interpolated to the image size, as a small real slice is when it is enlarged for a detector.
 
+With ``fraction`` below 1, only that share of the images is randomised (an independent draw per
+image, made after everything else); the others are the default phantom's images, pixel for
+pixel, so that a data set can hold the benchmark's own domain beside the randomised one.
+
 Every family draws from a random stream of its own, split from the image's generator after the
 default case is drawn. Switching one family off (``off``) therefore leaves the default
 phantom's values in that family and every other family's draws unchanged, and with every family
@@ -209,6 +213,7 @@ def sample_case(
     off: Iterable[str] = (),
     disc_thickness: tuple[float, float] = DISC_THICKNESS,
     geometry: str = "default",
+    fraction: float = 1.0,
 ) -> RandomCase:
     """Draw a default case, then redraw every family not in ``off`` (see the module docstring).
 
@@ -222,6 +227,8 @@ def sample_case(
         disc_thickness: range of the ``disc`` family's thickness factor (default
             :data:`DISC_THICKNESS`); the draws are the same, mapped onto the range.
         geometry: ``"default"`` or ``"wide"`` (:data:`GEOMETRIES`; see the module docstring).
+        fraction: probability that the image is randomised at all; otherwise every family is
+            off and the image is the default phantom's.
 
     Returns:
         A :class:`RandomCase`.
@@ -237,6 +244,8 @@ def sample_case(
     # never changes another's draws.
     streams = dict(zip(FAMILIES, (np.random.default_rng(s) for s in
                                   rng.integers(2**63 - 1, size=len(FAMILIES)))))
+    if fraction < 1.0 and rng.uniform() >= fraction:
+        off = FAMILIES
     on = {f: streams[f] for f in FAMILIES if f not in off}
     acq = base.acquisition
     assert acq is not None
