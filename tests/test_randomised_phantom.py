@@ -291,6 +291,13 @@ def test_random_fraction_records_and_errors(tmp_path, capsys):
                  "--num-train", "1", "--num-val", "0", "--num-test", "0", "--size", "128"]) == 0
     gen = json.loads((out / "annotations" / "train.json").read_text())["info"]["generator"]
     assert gen["random_fraction"] == 0.5
+    assert main(["data", "synth", str(out), "--overwrite", "--phantom", "random",
+                 "--random-fraction", "0.5", "--num-train", "6", "--num-val", "0",
+                 "--num-test", "0", "--size", "128", "--seed", "6"]) == 0
+    images = json.loads((out / "annotations" / "train.json").read_text())["images"]
+    v2 = [make_image(6, "train", i, size=128, phantom="random", random_fraction=0.5)[0].off
+          == R.FAMILIES for i in range(6)]
+    assert [im["randomised"].get("v2", False) for im in images] == v2 and 0 < sum(v2) < 6
     capsys.readouterr()
     for args, msg in ((["--random-fraction", "0.5"], "add --phantom random"),
                       (["--phantom", "random", "--random-fraction", "0"], "(0, 1]"),

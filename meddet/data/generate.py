@@ -125,6 +125,8 @@ def _records(case: Case, rendered: Rendered, image_id: int, file_name: str, firs
                                "thickness_axis": "si" if case.thickness_axis == 0 else "ap",
                                "acq_pixel_mm": _r(case.acq_pixel_mm), "gamma": _r(case.gamma),
                                "scale": _r(case.scale)}
+        if case.off == _random.FAMILIES:  # left at v2 (--random-fraction, or every family off)
+            image["randomised"]["v2"] = True
     anns = []
     for k, (disc, box, cat) in enumerate(zip(case.discs, rendered.boxes, rendered.category_ids)):
         x0, y0, x1, y1 = (float(v) for v in box)
