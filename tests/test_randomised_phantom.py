@@ -297,12 +297,40 @@ def test_random_fraction_records_and_errors(tmp_path, capsys):
     images = json.loads((out / "annotations" / "train.json").read_text())["images"]
     v2 = [make_image(6, "train", i, size=128, phantom="random", random_fraction=0.5)[0].off
           == R.FAMILIES for i in range(6)]
-    assert [im["randomised"].get("v2", False) for im in images] == v2 and 0 < sum(v2) < 6
+    assert [im["randomised"].get("off") == list(R.FAMILIES) for im in images] == v2
+    assert 0 < sum(v2) < 6
     capsys.readouterr()
     for args, msg in ((["--random-fraction", "0.5"], "add --phantom random"),
                       (["--phantom", "random", "--random-fraction", "0"], "(0, 1]"),
-                      (["--phantom", "random", "--random-fraction", "1.5"], "(0, 1]")):
+                      (["--phantom", "random", "--random-fraction", "1.5"], "(0, 1]"),
+                      (["--phantom", "random", "--random-always", "disc"], "--random-fraction"),
+                      (["--phantom", "random", "--random-fraction", "0.5", "--random-always",
+                        "shape"], "'shape'")):
         assert main(["data", "synth", str(tmp_path / "bad"), *args, "--num-train", "1"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "--random-fraction" in err and msg in err, err
+        assert err.count("\n") == 1 and "--random-" in err and msg in err, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_random_always_draws_those_families_in_every_image(tmp_path):
+    """--random-fraction P --random-always disc: the images left at v2 still draw the disc
+    family (the same draws as the fully randomised image), and nothing else."""
+    kept = 0
+    for i in range(12):
+        case, _ = make_image(6, "train", i, size=128, phantom="random", random_fraction=0.5,
+                             random_always=("disc",))
+        full, _ = make_image(6, "train", i, size=128, phantom="random")
+        assert case.discs == full.discs and case.body_widths == full.body_widths
+        if case.off:
+            kept += 1
+            assert case.off == tuple(f for f in R.FAMILIES if f != "disc")
+            v2, _ = make_image(6, "train", i, size=128, phantom="random",
+                               random_off=R.FAMILIES)
+            assert case.tissue == v2.tissue and case.acquisition == v2.acquisition
+        else:
+            assert case == full
+    assert 0 < kept < 12
+    gen = generate_dataset(tmp_path / "d", num_train=1, num_val=0, num_test=0,
+                           size=128, phantom="random", random_fraction=0.5,
+                           random_always=("disc",))
+    assert gen["random_always"] == ["disc"]

@@ -2,7 +2,8 @@
 # Detectors for real scans: GFL-MobileNetV2 from random weights with a randomised-phantom recipe
 # (RECIPE: cpu-random, cpu-crop on the randomised phantom; cpu-random-wide, on its
 # wide-geometry thin-disc data; cpu-random-mix, cpu-random-wide's optimisation on that data
-# with half the images left at the default phantom's), three seeds, plus the ablation (each randomisation
+# with half the images left at the default phantom's; cpu-random-mixgeo, the same with the disc
+# geometry drawn in every image), three seeds, plus the ablation (each randomisation
 # family off in turn, seed 0); each run scored on the synthetic v2 test split and on the
 # hand-labelled real slices (spacing-aware and fixed-size pre-processing). The table in
 # docs/data.md ("Randomised training for real scans") is filled from the summary it prints.
@@ -37,7 +38,10 @@ case $RECIPE in
   cpu-random-wide) SET=random-wide; RFLAGS=("${WIDE[@]}") ;;
   cpu-random-mix) SET=random-mix; CONFIG=cpu-random-wide
     RFLAGS=("${WIDE[@]}" --random-fraction 0.5) ;;
-  *) echo "RECIPE must be cpu-random, cpu-random-wide or cpu-random-mix, got '$RECIPE'" >&2
+  cpu-random-mixgeo) SET=random-mixgeo; CONFIG=cpu-random-wide
+    RFLAGS=("${WIDE[@]}" --random-fraction 0.5 --random-always disc) ;;
+  *) echo "RECIPE must be cpu-random, cpu-random-wide, cpu-random-mix or cpu-random-mixgeo," \
+    "got '$RECIPE'" >&2
     exit 2 ;;
 esac
 mkdir -p "$ROOT"

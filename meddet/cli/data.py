@@ -85,6 +85,9 @@ def synth(
     random_fraction: Annotated[float | None, typer.Option(
         "--random-fraction", help="With --phantom random: the share of images randomised, in "
         "(0, 1] (default 1); the others are v2's own images.")] = None,
+    random_always: Annotated[str | None, typer.Option(
+        "--random-always", help="With --random-fraction: families drawn in every image, "
+        "comma-separated (e.g. disc: v2's appearance on the randomised geometry).")] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
     out_opt: OutOpt = None,
@@ -100,6 +103,7 @@ def synth(
     out = _out_dir(out, out_opt, "synth")
     snr = _parse_range(snr_range)
     off = tuple(parse_csv_list(random_off, "--random-off"))
+    always = tuple(parse_csv_list(random_always, "--random-always"))
     thick = (None if disc_thickness is None
              else _parse_range(disc_thickness, "--disc-thickness", "0.25,1.25"))
     # Validate before the progress bar starts so that a bad flag prints only its error line.
@@ -107,12 +111,12 @@ def synth(
                   seed=seed, snr_range=snr, protrusion_rate=protrusion_rate,
                   bit_depth=bit_depth, overwrite=overwrite, phantom=phantom,
                   random_off=off, disc_thickness=thick, geometry=geometry,
-                  random_fraction=random_fraction)
+                  random_fraction=random_fraction, random_always=always)
     args = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "size": size,
             "seed": seed, "snr_range": snr, "protrusion_rate": protrusion_rate,
             "bit_depth": bit_depth, "overwrite": overwrite, "phantom": phantom,
             "random_off": off, "disc_thickness": thick, "geometry": geometry,
-            "random_fraction": random_fraction}
+            "random_fraction": random_fraction, "random_always": always}
     if json_out == "-":  # stdout carries the JSON: no table, no progress bar
         emit_json(generate_dataset(out, **args), json_out)
         return

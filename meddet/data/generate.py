@@ -70,6 +70,7 @@ def make_image(
     disc_thickness: tuple[float, float] | None = None,
     geometry: str | None = None,
     random_fraction: float | None = None,
+    random_always: tuple[str, ...] = (),
 ) -> tuple[Case, Rendered]:
     """Sample and render one image exactly as :func:`generate_dataset` does."""
     mod = PHANTOMS[phantom]
@@ -80,6 +81,8 @@ def make_image(
         extra["geometry"] = geometry
     if random_fraction is not None:
         extra["fraction"] = random_fraction
+    if random_always:
+        extra["always"] = random_always
     case = mod.sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, **extra)
     return case, mod.render_case(case)
@@ -125,8 +128,8 @@ def _records(case: Case, rendered: Rendered, image_id: int, file_name: str, firs
                                "thickness_axis": "si" if case.thickness_axis == 0 else "ap",
                                "acq_pixel_mm": _r(case.acq_pixel_mm), "gamma": _r(case.gamma),
                                "scale": _r(case.scale)}
-        if case.off == _random.FAMILIES:  # left at v2 (--random-fraction, or every family off)
-            image["randomised"]["v2"] = True
+        if case.off:  # the families this image left at v2's values
+            image["randomised"]["off"] = list(case.off)
     anns = []
     for k, (disc, box, cat) in enumerate(zip(case.discs, rendered.boxes, rendered.category_ids)):
         x0, y0, x1, y1 = (float(v) for v in box)
@@ -172,6 +175,7 @@ def validate_args(
     disc_thickness: tuple[float, float] | None = None,
     geometry: str | None = None,
     random_fraction: float | None = None,
+    random_always: tuple[str, ...] | list[str] = (),
 ) -> dict[str, int]:
     """Check the arguments of :func:`generate_dataset` without writing anything.
 
@@ -241,6 +245,15 @@ def validate_args(
                 or not 0 < random_fraction <= 1:
             raise MedDetError(f"--random-fraction must be in (0, 1] (e.g. 0.5), got "
                               f"{random_fraction!r}")
+    if random_always:
+        if random_fraction is None:
+            raise MedDetError("--random-always names families drawn in the images that "
+                              "--random-fraction leaves at v2; add --random-fraction P or drop "
+                              "--random-always")
+        try:
+            _random.check_families(random_always)
+        except MedDetError as exc:
+            raise MedDetError(f"--random-always: {exc}") from None
     check_out_folder(Path(out), overwrite=overwrite)
     return counts
 
@@ -285,6 +298,7 @@ def generate_dataset(
     disc_thickness: tuple[float, float] | None = None,
     geometry: str | None = None,
     random_fraction: float | None = None,
+    random_always: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Generate the synthetic CDH-MRI dataset.
 
@@ -312,6 +326,8 @@ def generate_dataset(
             ``"default"``).
         random_fraction: with ``phantom="random"``, the share of images randomised (the rest
             are v2's own images; ``None``: every image).
+        random_always: with ``random_fraction``, families drawn in every image (the others'
+            images are v2's but for those families).
 
     Returns:
         Summary: ``{"out", "size", "seed", "bit_depth", "snr_range", "protrusion_rate",
@@ -327,7 +343,7 @@ def generate_dataset(
                            protrusion_rate=protrusion_rate, bit_depth=bit_depth,
                            overwrite=overwrite, phantom=phantom, random_off=random_off,
                            disc_thickness=disc_thickness, geometry=geometry,
-                           random_fraction=random_fraction)
+                           random_fraction=random_fraction, random_always=random_always)
     off = _random.check_families(random_off)
     thick = None if disc_thickness is None else (float(disc_thickness[0]),
                                                  float(disc_thickness[1]))
@@ -344,6 +360,8 @@ def generate_dataset(
             params["geometry"] = geometry
         if random_fraction is not None:
             params["random_fraction"] = float(random_fraction)
+        if random_always:
+            params["random_always"] = list(_random.check_families(random_always))
     summary: dict[str, Any] = {"out": str(out), **params, "splits": {}}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -365,7 +383,8 @@ def generate_dataset(
                                             protrusion_rate=protrusion_rate, phantom=phantom,
                                             random_off=off, disc_thickness=thick,
                                             geometry=geometry,
-                                            random_fraction=random_fraction)
+                                            random_fraction=random_fraction,
+                                            random_always=tuple(random_always))
                 name = f"{split}_{i:05d}.png"
                 (img_dir / name).write_bytes(encode_png(quantize(rendered.image, bit_depth)))
                 image, anns = _records(case, rendered, i + 1, name, len(annotations) + 1)

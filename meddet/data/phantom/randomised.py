@@ -30,7 +30,9 @@ families of :data:`FAMILIES`:
 
 With ``fraction`` below 1, only that share of the images is randomised (an independent draw per
 image, made after everything else); the others are the default phantom's images, pixel for
-pixel, so that a data set can hold the benchmark's own domain beside the randomised one.
+pixel, so that a data set can hold the benchmark's own domain beside the randomised one, or,
+with families in ``always``, the default phantom's images with only those families drawn
+(e.g. ``always=("disc",)``: v2's appearance on the randomised geometry).
 
 Every family draws from a random stream of its own, split from the image's generator after the
 default case is drawn. Switching one family off (``off``) therefore leaves the default
@@ -214,6 +216,7 @@ def sample_case(
     disc_thickness: tuple[float, float] = DISC_THICKNESS,
     geometry: str = "default",
     fraction: float = 1.0,
+    always: Iterable[str] = (),
 ) -> RandomCase:
     """Draw a default case, then redraw every family not in ``off`` (see the module docstring).
 
@@ -228,7 +231,8 @@ def sample_case(
             :data:`DISC_THICKNESS`); the draws are the same, mapped onto the range.
         geometry: ``"default"`` or ``"wide"`` (:data:`GEOMETRIES`; see the module docstring).
         fraction: probability that the image is randomised at all; otherwise every family is
-            off and the image is the default phantom's.
+            off but those in ``always`` and the image is the default phantom's otherwise.
+        always: families drawn in every image whatever ``fraction`` decides.
 
     Returns:
         A :class:`RandomCase`.
@@ -237,6 +241,7 @@ def sample_case(
         MedDetError: an unknown family or geometry.
     """
     off = check_families(off)
+    always = check_families(always)
     if geometry not in GEOMETRIES:
         raise MedDetError(f"unknown geometry {geometry!r}; use one of: {', '.join(GEOMETRIES)}")
     base = sample_default_case(rng, size, snr_range=snr_range, protrusion_rate=protrusion_rate)
@@ -245,7 +250,7 @@ def sample_case(
     streams = dict(zip(FAMILIES, (np.random.default_rng(s) for s in
                                   rng.integers(2**63 - 1, size=len(FAMILIES)))))
     if fraction < 1.0 and rng.uniform() >= fraction:
-        off = FAMILIES
+        off = tuple(f for f in FAMILIES if f in off or f not in always)
     on = {f: streams[f] for f in FAMILIES if f not in off}
     acq = base.acquisition
     assert acq is not None
