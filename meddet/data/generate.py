@@ -332,8 +332,8 @@ def generate_dataset(
     Returns:
         Summary: ``{"out", "size", "seed", "bit_depth", "snr_range", "protrusion_rate",
         "phantom", "splits": {split: {"images", "protrusion", "non-protrusion"}}}``, plus
-        ``"random_off"`` for the randomised phantom (and ``"disc_thickness"``, ``"geometry"``
-        and ``"random_fraction"`` when set).
+        ``"random_off"`` for the randomised phantom (and ``"disc_thickness"``, ``"geometry"``,
+        ``"random_fraction"`` and ``"random_always"`` when set).
 
     Raises:
         MedDetError: invalid arguments or an unusable ``out``; nothing is written then.

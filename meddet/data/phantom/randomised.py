@@ -77,10 +77,12 @@ NOISE_MODELS = ("rician", "gaussian", "chi")
 #: The ``disc`` family's geometry draws: ``default`` (thickness and depth) or ``wide`` (also
 #: the bodies' height, corner radius and endplate concavity).
 GEOMETRIES = ("default", "wide")
-# ``wide`` geometry: log-uniform factors on v2's body heights, corner radius and concavity.
+# ``wide`` geometry: log-uniform factors on v2's body heights, corner radius, concavity and
+# wedge.
 _WIDE_BODY = (1.0, 1.3)
 _WIDE_CORNER = (0.3, 1.0)
 _WIDE_CONCAVITY = (0.3, 1.0)
+_WIDE_WEDGE = (0.3, 1.0)
 # Smallest gaps between tissues in an independent contrast draw: herniated disc material and
 # CSF, cord and CSF (as the default phantom), and the disc against the bone around it, so
 # the labelled boxes stay visible.
@@ -156,7 +158,7 @@ def _discs(case: Case, rng: np.random.Generator,
     bodies and discs; with ``geometry="wide"`` also taller bodies, squarer corners and flatter
     endplates (drawn after the others, so the default draws stay the same)."""
     u = rng.uniform
-    thick = float(np.exp(u(np.log(thickness[0]), np.log(thickness[1]))))
+    thick = _log_uniform(rng, thickness)
     discs = []
     for disc in case.discs:
         h = disc.height * thick * u(0.85, 1.15)
@@ -169,7 +171,7 @@ def _discs(case: Case, rng: np.random.Generator,
     if geometry == "wide":
         body = _log_uniform(rng, _WIDE_BODY)
         concavity = case.concavity * _log_uniform(rng, _WIDE_CONCAVITY)
-        wedge = _log_uniform(rng, _WIDE_CONCAVITY)
+        wedge = _log_uniform(rng, _WIDE_WEDGE)
         wedges = tuple(float(w * wedge) for w in case.body_wedge)
         # The disc reaches under the endplates only as far as their concavity and wedge need.
         overhang = min(case.disc_overhang, concavity + max(map(abs, wedges)) + 0.5)
