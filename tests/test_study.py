@@ -187,8 +187,13 @@ def test_plan_noise_rows(full_plan):
     noisy = {r.id for r in full_plan if r.noise}
     alone = {f"alone-lite-{q}-s{s}" for q in ("head", "none", "fpn", "backbone")
              for s in (0, 1, 2)}
-    pair = {f"abl-{k}-s{s}" for k in ("base", "nmode") for s in (0, 1, 2)}
-    assert noisy == set(tables.NOISE_ROWS) | alone | pair
+    pairs = {f"{g}-s{s}" for g in ("abl-base", "abl-nmode", "alone-meddet", "plain-gfl_mbv2")
+             for s in (0, 1, 2)}
+    assert noisy == set(tables.NOISE_ROWS) | alone | pairs
+    # claim 6's pairs are swept at every seed, the other plain detectors not at all
+    assert {g for _, a, b in tables.NOISE_PAIRS for g in (a, b)} == {
+        "abl-base", "abl-nmode", "alone-meddet", "plain-gfl_mbv2"}
+    assert not {r.id: r for r in full_plan}["plain-gfl_effb0-s0"].noise
     assert not {r.id: r for r in full_plan}["meddet-s1"].noise
 
 
@@ -211,8 +216,9 @@ def test_plan_subsets():
                    "fusion-sum", "fusion-concat"]
     ids = [r.id for r in tables.plan([0, 1], {"noise"})]
     assert ids == ["teacher-gfl_r50", "teacher-gfl_r101", "teacher-gfl_r152",
-                   "plain-gfl_mbv2-s0", "meddet-s0", "abl-base-s0", "abl-nmode-s0",
-                   "plain-gfl_mbv2-s1", "meddet-s1", "abl-base-s1", "abl-nmode-s1"]
+                   "plain-gfl_mbv2-s0", "alone-meddet-s0", "meddet-s0", "abl-base-s0",
+                   "abl-nmode-s0", "plain-gfl_mbv2-s1", "alone-meddet-s1", "meddet-s1",
+                   "abl-base-s1", "abl-nmode-s1"]
     # seeds[0] other than 0: the single-seed rows carry that seed
     rows = {r.id: r for r in tables.plan([3, 4], {"4"})}
     assert rows["nmode-backbone"].seed == 3 and rows["abl-base-s4"].group == "abl-base"
@@ -480,7 +486,9 @@ def test_summary_of_claims(fake_study):
     assert "R152" not in c2
     assert _line(sec, "| 5.").startswith(
         "| 5. LWFF beats sum and concatenation (Table V) | LWFF vs sum: **contradicted** (-2.0")
-    assert _line(sec, "| 6.").endswith("| not run | — | not run |")
+    assert _line(sec, "| 6.").endswith(
+        "| distilled (`abl-nmode` vs `abl-base`): not run; students alone (`alone-meddet` vs "
+        "`plain-gfl_mbv2`): not run | — | not run |")
 
 
 def test_noise_verdict(tmp_path):
@@ -724,6 +732,38 @@ def test_a_row_cut_by_the_deadline_reports_every_invocation(tmp_path, monkeypatc
     assert info["seconds"] == pytest.approx(sum(info["segments"]), abs=0.11)
 
 
+def test_a_finished_row_without_its_sweep_is_only_evaluated_again(tmp_path, monkeypatch):
+    """A row recorded before its table swept it: only the evaluation runs (no training step,
+    the sweep flag on it), and its record keeps its training seconds and commands."""
+    import sys
+
+    row = tables.Row("alone-meddet-s1", "a", ["pretrain-teacher", "--model", "meddet"],
+                     seed=1, group="alone-meddet", noise=True)
+    out = tmp_path / "s"
+    _write_row(out, row.id, row.group, 1, _test_json(0.8), seconds=1234.0)
+    r = runner.Runner(StudyOptions(out=out, jobs=1), [row])
+    assert r.done(row.id) and r.unswept(row.id)
+    (step,) = r.steps(row)  # the evaluation alone
+    assert step[3] == "eval" and step[-2:] == ["--noise-sweep", tables.NOISE_SPEC]
+
+    run = out / "runs" / row.id
+    swept = _test_json(0.8, sweep=[(None, 0.8), ("rician:5", 0.7)])
+    code = f"open({str(run / 'test.json')!r}, 'w').write({json.dumps(swept)!r})"
+    monkeypatch.setattr(r, "steps", lambda _row: [[sys.executable, "-c", code, "eval"]])
+    assert r.run() == 0
+    info = json.loads((run / "row.json").read_text())
+    assert info["test"]["noise_sweep"][1] == {"noise": "rician:5", "mAP50": 0.7}
+    assert info["seconds"] == 1234.0 and "segments" not in info
+    assert info["commands"][:2] == [f"meddet train {row.id}", f"meddet eval {row.id}"]
+    assert info["commands"][2].endswith("eval") and info["sweep_seconds"] >= 0
+    assert not (run / "partial.json").exists()
+    # swept now: nothing left to run, and a row its table does not sweep is never re-evaluated
+    assert not runner.Runner(StudyOptions(out=out, jobs=1), [row]).unswept(row.id)
+    plain = tables.Row("plain-gfl_effb0-s0", "p", ["pretrain-teacher"], group="plain-gfl_effb0")
+    _write_row(out, plain.id, plain.group, 0, _test_json(0.7))
+    assert not runner.Runner(StudyOptions(out=out, jobs=1), [plain]).unswept(plain.id)
+
+
 def test_bench_rows_run_on_their_own_device_and_a_cpu_study_skips_the_gpu_ones(
         tmp_path, monkeypatch):
     import sys
@@ -954,7 +994,9 @@ def test_run_study_runs_records_and_reports(tmp_path, monkeypatch):
 
     def steps(self, row):
         run = self.runs / row.id
-        files = {"test.json": json.dumps(_test_json(0.6)),
+        # a teacher row is swept under noise: a record without its sweep would run again
+        sweep = [(None, 0.6), ("rician:5", 0.5)]
+        files = {"test.json": json.dumps(_test_json(0.6, sweep=sweep)),
                  "config.yaml": "train:\n  batch_size: 4\n",
                  "results.csv": "epoch,iter,loss,mAP,mAP50,seconds\n1,10,1.0,,,30.0\n"
                                 "2,20,0.9,0.2,0.4,45.5\n"}
@@ -1309,8 +1351,8 @@ def test_claim_kinds_and_readme_summary(fake_study):
     assert text.count("\n") == 8 and text.startswith("| claim of the paper |")
     assert _line(text, "| 2.").endswith(
         "| not run (1 of 4 comparisons reproduced, 1 contradicted, 2 not run yet) |")
-    assert "| 6. nmODE² makes the detector more robust to MRI noise | not run (not measured " \
-        "yet) |" in text
+    assert "| 6. nmODE² makes the detector more robust to MRI noise | not run (none of its 2 " \
+        "comparisons measured yet) |" in text
 
 
 def test_update_readme_rewrites_only_its_block(fake_study, tmp_path, capsys):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from meddet._io import atomic_save
 from meddet.errors import MedDetError
-from meddet.study.tables import NOISE_ROWS, PLACEMENTS, where
+from meddet.study.tables import NOISE_PAIRS, NOISE_ROWS, PLACEMENTS, where
 from meddet.study.verdicts import (
     BESIDE,
     HEADLINE,
@@ -78,8 +78,9 @@ def write_noise_table(rows: dict[str, dict], w: Write) -> None:
     w(f"\nOne seed per row; the noise is drawn reproducibly per image (`meddet eval "
       f"--noise-sweep`). Plot ({HEADLINE}): `img/results_noise.png` beside this report. nmODE²'s robustness "
       "claim holds here only if the rows with nmODE² lose clearly less than their twins "
-      "without it: `abl-nmode` vs `abl-base`, every seed swept: "
-      f"{noise_beside(rows, 'abl-nmode', 'abl-base')}.\n")
+      "without it, every seed swept: "
+      + "; ".join(f"{label}, `{a}` vs `{b}`: {noise_beside(rows, a, b)}"
+                  for label, a, b in NOISE_PAIRS) + ".\n")
 
 
 def write_noise_alone(rows: dict[str, dict], w: Write) -> None:

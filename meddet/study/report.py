@@ -30,6 +30,7 @@ from meddet.study.tables import (
     CLAIMS,
     DEFAULT_SIGMA_TAU,
     KD,
+    NOISE_PAIRS,
     PAPER_FIGURES,
     PLACEMENTS,
     PLAIN,
@@ -330,7 +331,8 @@ def _summary(rows: dict[str, dict], verdicts: dict[str, str],
              "3": (verdicts["3"], resolves["3"], "—"),
              "4": (verdicts["4"], resolves["4"], verdicts["alone"]),
              "5": (verdicts["5"], resolves["5"], "—"),
-             "6": (noise_beside(rows, "abl-nmode", "abl-base"), "—",
+             "6": ("; ".join(f"{label} (`{a}` vs `{b}`): {noise_beside(rows, a, b)}"
+                             for label, a, b in NOISE_PAIRS), "—",
                    noise_beside(rows, "alone-lite-head", "alone-lite-none"))}
     for k, (v, res, proxy) in cells.items():
         w(f"| {k}. {CLAIM_TEXT[k]} ({source[k]}) | {v} | {res} | {proxy} |")
@@ -749,7 +751,7 @@ def claim_kinds(rows: dict[str, dict]) -> dict[str, list[str]]:
     else:
         two.append("not run")
     out["2"] = two
-    out["6"] = [verdict_kind(noise_verdict(rows, "abl-nmode", "abl-base", HEADLINE))]
+    out["6"] = [verdict_kind(noise_verdict(rows, a, b, HEADLINE)) for _, a, b in NOISE_PAIRS]
     return {k: out[k] for k in sorted(out)}
 
 

@@ -4,8 +4,10 @@ Each row runs in its own process group as one ``bash -c "TRAIN && EVAL"`` line w
 ``OMP_NUM_THREADS`` set to the threads per row, ``jobs`` rows at a time, a row starting once
 the rows it needs (the teachers) are finished. A row with config overrides (an
 ImageNet-initialised student) trains with ``--config runs/<row>/study-config.yaml``: the
-study's config with the overrides on top, written when the row starts. A finished row (its ``row.json`` exists) is
-never run again; an interrupted one resumes from its ``last.pt``. At the deadline the running
+study's config with the overrides on top, written when the row starts. A finished row (its
+``row.json`` exists) is never trained again; an interrupted one resumes from its ``last.pt``. A
+finished row that its table now sweeps under noise but whose record has no sweep is evaluated
+again, sweep included, and its record keeps its training. At the deadline the running
 rows are stopped and what they ran, and for how long, is appended to their ``partial.json``,
 so that a row finished over several invocations reports every one of them.
 """
@@ -203,6 +205,15 @@ class Runner:
         """Whether row ``rid`` is finished (its ``row.json`` exists)."""
         return (self.runs / rid / "row.json").is_file()
 
+    def unswept(self, rid: str) -> bool:
+        """Whether finished row ``rid`` is to be swept under noise but its record has no sweep
+        (a row recorded before its table asked for one): only its evaluation runs again."""
+        row = self.rows[rid]
+        if not (row.noise and row.kind != "bench" and self.done(rid)):
+            return False
+        info = json.loads((self.runs / rid / "row.json").read_text())
+        return not info.get("test", {}).get("noise_sweep")
+
     def row_config(self, row: Row) -> str:
         """The ``--config`` of ``row``: the study's, or for a row with overrides the path of
         ``runs/<row>/study-config.yaml``, written here (the study's config with the overrides
@@ -229,7 +240,9 @@ class Runner:
                      "--img-size", str(self.o.bench_img_size), "--threads",
                      str(self.o.bench_threads), "--iters", str(self.o.bench_iters),
                      "--batch-size", str(row.batch), *dev, "--json", str(run / "bench.json")]]
-        if (run / "last.pt").is_file():
+        if self.unswept(row.id):
+            train = None
+        elif (run / "last.pt").is_file():
             train = [*meddet_argv(), row.argv[0], "--resume", str(run)]
         else:
             common = ["--data", str(self.o.data), "--config", self.row_config(row),
@@ -242,7 +255,7 @@ class Runner:
               *dev]
         if row.noise:
             ev += ["--noise-sweep", NOISE_SPEC]
-        return [train, ev]
+        return [ev] if train is None else [train, ev]
 
     def launch(self, rid: str) -> None:
         """Start row ``rid`` in its own process group, logging to ``logs/<rid>.log``."""
@@ -277,6 +290,10 @@ class Runner:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
         log.close()
+        if self.done(rid):  # a sweep of a finished row: nothing of its training to add
+            self.stopped.append(rid)
+            self.echo(f"[{_now()}] STOP   {rid} (deadline; its sweep runs next time)")
+            return
         path = self.runs / rid / "partial.json"
         segs = json.loads(path.read_text()) if path.is_file() else []
         segs.append({"seconds": round(time.time() - t0, 1), "command": self._cmds(steps)[0],
@@ -296,6 +313,14 @@ class Runner:
             self.echo(f"[{_now()}] FAIL   {rid} (exit {rc}, {secs:.0f}s; see logs/{rid}.log)")
             return
         run = self.runs / rid
+        if self.done(rid):  # a finished row evaluated again under noise (:meth:`unswept`)
+            info = json.loads((run / "row.json").read_text())
+            info["test"] = json.loads((run / "test.json").read_text())
+            info["commands"] = [*info["commands"], *self._cmds(steps)]
+            info["sweep_seconds"] = round(secs, 1)
+            write_json(run / "row.json", info)
+            self.echo(f"[{_now()}] swept  {rid} ({secs:.0f}s)")
+            return
         info = resumed({"id": rid, "label": row.label, "seed": row.seed, "group": row.group,
                         "seconds": round(secs, 1), "commands": self._cmds(steps),
                         "device": row.device or self.o.device, "config": self.o.config},
@@ -330,7 +355,7 @@ class Runner:
         Returns:
             1 when a row failed (or was skipped because a row it needs failed), else 0.
         """
-        pending = [r for r in self.order if not self.done(r)]
+        pending = [r for r in self.order if not self.done(r) or self.unswept(r)]
         if not self.o.device.startswith("cuda"):
             for r in [r for r in pending if self.rows[r].device.startswith("cuda")]:
                 self.echo(f"[{_now()}] skip   {r} (a GPU row: run the study with --device "
