@@ -334,3 +334,54 @@ def test_random_always_draws_those_families_in_every_image(tmp_path):
                            size=128, phantom="random", random_fraction=0.5,
                            random_always=("disc",))
     assert gen["random_always"] == ["disc"]
+
+
+def test_iso_discs_make_the_disc_as_bright_as_the_marrow_on_a_dark_rim():
+    """--iso-discs P: in about P of the images with the contrast family on, the discs take the
+    marrow's intensity (mean within 15 %), the nucleus at most half as far from the annulus as
+    drawn, the cortical rim darker than both; every other draw, and every image with P = 0, is
+    as without the option."""
+    iso = 0
+    for i in range(40):
+        full = R.sample_case(image_rng(8, "train", i), 128)
+        none = R.sample_case(image_rng(8, "train", i), 128, iso_discs=0.0)
+        assert none == full and not full.iso_disc
+        case = R.sample_case(image_rng(8, "train", i), 128, iso_discs=1.0)
+        # only the tissue may change
+        assert dataclasses.replace(case, tissue=full.tissue, iso_disc=False) == full
+        if not case.iso_disc:  # marrow too dark for a darker rim, or disc as bright as CSF
+            assert case.tissue == full.tissue
+            continue
+        iso += 1
+        t, f = case.tissue, full.tissue
+        mean = 0.5 * (t.nucleus + t.annulus)
+        clipped = {t.nucleus, t.annulus} & {0.02, 1.0}  # the intensity scale's ends
+        assert abs(mean - t.marrow) <= 0.15 * t.marrow + 1e-9 or clipped
+        assert abs(t.nucleus - t.annulus) <= 0.5 * abs(f.nucleus - f.annulus) + 1e-9
+        assert t.cortex <= 0.3 * min(t.marrow, t.annulus) + 1e-9
+        assert abs(t.herniation - t.csf) > 0.2
+        assert (t.marrow, t.csf, t.cord, t.contrast) == (f.marrow, f.csf, f.cord, f.contrast)
+    assert 20 <= iso <= 40
+    # the contrast family off: no iso-intense discs whatever the share
+    off = R.sample_case(image_rng(8, "train", 0), 128, off=("contrast",), iso_discs=1.0)
+    assert not off.iso_disc
+
+
+def test_iso_discs_records_and_errors(tmp_path, capsys):
+    out = tmp_path / "iso"
+    assert main(["data", "synth", str(out), "--phantom", "random", "--iso-discs", "1",
+                 "--num-train", "8", "--num-val", "0", "--num-test", "0", "--size", "128",
+                 "--seed", "8"]) == 0
+    coco = json.loads((out / "annotations" / "train.json").read_text())
+    assert coco["info"]["generator"]["iso_discs"] == 1.0
+    marked = [im["randomised"].get("iso_disc", False) for im in coco["images"]]
+    assert marked == [make_image(8, "train", i, size=128, phantom="random",
+                                 iso_discs=1.0)[0].iso_disc for i in range(8)]
+    assert any(marked)
+    capsys.readouterr()
+    for args, msg in ((["--iso-discs", "0.5"], "add --phantom random"),
+                      (["--phantom", "random", "--iso-discs", "1.5"], "[0, 1]")):
+        assert main(["data", "synth", str(tmp_path / "bad"), *args, "--num-train", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--iso-discs" in err and msg in err, err
+    assert not (tmp_path / "bad").exists()

@@ -88,6 +88,11 @@ def synth(
     random_always: Annotated[str | None, typer.Option(
         "--random-always", help="With --random-fraction: families drawn in every image, "
         "comma-separated (e.g. disc: v2's appearance on the randomised geometry).")] = None,
+    iso_discs: Annotated[float | None, typer.Option(
+        "--iso-discs", help="With --phantom random: the share, in [0, 1], of the images with "
+        "the contrast family on whose discs are iso-intense with the vertebral marrow on a "
+        "dark cortical rim, so that the endplates delineate them (degenerated discs on T2, "
+        "discs on many T1-weighted scans).")] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
     out_opt: OutOpt = None,
@@ -111,12 +116,14 @@ def synth(
                   seed=seed, snr_range=snr, protrusion_rate=protrusion_rate,
                   bit_depth=bit_depth, overwrite=overwrite, phantom=phantom,
                   random_off=off, disc_thickness=thick, geometry=geometry,
-                  random_fraction=random_fraction, random_always=always)
+                  random_fraction=random_fraction, random_always=always,
+                  iso_discs=iso_discs)
     args = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "size": size,
             "seed": seed, "snr_range": snr, "protrusion_rate": protrusion_rate,
             "bit_depth": bit_depth, "overwrite": overwrite, "phantom": phantom,
             "random_off": off, "disc_thickness": thick, "geometry": geometry,
-            "random_fraction": random_fraction, "random_always": always}
+            "random_fraction": random_fraction, "random_always": always,
+            "iso_discs": iso_discs}
     if json_out == "-":  # stdout carries the JSON: no table, no progress bar
         emit_json(generate_dataset(out, **args), json_out)
         return

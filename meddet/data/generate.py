@@ -71,6 +71,7 @@ def make_image(
     geometry: str | None = None,
     random_fraction: float | None = None,
     random_always: tuple[str, ...] = (),
+    iso_discs: float | None = None,
 ) -> tuple[Case, Rendered]:
     """Sample and render one image exactly as :func:`generate_dataset` does."""
     mod = PHANTOMS[phantom]
@@ -83,6 +84,8 @@ def make_image(
         extra["fraction"] = random_fraction
     if random_always:
         extra["always"] = random_always
+    if iso_discs is not None:
+        extra["iso_discs"] = iso_discs
     case = mod.sample_case(image_rng(seed, split, index), size, snr_range=snr_range,
                            protrusion_rate=protrusion_rate, **extra)
     return case, mod.render_case(case)
@@ -130,6 +133,8 @@ def _records(case: Case, rendered: Rendered, image_id: int, file_name: str, firs
                                "scale": _r(case.scale)}
         if case.off:  # the families this image left at v2's values
             image["randomised"]["off"] = list(case.off)
+        if case.iso_disc:  # discs iso-intense with the marrow (--iso-discs)
+            image["randomised"]["iso_disc"] = True
     anns = []
     for k, (disc, box, cat) in enumerate(zip(case.discs, rendered.boxes, rendered.category_ids)):
         x0, y0, x1, y1 = (float(v) for v in box)
@@ -176,6 +181,7 @@ def validate_args(
     geometry: str | None = None,
     random_fraction: float | None = None,
     random_always: tuple[str, ...] | list[str] = (),
+    iso_discs: float | None = None,
 ) -> dict[str, int]:
     """Check the arguments of :func:`generate_dataset` without writing anything.
 
@@ -254,6 +260,13 @@ def validate_args(
             _random.check_families(random_always)
         except MedDetError as exc:
             raise MedDetError(f"--random-always: {exc}") from None
+    if iso_discs is not None:
+        if phantom != "random":
+            raise MedDetError("--iso-discs sets the contrast family of --phantom random; add "
+                              "--phantom random or drop --iso-discs")
+        if isinstance(iso_discs, bool) or not isinstance(iso_discs, (int, float)) \
+                or not 0 <= iso_discs <= 1:
+            raise MedDetError(f"--iso-discs must be in [0, 1] (e.g. 0.5), got {iso_discs!r}")
     check_out_folder(Path(out), overwrite=overwrite)
     return counts
 
@@ -299,6 +312,7 @@ def generate_dataset(
     geometry: str | None = None,
     random_fraction: float | None = None,
     random_always: tuple[str, ...] | list[str] = (),
+    iso_discs: float | None = None,
 ) -> dict[str, Any]:
     """Generate the synthetic CDH-MRI dataset.
 
@@ -328,12 +342,15 @@ def generate_dataset(
             are v2's own images; ``None``: every image).
         random_always: with ``random_fraction``, families drawn in every image (the others'
             images are v2's but for those families).
+        iso_discs: with ``phantom="random"``, the share of the images with the contrast
+            family on whose discs are iso-intense with the marrow on a dark cortical rim
+            (``None``: none).
 
     Returns:
         Summary: ``{"out", "size", "seed", "bit_depth", "snr_range", "protrusion_rate",
         "phantom", "splits": {split: {"images", "protrusion", "non-protrusion"}}}``, plus
         ``"random_off"`` for the randomised phantom (and ``"disc_thickness"``, ``"geometry"``,
-        ``"random_fraction"`` and ``"random_always"`` when set).
+        ``"random_fraction"``, ``"random_always"`` and ``"iso_discs"`` when set).
 
     Raises:
         MedDetError: invalid arguments or an unusable ``out``; nothing is written then.
@@ -343,7 +360,8 @@ def generate_dataset(
                            protrusion_rate=protrusion_rate, bit_depth=bit_depth,
                            overwrite=overwrite, phantom=phantom, random_off=random_off,
                            disc_thickness=disc_thickness, geometry=geometry,
-                           random_fraction=random_fraction, random_always=random_always)
+                           random_fraction=random_fraction, random_always=random_always,
+                           iso_discs=iso_discs)
     off = _random.check_families(random_off)
     thick = None if disc_thickness is None else (float(disc_thickness[0]),
                                                  float(disc_thickness[1]))
@@ -362,6 +380,8 @@ def generate_dataset(
             params["random_fraction"] = float(random_fraction)
         if random_always:
             params["random_always"] = list(_random.check_families(random_always))
+        if iso_discs is not None:
+            params["iso_discs"] = float(iso_discs)
     summary: dict[str, Any] = {"out": str(out), **params, "splits": {}}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -384,7 +404,8 @@ def generate_dataset(
                                             random_off=off, disc_thickness=thick,
                                             geometry=geometry,
                                             random_fraction=random_fraction,
-                                            random_always=tuple(random_always))
+                                            random_always=tuple(random_always),
+                                            iso_discs=iso_discs)
                 name = f"{split}_{i:05d}.png"
                 (img_dir / name).write_bytes(encode_png(quantize(rendered.image, bit_depth)))
                 image, anns = _records(case, rendered, i + 1, name, len(annotations) + 1)

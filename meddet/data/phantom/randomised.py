@@ -10,6 +10,11 @@ families of :data:`FAMILIES`:
 
 - ``contrast``: half the images get every tissue's intensity drawn independently (the anatomy
   that the labels depend on kept visible); the rest keep the default phantom's contrast.
+  With ``iso_discs`` above 0, that share of the images with the family on then makes their
+  discs iso-intense with the vertebral marrow (the disc's mean within 15 % of the marrow's, the
+  nucleus no more than half as far from the annulus as drawn) on a dark cortical rim, as
+  degenerated discs on T2 and discs on many T1-weighted scans look: the endplates, not the
+  disc's own signal, then delineate the disc.
 - ``gamma``: the global contrast power, log-uniform in [0.5, 2].
 - ``bias``: coil shading of log-amplitude up to 0.9 and a front-back gradient from an anterior
   (-0.6) to a strong posterior (1.4) coil.
@@ -89,6 +94,12 @@ _WIDE_WEDGE = (0.3, 1.0)
 _MIN_DISC_CSF = 0.2
 _MIN_CORD_CSF = 0.1
 _MIN_DISC_BONE = 0.15
+# ``iso_discs``: the disc's mean intensity drawn within this fraction of the marrow's, the
+# darkest marrow that still leaves room for a darker rim, ...
+_ISO_SPREAD = 0.15
+_MIN_ISO_MARROW = 0.12
+# ... and the rim at most this fraction of the darker of marrow and annulus.
+_ISO_RIM = 0.3
 # FWHM of a Gaussian in standard deviations.
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -105,6 +116,8 @@ class RandomCase(Case):
         acq_pixel_mm: pixel size of the acquisition matrix the image is interpolated from;
             0 = acquired at the image's own pixel size.
         off: the families left at the default phantom's values.
+        iso_disc: the discs are iso-intense with the marrow (the ``contrast`` family's
+            ``iso_discs`` draw).
     """
 
     noise_model: str = "rician"
@@ -113,6 +126,7 @@ class RandomCase(Case):
     thickness_axis: int = 0
     acq_pixel_mm: float = 0.0
     off: tuple[str, ...] = ()
+    iso_disc: bool = False
 
 
 def pixel_mm(case: Case) -> float:
@@ -146,6 +160,24 @@ def _independent_tissue(rng: np.random.Generator) -> Tissue:
                 abs(v["cord"] - v["csf"]) > _MIN_CORD_CSF and \
                 abs(disc - v["marrow"]) > _MIN_DISC_BONE:
             return Tissue(**v, cortex=u(0.0, 0.5), ligament=u(0.0, 0.5), contrast="random")
+
+
+def _iso_disc_tissue(t: Tissue, rng: np.random.Generator) -> Tissue | None:
+    """``t`` with the discs moved to the marrow's intensity and a dark cortical rim, or
+    ``None`` when that would hide the labelled anatomy (marrow too dark for a darker rim, or
+    herniated disc material as bright as the CSF)."""
+    if t.marrow < _MIN_ISO_MARROW:
+        return None
+    mean = t.marrow * float(rng.uniform(1 - _ISO_SPREAD, 1 + _ISO_SPREAD))
+    half = 0.5 * (t.nucleus - t.annulus) * float(rng.uniform(0.0, 0.5))
+    annulus, nucleus = (min(1.0, max(0.02, v)) for v in (mean - half, mean + half))
+    herniation = annulus + (t.herniation - t.annulus) / (t.nucleus - t.annulus or 1.0) * (
+        nucleus - annulus)
+    cortex = float(rng.uniform(0.0, _ISO_RIM)) * min(t.marrow, annulus)
+    if abs(herniation - t.csf) <= _MIN_DISC_CSF:
+        return None
+    return dataclasses.replace(t, annulus=float(annulus), nucleus=float(nucleus),
+                               herniation=float(herniation), cortex=cortex)
 
 
 def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
@@ -219,6 +251,7 @@ def sample_case(
     geometry: str = "default",
     fraction: float = 1.0,
     always: Iterable[str] = (),
+    iso_discs: float = 0.0,
 ) -> RandomCase:
     """Draw a default case, then redraw every family not in ``off`` (see the module docstring).
 
@@ -235,6 +268,9 @@ def sample_case(
         fraction: probability that the image is randomised at all; otherwise every family is
             off but those in ``always`` and the image is the default phantom's otherwise.
         always: families drawn in every image whatever ``fraction`` decides.
+        iso_discs: share of the images with the ``contrast`` family on whose discs are made
+            iso-intense with the marrow on a dark rim (see the module docstring); with 0 no
+            draw is made for it, so the images are those of a set made without it.
 
     Returns:
         A :class:`RandomCase`.
@@ -258,8 +294,14 @@ def sample_case(
     assert acq is not None
     fields: dict = {}
     acq_fields: dict = {}
+    marks: dict = {}  # RandomCase's own records of a draw
     if "contrast" in on and on["contrast"].uniform() < 0.5:
         fields["tissue"] = _independent_tissue(on["contrast"])
+    if "contrast" in on and iso_discs > 0 and on["contrast"].uniform() < iso_discs:
+        iso = _iso_disc_tissue(fields.get("tissue", base.tissue), on["contrast"])
+        if iso is not None:
+            fields["tissue"] = iso
+            marks["iso_disc"] = True
     if "gamma" in on:
         fields["gamma"] = float(np.exp(on["gamma"].uniform(np.log(0.5), np.log(2.0))))
     if "bias" in on:
@@ -284,7 +326,7 @@ def sample_case(
         fields["acq_pixel_mm"] = float(on["spacing"].uniform(0.6, 1.6))
     fields["acquisition"] = dataclasses.replace(acq, **acq_fields)
     kept = {f.name: getattr(base, f.name) for f in dataclasses.fields(Case)}
-    return RandomCase(**{**kept, **fields, "off": off})
+    return RandomCase(**{**kept, **fields, **marks, "off": off})
 
 
 # --------------------------------------------------------------------------- rendering
