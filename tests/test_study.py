@@ -1322,7 +1322,7 @@ def test_claim_verdict_needs_every_comparison():
     cv = verdicts.claim_verdict
     assert cv(["reproduced", "reproduced"]) == ("reproduced", "2 of 2 comparisons reproduced")
     assert cv(["reproduced", "not resolved", "reproduced"]) == (
-        "not resolved", "2 of 3 comparisons reproduced, 1 within the spread")
+        "not resolved", "2 of 3 comparisons reproduced, 1 not resolved")
     # one contradicted comparison contradicts the claim, one missing leaves it not run
     assert cv(["reproduced", "contradicted"])[0] == "contradicted"
     assert cv(["contradicted", "reproduced", "not run"]) == (

@@ -308,8 +308,8 @@ def claim_verdict(kinds: list[str]) -> tuple[str, str]:
     comparison still missing is not run, however the others came out.
 
     Returns:
-        ``(kind, detail)``, e.g. ``("not resolved", "2 of 3 comparisons reproduced, 1 within
-        the spread")``.
+        ``(kind, detail)``, e.g. ``("not resolved", "2 of 3 comparisons reproduced, 1 not
+        resolved")`` (not resolved: within the spread, or one seed with no spread to judge by).
     """
     n = len(kinds)
     c = {k: kinds.count(k) for k in KINDS}
@@ -322,7 +322,7 @@ def claim_verdict(kinds: list[str]) -> tuple[str, str]:
     else:
         kind = "not resolved"
     words = {"reproduced": "reproduced", "contradicted": "contradicted",
-             "not resolved": "within the spread", "not run": "not run yet"}
+             "not resolved": "not resolved", "not run": "not run yet"}
     if c["not run"] == n:
         return kind, f"none of its {n} comparisons measured yet" if n > 1 else "not measured yet"
     parts = [f"{c[k]} {words[k]}" for k in KINDS if c[k]]
