@@ -6,7 +6,9 @@ differ only by seed share a *group*, the unit the report averages over. Row ids:
 * ``teacher-gfl_r{50,101,152}``: ``meddet pretrain-teacher`` (Table II; the distillation
   teachers of every other row).
 * ``plain-<zoo name>-sS``: Table I's plain detectors. ``alone-meddet-sS``: the MedDet student
-  (nmODE² in the head) trained without teachers, the baseline of the MedDet row.
+  (nmODE² in the head) trained without teachers, the baseline of the MedDet row. Every seed of
+  ``alone-meddet`` and ``plain-gfl_mbv2`` is swept under noise: the noise claim's pair of
+  students trained alone (:data:`NOISE_PAIRS`).
 * ``mgd|ld|fgd-sS``: the KD baselines, GFL-MobileNetV2 student, the teacher with the best val
   mAP50 (``meddet distill --method ...``).
 * ``meddet-sS``: MedDet (nmODE² head, LWFF, AATM). Table III's cumulative rows, all distilled
