@@ -4,7 +4,9 @@
 # wide-geometry thin-disc data; cpu-random-mix, cpu-random-wide's optimisation on that data
 # with half the images left at the default phantom's; cpu-random-mixgeo, the same with the disc
 # geometry drawn in every image; cpu-random-mixiso, mixgeo with 60 % of the randomised images'
-# discs iso-intense with the marrow on a dark rim), three seeds, plus the ablation (each randomisation
+# discs iso-intense with the marrow on a dark rim; cpu-wide-v2, cpu-random-wide's optimisation on
+# 800 images of the default phantom, the "same recipe on v2 alone" that the randomised recipes'
+# synthetic score is held against), three seeds, plus the ablation (each randomisation
 # family off in turn, seed 0); each run scored on the synthetic v2 test split and on the
 # hand-labelled real slices (spacing-aware and fixed-size pre-processing). The table in
 # docs/data.md ("Randomised training for real scans") is filled from the summary it prints.
@@ -43,10 +45,13 @@ case $RECIPE in
     RFLAGS=("${WIDE[@]}" --random-fraction 0.5 --random-always disc) ;;
   cpu-random-mixiso) SET=random-mixiso; CONFIG=cpu-random-wide
     RFLAGS=("${WIDE[@]}" --random-fraction 0.5 --random-always disc --iso-discs 0.6) ;;
-  *) echo "RECIPE must be cpu-random, cpu-random-wide, cpu-random-mix, cpu-random-mixgeo or" \
-    "cpu-random-mixiso, got '$RECIPE'" >&2
+  cpu-wide-v2) SET=v2-800; CONFIG=cpu-random-wide; RFLAGS=(--num-train 800) ;;
+  *) echo "RECIPE must be cpu-random, cpu-random-wide, cpu-random-mix, cpu-random-mixgeo," \
+    "cpu-random-mixiso or cpu-wide-v2, got '$RECIPE'" >&2
     exit 2 ;;
 esac
+# the default phantom has no randomisation families to switch off
+[ "$RECIPE" = cpu-wide-v2 ] && FAMILIES=
 mkdir -p "$ROOT"
 
 # 1. data: the default phantom (its test split is the synthetic benchmark), the randomised
