@@ -17,7 +17,9 @@ from PIL import Image
 from meddet.cli import main
 from meddet.engine.realcheck import (
     best_matches,
+    box_size_ratios,
     class_agnostic_ap50,
+    edge_offsets,
     evaluate_real_discs,
     load_real_disc_labels,
     read_labelled_slices,
@@ -158,6 +160,10 @@ def test_volume_score_hand_computed():
     assert v.recall(0.3) == 0.5 and v.recall() == 0.25
     # Heights 6/10, 5/10, 4/10 and widths 10/10, 8/10, 5/10 of the three matched discs.
     assert v.height_ratio == pytest.approx(0.5) and v.width_ratio == pytest.approx(0.8)
+    # Edges of the three matches (superior, inferior, anterior, posterior; + reaches beyond):
+    # (0, -4, 0, 0), (0, -5, 0, -2), (0, -6, 0, -5); medians 0, -5, 0, -2.
+    assert v.edge_offsets == {"superior": 0.0, "inferior": -5.0, "anterior": 0.0,
+                              "posterior": -2.0}
     # One true positive at IoU 0.5, ranked first, out of 4 discs: precision 1 up to recall
     # 0.25, i.e. 26 of COCO's 101 recall points.
     assert v.ap50 == pytest.approx(26 / 101, abs=1e-12)
@@ -167,6 +173,20 @@ def test_volume_score_hand_computed():
     assert json.loads(json.dumps(d)) == d
     empty = score_volume("v", [gts[1]], [dets[1]], [(20, 60)])
     assert empty.height_ratio is None and empty.width_ratio is None and empty.matched == 0
+    assert empty.edge_offsets is None and empty.as_dict()["median_edge_offsets_px"] is None
+
+
+def test_edge_offsets_signs_and_unmatched_rows():
+    gt = np.array([[10, 20, 30, 24], [0, 0, 5, 5]], float)
+    pred = np.array([[8, 19, 33, 26], [np.nan] * 4])
+    # The box reaches 1 px above, 2 below, 2 in front of and 3 behind the label; the unmatched
+    # row is left out.
+    assert edge_offsets(gt, pred).tolist() == [[1.0, 2.0, 2.0, 3.0]]
+    inside = edge_offsets(gt[:1], np.array([[12, 21, 29, 23]], float))
+    assert inside.tolist() == [[-1.0, -1.0, -2.0, -1.0]]
+    # Consistent with the size ratios: the height gained is the sum of the vertical offsets.
+    h, _ = box_size_ratios(gt[:1], pred[:1])
+    assert h[0] * 4 - 4 == pytest.approx(1.0 + 2.0)
 
 
 # --------------------------------------------------------------------------- the fixture
@@ -259,6 +279,8 @@ def test_a_perfect_and_a_shifted_detector(tmp_path):
     assert [(v.volume, v.discs, v.found[0.5], v.ap50, v.height_ratio, v.width_ratio)
             for v in perfect.volumes] == [("sct_t2_cervical.nii.gz", 12, 12, 1.0, 1.0, 1.0),
                                           ("sct_t1w_cervical.nii.gz", 20, 20, 1.0, 1.0, 1.0)]
+    assert all(v.edge_offsets == dict.fromkeys(("superior", "inferior", "anterior",
+                                                "posterior"), 0.0) for v in perfect.volumes)
     # Each box moved down by its own height: IoU 0 with its disc, never reaching the next one.
     shifted = [lab.boxes + np.outer(lab.boxes[:, 3] - lab.boxes[:, 1], [0, 1, 0, 1])
                for lab in labels]
@@ -270,7 +292,7 @@ def test_a_perfect_and_a_shifted_detector(tmp_path):
 
 
 @needs_volumes
-def test_check_real_command_on_a_random_model(tmp_path):
+def test_check_real_command_on_a_random_model(tmp_path, capsys):
     from meddet.engine.checkpoint import make_meta, save_checkpoint
     from meddet.models import build_detector
 
@@ -302,6 +324,14 @@ def test_check_real_command_on_a_random_model(tmp_path):
             == sum(s["found_at"][thr] for s in metrics["per_slice"])
     assert metrics["found_at"]["0.5"] == metrics["found"]
     assert metrics["found_at"]["0.1"] >= metrics["found_at"]["0.3"] >= metrics["found"]
+    printed = capsys.readouterr().out
+    for name, v in vols.items():
+        edges = v["median_edge_offsets_px"]
+        assert (edges is None) == (v["matched"] == 0)
+        if edges is not None:  # one console line per volume, the JSON's medians
+            short = name.removeprefix("sct_").removesuffix(".nii.gz")
+            assert f"{short}: box edges beyond the label" in printed
+            assert f"superior {edges['superior']:+.1f}" in printed
     pngs = sorted((out / "overlays").glob("*.png"))
     assert len(pngs) == 9 and str(pngs[0]) in metrics["overlays"]
     with Image.open(out / "overlays" / "sct_t2_cervical_slice26.png") as img:

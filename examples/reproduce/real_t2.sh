@@ -125,8 +125,8 @@ def load(p):
     return json.loads(p.read_text()) if p.is_file() else None
 
 print("| run | v2 test mAP50 | resample | T2 found @0.1 / 0.3 / 0.5 | T1w found @0.1 / 0.3 / 0.5 "
-      "| AP50 T2, T1w | height, width ratio T2 |")
-print("|---|---:|---|---:|---:|---:|---:|")
+      "| AP50 T2, T1w | height, width ratio T2 | T2 edges beyond the label, px (sup / inf / ant / post) |")
+print("|---|---:|---|---:|---:|---:|---:|---:|")
 for run in map(Path, sys.argv[1:]):
     ev = load(run / "v2-test.json")
     m = "not measured" if ev is None else f"{ev['mAP50']:.3f}"
@@ -135,13 +135,15 @@ for run in map(Path, sys.argv[1:]):
         if real is None and mode == "spacing":
             continue
         if real is None:
-            print(f"| {run.name} | {m} | {mode} | not measured | | | |")
+            print(f"| {run.name} | {m} | {mode} | not measured | | | | |")
             continue
         vol = {v["volume"].split("_")[1]: v for v in real["volumes"]}
         t2, t1 = vol["t2"], vol["t1w"]
         f = lambda v: " / ".join(str(v["found_at"][k]) for k in ("0.1", "0.3", "0.5"))
         r = lambda x: "-" if x is None else f"{x:.2f}"
+        e = lambda d: "-" if not d else " / ".join(f"{x:+.1f}" for x in d.values())
         print(f"| {run.name} | {m} | {mode} | {f(t2)} of 12 | {f(t1)} of 20 "
               f"| {t2['ap50']:.3f}, {t1['ap50']:.3f} "
-              f"| {r(t2['median_height_ratio'])}, {r(t2['median_width_ratio'])} |")
+              f"| {r(t2['median_height_ratio'])}, {r(t2['median_width_ratio'])} "
+              f"| {e(t2.get('median_edge_offsets_px'))} |")
 EOF

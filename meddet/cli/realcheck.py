@@ -121,6 +121,8 @@ def check_real(
                       *(str(n) for n in row["found_at"].values()))
     con.print(table)
     con.print(_volume_table(result, top_k))
+    for line in _edge_lines(result):
+        con.print(escape(line))
     con.print(escape(f"pre-processing: {result.preprocessing}"))
     con.print(f"recall@IoU0.5 (top {top_k}): {result.recall:.3f} ({result.found}/"
               f"{result.discs})   AP50: {result.ap50:.3f}")
@@ -152,3 +154,10 @@ def _volume_table(result, top_k: int):
                       *(f"{n}/{v.discs}" for n in v.found.values()), f"{v.ap50:.3f}",
                       ratio(v.height_ratio), ratio(v.width_ratio))
     return table
+
+
+def _edge_lines(result) -> list[str]:
+    """Per volume, the median pixels by which the matched boxes reach beyond the labels."""
+    return [f"{_short(v.volume)}: box edges beyond the label, median px (- inside): "
+            + ", ".join(f"{side} {px:+.1f}" for side, px in v.edge_offsets.items())
+            for v in result.volumes if v.edge_offsets is not None]

@@ -20,7 +20,10 @@ is herniated:
   whatever its class, counted as a disc detection.
 - per volume, the median over its discs of predicted / labelled box height and width, the
   prediction being the disc's best-overlapping detection among its slice's ``top_k``: whether
-  the boxes are too tall or too wide, not only whether they are found.
+  the boxes are too tall or too wide, not only whether they are found; and the median distance
+  in the slice's pixels by which each edge of that detection lies outside the label's
+  (superior, inferior, anterior, posterior; negative: inside), which says on which side the
+  extra height or width sits and whether it is the size of a single pixel.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ __all__ = [
     "VolumeScore",
     "best_matches",
     "box_size_ratios",
+    "EDGE_SIDES",
+    "edge_offsets",
     "class_agnostic_ap50",
     "default_volumes_dir",
     "evaluate_real_discs",
@@ -411,6 +416,9 @@ class VolumeScore:
         height_ratio: median of predicted / labelled box height (``None`` when nothing
             overlaps any disc).
         width_ratio: the same for the width.
+        edge_offsets: per side of :data:`EDGE_SIDES`, the median over the matched discs of how
+            far (slice pixels) the detection's edge lies outside the label's, negative when
+            inside (``None`` when nothing overlaps any disc).
     """
 
     volume: str
@@ -421,6 +429,7 @@ class VolumeScore:
     matched: int
     height_ratio: float | None
     width_ratio: float | None
+    edge_offsets: dict[str, float] | None = None
 
     def recall(self, iou_thr: float = IOU_THR) -> float:
         """Found / labelled discs at ``iou_thr`` (one of :data:`IOU_THRS`); -1 without discs."""
@@ -433,7 +442,9 @@ class VolumeScore:
                 "recall_at": {_thr_key(t): self.recall(t) for t in self.found},
                 "ap50": self.ap50, "matched": self.matched,
                 "median_height_ratio": self.height_ratio,
-                "median_width_ratio": self.width_ratio}
+                "median_width_ratio": self.width_ratio,
+                "median_edge_offsets_px": (None if self.edge_offsets is None
+                                           else dict(self.edge_offsets))}
 
 
 def box_size_ratios(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -454,6 +465,31 @@ def box_size_ratios(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.nd
             (pred[:, 2] - pred[:, 0]) / (gt[:, 2] - gt[:, 0]))
 
 
+#: The sides of a disc box in a sagittal slice as the readers orient it (superior at the top,
+#: anterior on the left): y0, y1, x0, x1.
+EDGE_SIDES = ("superior", "inferior", "anterior", "posterior")
+
+
+def edge_offsets(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """How far each edge of a matched detection lies outside its label, rows with NaN left out.
+
+    Args:
+        gt: ``[N, 4]`` xyxy labelled boxes.
+        pred: ``[N, 4]`` xyxy, the detection matched to each (NaN rows: none).
+
+    Returns:
+        float64 ``[M, 4]``, columns in :data:`EDGE_SIDES` order (``gt_y0 - pred_y0``,
+        ``pred_y1 - gt_y1``, ``gt_x0 - pred_x0``, ``pred_x1 - gt_x1``): positive where the
+        detection reaches beyond the label, negative where it stops short of it.
+    """
+    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
+    ok = ~np.isnan(pred).any(axis=1)
+    gt, pred = gt[ok], pred[ok]
+    return np.stack([gt[:, 1] - pred[:, 1], pred[:, 3] - gt[:, 3],
+                     gt[:, 0] - pred[:, 0], pred[:, 2] - gt[:, 2]], axis=1)
+
+
 def score_volume(volume: str, gt_boxes: Sequence[np.ndarray],
                  detections: Sequence[dict[str, np.ndarray]],
                  shapes: Sequence[tuple[int, int]], *, k: int = 10) -> VolumeScore:
@@ -471,15 +507,18 @@ def score_volume(volume: str, gt_boxes: Sequence[np.ndarray],
         ious.append(iou)
         matched.append(boxes)
     iou = np.concatenate(ious) if ious else np.zeros(0)
-    heights, widths = box_size_ratios(np.concatenate([np.asarray(g, np.float64).reshape(-1, 4)
-                                                      for g in gt_boxes]),
-                                      np.concatenate(matched) if matched else np.zeros((0, 4)))
+    all_gt = np.concatenate([np.asarray(g, np.float64).reshape(-1, 4) for g in gt_boxes]
+                            ) if gt_boxes else np.zeros((0, 4))
+    all_pred = np.concatenate(matched) if matched else np.zeros((0, 4))
+    heights, widths = box_size_ratios(all_gt, all_pred)
+    edges = np.median(edge_offsets(all_gt, all_pred), axis=0) if len(heights) else None
     return VolumeScore(
         volume=volume, slices=len(gt_boxes), discs=len(iou),
         found={t: int((iou >= t).sum()) for t in IOU_THRS},
         ap50=class_agnostic_ap50(gt_boxes, detections, shapes), matched=len(heights),
         height_ratio=float(np.median(heights)) if len(heights) else None,
-        width_ratio=float(np.median(widths)) if len(widths) else None)
+        width_ratio=float(np.median(widths)) if len(widths) else None,
+        edge_offsets=None if edges is None else dict(zip(EDGE_SIDES, map(float, edges))))
 
 
 # --------------------------------------------------------------------------- the check
