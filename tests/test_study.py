@@ -395,6 +395,13 @@ def test_render_names_rows_short_of_seeds(fake_study):
     assert _line(t1, "Fewer than the 3 seeds").startswith(
         "Fewer than the 3 seeds planned for this table, so far: MGD (GFL-MobileNetV2 student, "
         "best teacher) (n=1); ")
+    assert "One seed is enough" not in t1
+    # The other lightweight backbones decide no claim: one seed of them is not "short", and
+    # the table says one is enough; the plain GFL-MobileNetV2 (a claim's row) still counts.
+    _write_row(fake_study, "plain-gfl_effb0-s0", "plain-gfl_effb0", 0, _test_json(0.7))
+    t1 = report.render(records.load_rows(fake_study), {}).split("## Table I:")[1].split("\n## ")[0]
+    assert _line(t1, "One seed is enough").startswith("One seed is enough for GFL effb0: ")
+    assert "effb0" not in _line(t1, "Fewer than the 3 seeds")
     t3 = text.split("## Table III:")[1].split("\n## ")[0]
     assert "so far: KD baseline: teachers summed, no AATM, no nmODE² (n=2); " in t3
     # Tables IV and V are single-seed by design: no such line there
