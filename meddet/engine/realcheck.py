@@ -46,6 +46,7 @@ from meddet._io import atomic_write_bytes
 from meddet.errors import MedDetError
 
 __all__ = [
+    "EDGE_SIDES",
     "IOU_THRS",
     "LABELS_FORMAT",
     "DiscSlice",
@@ -53,10 +54,9 @@ __all__ = [
     "VolumeScore",
     "best_matches",
     "box_size_ratios",
-    "EDGE_SIDES",
-    "edge_offsets",
     "class_agnostic_ap50",
     "default_volumes_dir",
+    "edge_offsets",
     "evaluate_real_discs",
     "load_real_disc_labels",
     "read_labelled_slices",
