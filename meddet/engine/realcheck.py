@@ -447,6 +447,14 @@ class VolumeScore:
                                            else dict(self.edge_offsets))}
 
 
+def _matched_rows(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(gt, pred)`` as float64 ``[M, 4]`` without the rows whose detection is NaN (none)."""
+    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
+    ok = ~np.isnan(pred).any(axis=1)
+    return gt[ok], pred[ok]
+
+
 def box_size_ratios(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Predicted / labelled height and width of matched boxes, rows with NaN left out.
 
@@ -457,10 +465,7 @@ def box_size_ratios(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.nd
     Returns:
         ``(height ratios, width ratios)``, float64 ``[M]`` each, ``M`` the matched rows.
     """
-    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
-    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
-    ok = ~np.isnan(pred).any(axis=1)
-    gt, pred = gt[ok], pred[ok]
+    gt, pred = _matched_rows(gt, pred)
     return ((pred[:, 3] - pred[:, 1]) / (gt[:, 3] - gt[:, 1]),
             (pred[:, 2] - pred[:, 0]) / (gt[:, 2] - gt[:, 0]))
 
@@ -482,10 +487,7 @@ def edge_offsets(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
         ``pred_y1 - gt_y1``, ``gt_x0 - pred_x0``, ``pred_x1 - gt_x1``): positive where the
         detection reaches beyond the label, negative where it stops short of it.
     """
-    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
-    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
-    ok = ~np.isnan(pred).any(axis=1)
-    gt, pred = gt[ok], pred[ok]
+    gt, pred = _matched_rows(gt, pred)
     return np.stack([gt[:, 1] - pred[:, 1], pred[:, 3] - gt[:, 3],
                      gt[:, 0] - pred[:, 0], pred[:, 2] - gt[:, 2]], axis=1)
 
